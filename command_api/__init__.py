@@ -1,0 +1,1 @@
+"""The write side: HTTP commands, pure aggregates, the outbox and its publisher."""

@@ -1,0 +1,83 @@
+"""Wiring of the command API: the one place that builds its parts.
+
+Adapters come in as arguments so tests can pass their own aggregates, engine
+or settings; nothing is built at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from command_api.aggregate import Aggregates
+from command_api.domain import default_aggregates
+from command_api.publisher import Publisher
+from command_api.service import CommandService
+from command_api.store import WriteStore
+from eventfold.db import create_engine
+from eventfold.kafka import new_producer
+from eventfold.settings import Settings
+
+
+@dataclass
+class CommandSide:
+    settings: Settings
+    aggregates: Aggregates
+    engine: AsyncEngine
+    store: WriteStore
+    publisher: Publisher
+    service: CommandService
+
+
+async def _noop_ack(_: object) -> None:
+    return None
+
+
+@asynccontextmanager
+async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncIterator[CommandSide]:
+    """Open the write store and the producer, run the service, close them all."""
+    engine = create_engine(settings.db.write_db_url, pool_size=settings.db.db_pool_size)
+    store = WriteStore(engine, aggregates, settings.kafka)
+    publisher = Publisher(
+        new_producer(settings.kafka),
+        on_ack=_noop_ack,
+        publish_timeout_s=settings.kafka.publish_timeout_s,
+    )
+    service = CommandService(store, publisher, settings.command_api, settings.kafka.publish_timeout_s)
+    await service.start()
+    try:
+        yield CommandSide(settings, aggregates, engine, store, publisher, service)
+    finally:
+        await service.stop()
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None, aggregates: Aggregates | None = None) -> FastAPI:
+    from command_api.routes import router
+    from eventfold import problems
+    from eventfold.limits import BodySizeLimit
+    from eventfold.settings import get_settings
+
+    cfg = settings or get_settings()
+    aggs = aggregates or default_aggregates()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with command_side(cfg, aggs) as side:
+            app.state.side = side
+            yield
+
+    app = FastAPI(
+        title="eventfold command API",
+        version="0.1.0",
+        description="Send commands to event-sourced streams; events land in Kafka.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes)
+    return app

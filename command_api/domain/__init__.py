@@ -1,0 +1,8 @@
+"""Pure aggregates: no I/O is imported here."""
+
+from command_api.aggregate import Aggregates
+from command_api.domain.account import ACCOUNT_AGGREGATE
+
+
+def default_aggregates() -> Aggregates:
+    return Aggregates([ACCOUNT_AGGREGATE])

@@ -1,0 +1,200 @@
+"""Relays outbox records to Kafka, keeping each stream's versions in order.
+
+Ordering rule: a stream's events reach its partition with their versions in
+order, and a batch that carries version n also carries every earlier version
+that Kafka has not acknowledged. Each partition has one lane: a FIFO with at
+most one batch in flight, and a failed batch goes back to the front. So a
+retry can duplicate a version but never put a later one before an earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+
+from command_api.outcomes import OutboxRecord
+from eventfold.kafka import partition_for
+from schemas.position import Position
+
+log = logging.getLogger(__name__)
+
+Ack = Callable[[list[tuple[OutboxRecord, Position]]], Awaitable[None]]
+_MAX_BATCH_BYTES = 900 * 1024
+_MAX_BATCH_RECORDS = 4000
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One command's records; `future` gets the last record's position, or None."""
+
+    records: list[OutboxRecord]
+    future: asyncio.Future[Position | None]
+
+
+@dataclass
+class _Lane:
+    topic: str
+    partition: int
+    pending: list[tuple[OutboxRecord, Ticket | None]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Publisher:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        on_ack: Ack,
+        publish_timeout_s: float,
+    ) -> None:
+        self.producer = producer
+        self.on_ack = on_ack
+        self.publish_timeout_s = publish_timeout_s
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._partitions: dict[str, int] = {}
+        self._route_q: asyncio.Queue[tuple[OutboxRecord, Ticket | None]] = asyncio.Queue()
+        self._router: asyncio.Task[None] | None = None
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        # Natural keys this process holds, queued or in flight, until deleted from the outbox.
+        self.known: set[tuple[str, str, int]] = set()
+        self.failures = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._started
+
+    def start(self) -> None:
+        self._router = asyncio.create_task(self._route(), name="publisher-router")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._router, *(lane.task for lane in self._lanes.values())] if t]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._started:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+
+    def submit(self, records: Iterable[OutboxRecord], ticket: Ticket | None = None) -> None:
+        """Queue records in commit order; a ticket covers the records given with it."""
+        items = list(records)
+        for i, rec in enumerate(items):
+            self.known.add(rec.natural_key)
+            last = ticket if ticket is not None and i == len(items) - 1 else None
+            self._route_q.put_nowait((rec, last))
+
+    def forget(self, keys: Iterable[tuple[str, str, int]]) -> None:
+        self.known.difference_update(keys)
+
+    def backlog(self) -> int:
+        return self._route_q.qsize() + sum(len(lane.pending) for lane in self._lanes.values())
+
+    async def _ensure_started(self) -> None:
+        async with self._start_lock:
+            if not self._started:
+                await self.producer.start()
+                self._started = True
+
+    async def _partition_count(self, topic: str) -> int:
+        if topic not in self._partitions:
+            parts = await self.producer.partitions_for(topic)
+            if not parts:
+                raise RuntimeError(f"topic {topic} has no partitions")
+            self._partitions[topic] = len(parts)
+        return self._partitions[topic]
+
+    async def _route(self) -> None:
+        """Assign records to partition lanes in the order they were committed."""
+        backoff = 0.05
+        while True:
+            rec, ticket = await self._route_q.get()
+            while True:
+                try:
+                    await asyncio.wait_for(self._ensure_started(), self.publish_timeout_s)
+                    n = await asyncio.wait_for(self._partition_count(rec.topic), self.publish_timeout_s)
+                    break
+                except Exception as exc:  # broker unreachable: keep order; waiters time out
+                    self.failures += 1
+                    log.warning("publisher cannot reach Kafka: %r", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            backoff = 0.05
+            lane = self._lane(rec.topic, partition_for(rec.key, n))
+            lane.pending.append((rec, ticket))
+            lane.wake.set()
+
+    def _lane(self, topic: str, partition: int) -> _Lane:
+        key = (topic, partition)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(topic, partition)
+            lane.task = asyncio.create_task(self._drain(lane), name=f"lane-{topic}-{partition}")
+        return lane
+
+    async def _drain(self, lane: _Lane) -> None:
+        backoff = 0.05
+        while True:
+            await lane.wake.wait()
+            lane.wake.clear()
+            while lane.pending:
+                take = _take(lane.pending)
+                batch = self.producer.create_batch()
+                now_ms = int(time.time() * 1000)
+                for rec, _ in take:
+                    batch.append(key=rec.key, value=rec.value, timestamp=now_ms, headers=rec.headers)
+                batch.close()
+                try:
+                    fut = await asyncio.wait_for(
+                        self.producer.send_batch(batch, lane.topic, partition=lane.partition),
+                        self.publish_timeout_s,
+                    )
+                    meta = await asyncio.wait_for(fut, self.publish_timeout_s)
+                except Exception as exc:
+                    self.failures += 1
+                    log.warning("publish to %s[%d] failed: %r", lane.topic, lane.partition, exc)
+                    for _, ticket in take:
+                        if ticket is not None and not ticket.future.done():
+                            ticket.future.set_result(None)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.05
+                del lane.pending[: len(take)]
+                acked = []
+                for i, (rec, ticket) in enumerate(take):
+                    pos = Position(lane.topic, lane.partition, meta.offset + i)
+                    acked.append((rec, pos))
+                    if ticket is not None and not ticket.future.done():
+                        ticket.future.set_result(pos)
+                await self.on_ack(acked)
+
+
+def _take(
+    pending: list[tuple[OutboxRecord, Ticket | None]],
+) -> list[tuple[OutboxRecord, Ticket | None]]:
+    size = 0
+    for n, (rec, _) in enumerate(pending):
+        size += len(rec.value) + 200
+        if n >= _MAX_BATCH_RECORDS or (n > 0 and size > _MAX_BATCH_BYTES):
+            return pending[:n]
+    return pending[:]
+
+
+async def check_broker(publisher: Publisher, timeout_s: float) -> None:
+    """Raise unless the broker answers a metadata request in time."""
+
+    async def _probe() -> None:
+        await publisher._ensure_started()
+        await publisher.producer.client.fetch_all_metadata()
+
+    await asyncio.wait_for(_probe(), timeout_s)

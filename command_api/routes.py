@@ -1,0 +1,212 @@
+"""HTTP routes of the command API."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from command_api.deps import SideDep
+from command_api.outcomes import (
+    Accepted,
+    PendingCommand,
+    Refused,
+    Replayed,
+    Unavailable,
+    VersionConflict,
+)
+from command_api.publisher import check_broker
+from eventfold import jsonutil
+from eventfold.problems import PROBLEM_RESPONSES, Problem
+from schemas.registry import UnknownCommandType, UnknownStreamType
+
+router = APIRouter()
+
+STREAM_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+_ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
+
+
+class CommandBody(BaseModel):
+    """What a client sends: a command type and its data."""
+
+    type: str
+    data: dict[str, Any] = {}
+
+
+class EventRef(BaseModel):
+    event_id: str
+    type: str
+    version: int
+
+
+class CommandResult(BaseModel):
+    stream_type: str
+    stream_id: str
+    version: int
+    events: list[EventRef]
+    position: str | None
+    published: bool
+
+
+class StreamView(BaseModel):
+    stream_type: str
+    stream_id: str
+    version: int
+    state: dict[str, Any]
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(jsonutil.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    m = _ETAG.match(if_match.strip())
+    if not m:
+        raise Problem(400, "invalid_if_match", 'If-Match must be a version such as "3"')
+    return int(m.group(1))
+
+
+def _parse_body(raw: bytes) -> tuple[str, dict[str, Any]]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Problem(422, "invalid_command", 'the body must be an object {"type": ..., "data": {...}}')
+    try:
+        parsed = CommandBody.model_validate(body)
+    except ValidationError as exc:
+        raise Problem(422, "invalid_command", _errors_text(exc), errors=_errors(exc)) from None
+    return parsed.type, parsed.data
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()]
+
+
+def _errors_text(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())[:1000]
+
+
+@router.post(
+    "/commands/{stream_type}/{stream_id}",
+    response_model=CommandResult,
+    responses={
+        202: {"model": CommandResult, "description": "Durable, not yet acknowledged by Kafka"},
+        **{k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 404, 409, 413, 422, 503)},
+    },
+)
+async def send_command(
+    request: Request,
+    side: SideDep,
+    stream_type: Annotated[str, Path(max_length=64)],
+    stream_id: Annotated[str, Path(pattern=STREAM_ID)],
+    if_match: Annotated[str | None, Header(max_length=64)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    x_correlation_id: Annotated[str | None, Header(max_length=128)] = None,
+) -> Response:
+    """Send a command to one stream; answers with the events it appended."""
+    try:
+        aggregate = side.aggregates.get(stream_type)
+    except UnknownStreamType:
+        raise Problem(404, "unknown_stream_type", f"there is no stream type {stream_type!r}") from None
+    expected = _expected_version(if_match)
+    command_type, data = _parse_body(await request.body())
+    try:
+        model = aggregate.contract.command_model(command_type)
+    except UnknownCommandType:
+        raise Problem(
+            422, "unknown_command_type",
+            f"{stream_type} has no command {command_type!r}",
+            known=sorted(aggregate.contract.commands),
+        ) from None
+    try:
+        command = model.model_validate(data)
+    except ValidationError as exc:
+        raise Problem(422, "invalid_command_data", _errors_text(exc), errors=_errors(exc)) from None
+
+    pending = PendingCommand(
+        stream_type=stream_type,
+        stream_id=stream_id,
+        command=command,
+        expected_version=expected,
+        idempotency_key=idempotency_key,
+        request_hash=jsonutil.canonical_hash([stream_type, stream_id, command_type, data, expected]),
+        correlation_id=x_correlation_id or str(uuid.uuid4()),
+        command_id=str(uuid.uuid4()),
+        future=asyncio.get_running_loop().create_future(),
+    )
+    outcome, published = await side.service.execute(pending)
+    match outcome:
+        case Accepted():
+            etag = {"ETag": f'"{outcome.version}"'}
+            return _json(200 if published else 202, outcome.body(published=published), etag)
+        case Replayed(status=status, body=body):
+            return _json(status, body, {"ETag": f'"{body.get("version")}"', "Idempotent-Replayed": "true"})
+        case VersionConflict(current_version=current):
+            raise Problem(
+                409, "version_conflict",
+                f"expected version {expected}, the stream is at {current}",
+                current_version=current,
+                headers={"ETag": f'"{current}"'},
+            )
+        case Refused(code=code, detail=detail, status=status):
+            raise Problem(status, code, detail)
+        case Unavailable(detail=detail):
+            raise Problem(503, "unavailable", f"{detail}; nothing was appended", headers={"Retry-After": "1"})
+    raise AssertionError(f"unhandled outcome {outcome!r}")
+
+
+@router.get(
+    "/streams/{stream_type}/{stream_id}",
+    response_model=StreamView,
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (404,)},
+)
+async def read_stream(
+    side: SideDep,
+    stream_type: Annotated[str, Path(max_length=64)],
+    stream_id: Annotated[str, Path(pattern=STREAM_ID)],
+) -> Response:
+    """Read the write side's current version and state of one stream."""
+    if stream_type not in side.aggregates.registry:
+        raise Problem(404, "unknown_stream_type", f"there is no stream type {stream_type!r}")
+    found = await side.store.read_stream(stream_type, stream_id)
+    if found is None:
+        raise Problem(404, "stream_not_found", f"{stream_type}/{stream_id} has no events")
+    version, state = found
+    body = {"stream_type": stream_type, "stream_id": stream_id, "version": version, "state": state}
+    return _json(200, body, {"ETag": f'"{version}"'})
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: PROBLEM_RESPONSES[503]})
+async def readyz(side: SideDep) -> Response:
+    """Readiness: the write store and the broker both answer."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(side.store.ping(), 2.0)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        await check_broker(side.publisher, 2.0)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    checks["outbox_backlog"] = str(side.publisher.backlog())
+    if all(v == "ok" for k, v in checks.items() if k in ("database", "broker")):
+        return _json(200, {"status": "ready", "checks": checks})
+    raise Problem(503, "not_ready", "a dependency is unreachable", checks=checks, headers={"Retry-After": "2"})

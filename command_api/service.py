@@ -1,0 +1,204 @@
+"""The command service: group commit, then publish, then forget.
+
+Requests queue here; one loop takes whatever has queued while the previous
+transaction ran and commits it as one batch (group commit), then hands the
+events to the publisher in commit order. A relay loop publishes what a crashed
+process or an outage left in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+
+from command_api.outcomes import (
+    Accepted,
+    Outcome,
+    OutboxRecord,
+    PendingCommand,
+    Unavailable,
+)
+from command_api.publisher import Publisher, Ticket
+from command_api.store import CommitConflict, WriteStore
+from eventfold import jsonutil
+from eventfold.settings import CommandApiSettings
+from schemas.position import Position
+
+log = logging.getLogger(__name__)
+
+
+class CommandService:
+    def __init__(
+        self,
+        store: WriteStore,
+        publisher: Publisher,
+        settings: CommandApiSettings,
+        publish_timeout_s: float,
+    ) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.settings = settings
+        self.publish_timeout_s = publish_timeout_s
+        self._queue: asyncio.Queue[PendingCommand] = asyncio.Queue()
+        self._acked: list[OutboxRecord] = []
+        self._responses: list[tuple[str, int, bytes]] = []
+        self._finalize_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_relay_error: str | None = None
+
+    async def start(self) -> None:
+        self.publisher.on_ack = self._on_ack
+        self.publisher.start()
+        self._tasks = [
+            asyncio.create_task(self._commit_loop(), name="commit-loop"),
+            asyncio.create_task(self._finalize_loop(), name="finalize-loop"),
+            asyncio.create_task(self._relay_loop(), name="relay-loop"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        with contextlib.suppress(Exception):
+            await self._flush_finalized()
+        await self.publisher.stop()
+
+    async def execute(self, cmd: PendingCommand) -> tuple[Outcome, bool]:
+        """Run one command; returns its outcome and whether Kafka acknowledged it."""
+        self._queue.put_nowait(cmd)
+        outcome = await cmd.future
+        if not isinstance(outcome, Accepted) or not outcome.records:
+            return outcome, isinstance(outcome, Accepted)
+        ticket: Ticket = cmd.ticket
+        try:
+            position = await asyncio.wait_for(asyncio.shield(ticket.future), self.publish_timeout_s)
+        except TimeoutError:
+            position = None
+        final = Accepted(
+            outcome.stream_type, outcome.stream_id, outcome.version,
+            outcome.events, outcome.records, position,
+        )
+        if cmd.idempotency_key is not None:
+            published = position is not None
+            self._responses.append(
+                (cmd.idempotency_key, 200 if published else 202,
+                 jsonutil.dumps(final.body(published=published)))
+            )
+            self._finalize_wake.set()
+        return final, position is not None
+
+    async def _commit_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.settings.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # never leave a request hanging
+                log.exception("commit loop failed")
+                for cmd in batch:
+                    if not cmd.future.done():
+                        cmd.future.set_result(Unavailable(f"internal error: {exc!r}"))
+
+    async def _commit(self, batch: list[PendingCommand]) -> None:
+        for attempt in range(self.settings.commit_retries):
+            try:
+                result = await self.store.commit(batch)
+                break
+            except CommitConflict:
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+            except Exception as exc:
+                log.warning("write store unavailable: %r", exc)
+                for cmd in batch:
+                    cmd.future.set_result(Unavailable("the write store is unavailable"))
+                return
+        else:
+            for cmd in batch:
+                cmd.future.set_result(Unavailable("too much contention on these streams; retry"))
+            return
+        loop = asyncio.get_running_loop()
+        # Unacknowledged events of these streams left by another process go first.
+        self.publisher.submit(r for r in result.predecessors if r.natural_key not in self.publisher.known)
+        for cmd, outcome in zip(batch, result.outcomes, strict=True):
+            if isinstance(outcome, int):
+                _follow(batch[outcome], cmd)
+                continue
+            if isinstance(outcome, Accepted) and outcome.records:
+                cmd.ticket = Ticket(outcome.records, loop.create_future())
+                self.publisher.submit(outcome.records, cmd.ticket)
+            cmd.future.set_result(outcome)
+
+    async def _on_ack(self, acked: list[tuple[OutboxRecord, Position]]) -> None:
+        self._acked.extend(rec for rec, _ in acked)
+        self._finalize_wake.set()
+
+    async def _finalize_loop(self) -> None:
+        while True:
+            await self._finalize_wake.wait()
+            self._finalize_wake.clear()
+            try:
+                await self._flush_finalized()
+            except Exception as exc:  # the rows stay; the relay republishes at worst
+                log.warning("could not clear published outbox rows: %r", exc)
+                await asyncio.sleep(0.5)
+                self._finalize_wake.set()
+
+    async def _flush_finalized(self) -> None:
+        acked, self._acked = self._acked, []
+        responses, self._responses = self._responses, []
+        try:
+            await self.store.finalize(acked, responses)
+        except Exception:
+            self._acked[:0] = acked
+            self._responses[:0] = responses
+            raise
+        self.publisher.forget(r.natural_key for r in acked)
+
+    async def _relay_loop(self) -> None:
+        grace = 0.0  # at start, whatever is in the outbox was left by a dead process
+        last_expiry = 0.0
+        while True:
+            try:
+                await self.relay_once(grace)
+                if time.monotonic() - last_expiry > 60:
+                    await self.store.expire_idempotency_keys(self.settings.idempotency_ttl_s)
+                    last_expiry = time.monotonic()
+                self.last_relay_error = None
+            except Exception as exc:
+                self.last_relay_error = repr(exc)
+                log.warning("outbox relay failed: %r", exc)
+            grace = self.settings.relay_grace_s
+            await asyncio.sleep(self.settings.relay_interval_s)
+
+    async def relay_once(self, grace_s: float) -> int:
+        """Publish outbox rows this process does not hold; whole stream prefixes only."""
+        rows = await self.store.unpublished(self.settings.relay_batch)
+        by_stream: dict[tuple[str, str], list[tuple[OutboxRecord, float]]] = defaultdict(list)
+        for rec, created in rows:
+            by_stream[(rec.stream_type, rec.stream_id)].append((rec, created))
+        now, sent = time.time(), 0
+        for items in by_stream.values():
+            if any(rec.natural_key in self.publisher.known for rec, _ in items):
+                continue
+            if now - items[0][1] < grace_s:
+                continue  # probably in flight in a live process
+            self.publisher.submit(rec for rec, _ in items)
+            sent += len(items)
+        return sent
+
+
+def _follow(first: PendingCommand, repeat: PendingCommand) -> None:
+    """A repeat of an idempotency key within one batch gets the first's outcome."""
+
+    def _copy(fut: asyncio.Future[Outcome]) -> None:
+        repeat.ticket = first.ticket
+        if not repeat.future.done():
+            repeat.future.set_result(fut.result())
+
+    first.future.add_done_callback(_copy)

@@ -1,0 +1,350 @@
+"""The write store: stream heads, outbox and idempotency keys, in one transaction.
+
+A batch of commands (group commit) is decided against the heads it loads and
+written in one transaction: new heads by compare-and-set on `version`, their
+events into the outbox, their idempotency keys. PostgreSQL additionally locks
+the loaded heads (`FOR UPDATE`, in key order) so that several command API
+processes queue on a hot stream instead of failing their compare-and-set.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from command_api.aggregate import Aggregates, Rejected
+from command_api.outcomes import (
+    Accepted,
+    Outcome,
+    OutboxRecord,
+    PendingCommand,
+    Refused,
+    Replayed,
+    VersionConflict,
+)
+from command_api.tables import idempotency_keys, outbox, streams
+from eventfold import jsonutil
+from eventfold.settings import KafkaSettings
+from schemas.envelope import EventEnvelope
+from schemas.mapper import encode_value, envelope_headers
+
+StreamKey = tuple[str, str]
+# Commands are processed in one transaction in chunks of this many keys, so
+# that `IN (...)` lists stay well under every driver's parameter limit.
+_CHUNK = 400
+
+
+class CommitConflict(Exception):
+    """Another writer moved a stream between our read and our write; retry."""
+
+
+@dataclass(slots=True)
+class _Head:
+    version: int
+    state: Any
+    exists: bool
+    start_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    outcomes: list[Outcome | int]  # an int points at an earlier command with the same key
+    predecessors: list[OutboxRecord]
+
+
+class WriteStore:
+    def __init__(self, engine: AsyncEngine, aggregates: Aggregates, kafka: KafkaSettings) -> None:
+        self.engine = engine
+        self.aggregates = aggregates
+        self.kafka = kafka
+        self._pg = engine.dialect.name == "postgresql"
+
+    async def commit(self, batch: Sequence[PendingCommand]) -> CommitResult:
+        """Decide and persist a batch; raises CommitConflict if a head moved under us."""
+        keys = sorted({(c.stream_type, c.stream_id) for c in batch})
+        idem_keys = sorted({c.idempotency_key for c in batch if c.idempotency_key})
+        try:
+            async with self.engine.begin() as conn:
+                heads = await self._load_heads(conn, keys)
+                stored = await self._load_idempotency(conn, idem_keys)
+                preds = await self._load_outbox(conn, keys)
+                outcomes, records, idem_rows = self._decide(batch, heads, stored)
+                await self._write(conn, heads, records, idem_rows)
+        except IntegrityError as exc:
+            raise CommitConflict(str(exc.orig)) from exc
+        return CommitResult(outcomes, preds)
+
+    async def _load_heads(self, conn: AsyncConnection, keys: list[StreamKey]) -> dict[StreamKey, _Head]:
+        heads: dict[StreamKey, _Head] = {}
+        for chunk in _chunks(keys):
+            stmt = (
+                select(streams.c.stream_type, streams.c.stream_id, streams.c.version, streams.c.state)
+                .where(tuple_(streams.c.stream_type, streams.c.stream_id).in_(chunk))
+                .order_by(streams.c.stream_type, streams.c.stream_id)
+            )
+            if self._pg:
+                stmt = stmt.with_for_update()
+            for t, i, v, s in (await conn.execute(stmt)).all():
+                state = self.aggregates.get(t).load_state(jsonutil.loads(s))
+                heads[(t, i)] = _Head(v, state, True, v)
+        for t, i in keys:
+            if (t, i) not in heads:
+                heads[(t, i)] = _Head(0, self.aggregates.get(t).initial, False, 0)
+        return heads
+
+    async def _load_idempotency(
+        self, conn: AsyncConnection, keys: list[str]
+    ) -> dict[str, tuple[str, int, bytes]]:
+        out: dict[str, tuple[str, int, bytes]] = {}
+        for chunk in _chunks(keys):
+            rows = await conn.execute(
+                select(
+                    idempotency_keys.c.key,
+                    idempotency_keys.c.request_hash,
+                    idempotency_keys.c.status,
+                    idempotency_keys.c.response,
+                ).where(idempotency_keys.c.key.in_(chunk))
+            )
+            for k, h, st, resp in rows.all():
+                out[k] = (h, st, resp)
+        return out
+
+    async def _load_outbox(self, conn: AsyncConnection, keys: list[StreamKey]) -> list[OutboxRecord]:
+        """Unacknowledged events of these streams, which must be published first."""
+        out: list[OutboxRecord] = []
+        for chunk in _chunks(keys):
+            rows = await conn.execute(
+                select(outbox)
+                .where(tuple_(outbox.c.stream_type, outbox.c.stream_id).in_(chunk))
+                .order_by(outbox.c.id)
+            )
+            out.extend(_record(r) for r in rows.mappings().all())
+        return out
+
+    def _decide(
+        self,
+        batch: Sequence[PendingCommand],
+        heads: dict[StreamKey, _Head],
+        stored: dict[str, tuple[str, int, bytes]],
+    ) -> tuple[list[Outcome | int], list[OutboxRecord], list[dict[str, Any]]]:
+        outcomes: list[Outcome | int] = []
+        records: list[OutboxRecord] = []
+        idem_rows: list[dict[str, Any]] = []
+        first_with_key: dict[str, int] = {}
+        now = time.time()
+        occurred = datetime.now(UTC)
+        for index, cmd in enumerate(batch):
+            key = cmd.idempotency_key
+            if key is not None:
+                if key in stored:
+                    h, status, resp = stored[key]
+                    outcomes.append(
+                        Replayed(status, jsonutil.loads(resp))
+                        if h == cmd.request_hash
+                        else _key_reused()
+                    )
+                    continue
+                if key in first_with_key:
+                    first = first_with_key[key]
+                    same = batch[first].request_hash == cmd.request_hash
+                    outcomes.append(first if same else _key_reused())
+                    continue
+            head = heads[(cmd.stream_type, cmd.stream_id)]
+            if cmd.expected_version is not None and cmd.expected_version != head.version:
+                outcomes.append(VersionConflict(head.version))
+                continue
+            aggregate = self.aggregates.get(cmd.stream_type)
+            try:
+                events = aggregate.decide(head.state, cmd.command)
+            except Rejected as r:
+                outcomes.append(Refused(r.code, r.detail))
+                continue
+            state, version = head.state, head.version
+            described = []
+            topic = self.kafka.topic(cmd.stream_type)
+            for event in events:
+                state = aggregate.evolve(state, event)
+                version += 1
+                env = EventEnvelope(
+                    event_id=uuid.uuid4(),
+                    stream_type=cmd.stream_type,
+                    stream_id=cmd.stream_id,
+                    version=version,
+                    type=type(event).__name__,
+                    schema_version=type(event).schema_version,
+                    occurred_at=occurred,
+                    correlation_id=cmd.correlation_id,
+                    causation_id=cmd.command_id,
+                    data=event.model_dump(mode="json"),
+                )
+                described.append({"event_id": str(env.event_id), "type": env.type, "version": version})
+                records.append(
+                    OutboxRecord(
+                        cmd.stream_type, cmd.stream_id, version, topic,
+                        encode_value(env), envelope_headers(env),
+                    )
+                )
+            head.state, head.version = state, version
+            accepted = Accepted(
+                cmd.stream_type, cmd.stream_id, version, described,
+                records[len(records) - len(described):],
+            )
+            outcomes.append(accepted)
+            if key is not None:
+                first_with_key[key] = index
+                idem_rows.append(
+                    {
+                        "key": key,
+                        "request_hash": cmd.request_hash,
+                        # Durable but not yet acknowledged by Kafka; the publisher
+                        # replaces this with the 200 and its position.
+                        "status": 202,
+                        "response": jsonutil.dumps(accepted.body(published=False)),
+                        "created_at": now,
+                    }
+                )
+        return outcomes, records, idem_rows
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        heads: dict[StreamKey, _Head],
+        records: list[OutboxRecord],
+        idem_rows: list[dict[str, Any]],
+    ) -> None:
+        now = time.time()
+        new_rows, moved = [], []
+        for (t, i), h in heads.items():
+            if h.version == h.start_version:
+                continue
+            row = {"t": t, "i": i, "v": h.version, "s": jsonutil.dumps(h.state.model_dump(mode="json")).decode(), "u": now}
+            (moved if h.exists else new_rows).append({**row, "expected": h.start_version})
+        if new_rows:
+            await conn.execute(
+                insert(streams),
+                [
+                    {"stream_type": r["t"], "stream_id": r["i"], "version": r["v"], "state": r["s"], "updated_at": r["u"]}
+                    for r in new_rows
+                ],
+            )
+        for r in moved:
+            # Compare-and-set: a head that moved since we read it fails the batch.
+            result = await conn.execute(
+                update(streams)
+                .where(
+                    and_(
+                        streams.c.stream_type == r["t"],
+                        streams.c.stream_id == r["i"],
+                        streams.c.version == r["expected"],
+                    )
+                )
+                .values(version=r["v"], state=r["s"], updated_at=r["u"])
+            )
+            if result.rowcount != 1:
+                raise CommitConflict(f"{r['t']}/{r['i']} moved past version {r['expected']}")
+        if records:
+            await conn.execute(
+                insert(outbox),
+                [
+                    {
+                        "stream_type": rec.stream_type,
+                        "stream_id": rec.stream_id,
+                        "version": rec.version,
+                        "topic": rec.topic,
+                        "value": rec.value,
+                        "headers": jsonutil.dumps([[k, v.decode()] for k, v in rec.headers]),
+                        "created_at": now,
+                    }
+                    for rec in records
+                ],
+            )
+        if idem_rows:
+            await conn.execute(insert(idempotency_keys), idem_rows)
+
+    async def finalize(
+        self, published: Iterable[OutboxRecord], responses: Iterable[tuple[str, int, bytes]]
+    ) -> None:
+        """Forget acknowledged events; store final responses of idempotent commands."""
+        done = sorted({r.natural_key for r in published})
+        responses = list(responses)
+        if not done and not responses:
+            return
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(done):
+                await conn.execute(
+                    delete(outbox).where(
+                        tuple_(outbox.c.stream_type, outbox.c.stream_id, outbox.c.version).in_(chunk)
+                    )
+                )
+            for key, status, body in responses:
+                await conn.execute(
+                    update(idempotency_keys)
+                    .where(idempotency_keys.c.key == key)
+                    .values(status=status, response=body)
+                )
+
+    async def unpublished(self, limit: int) -> list[tuple[OutboxRecord, float]]:
+        """The oldest outbox rows, in append order, with their creation times."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(outbox).order_by(outbox.c.id).limit(limit))
+            return [(_record(r), r["created_at"]) for r in rows.mappings().all()]
+
+    async def outbox_size(self) -> int:
+        from sqlalchemy import func
+
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
+
+    async def expire_idempotency_keys(self, ttl_s: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.created_at < time.time() - ttl_s)
+            )
+
+    async def read_stream(self, stream_type: str, stream_id: str) -> tuple[int, dict[str, Any]] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(streams.c.version, streams.c.state).where(
+                        streams.c.stream_type == stream_type, streams.c.stream_id == stream_id
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        return int(row[0]), jsonutil.loads(row[1])
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+
+def _key_reused() -> Refused:
+    return Refused(
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request",
+    )
+
+
+def _record(r: Any) -> OutboxRecord:
+    return OutboxRecord(
+        r["stream_type"],
+        r["stream_id"],
+        r["version"],
+        r["topic"],
+        bytes(r["value"]),
+        [(k, v.encode()) for k, v in jsonutil.loads(r["headers"])],
+    )
+
+
+def _chunks(items: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

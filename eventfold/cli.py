@@ -1,0 +1,106 @@
+"""The `eventfold` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from eventfold.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, help="eventfold: Kafka-backed event sourcing and CQRS.")
+topics_app = typer.Typer(no_args_is_help=True, help="Manage the Kafka topics of the registry.")
+app.add_typer(topics_app, name="topics")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+@app.command()
+def migrate(
+    write: Annotated[bool, typer.Option(help="Migrate the write store.")] = True,
+    read: Annotated[bool, typer.Option(help="Migrate the read store.")] = True,
+) -> None:
+    """Apply the Alembic migrations to the write and read stores."""
+    from eventfold.migrate import upgrade
+
+    settings = get_settings()
+
+    async def run() -> None:
+        if write:
+            await upgrade(settings.db.write_db_url, "write")
+            console.print(f"write store migrated: {_redact(settings.db.write_db_url)}")
+        if read:
+            await upgrade(settings.db.read_db_url, "read")
+            console.print(f"read store migrated: {_redact(settings.db.read_db_url)}")
+
+    try:
+        asyncio.run(run())
+    except (OSError, ConnectionError) as exc:
+        raise _fail(f"cannot reach the database: {exc}") from None
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create one topic per registered stream type, with the configured partitions."""
+    from eventfold.wiring import all_topics
+    from eventfold.kafka import create_topics
+
+    settings = get_settings()
+    try:
+        created = asyncio.run(create_topics(settings.kafka, all_topics(settings)))
+    except Exception as exc:
+        raise _fail(f"cannot reach Kafka at {settings.kafka.kafka_bootstrap}: {exc!r}") from None
+    for name in all_topics(settings):
+        console.print(f"{'created' if name in created else 'exists '} {name}")
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="command-api | query-api | projector | publisher")],
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (defaults from settings).")] = None,
+) -> None:
+    """Run one service in the foreground (what the container image runs)."""
+    from eventfold.runner import serve_one
+
+    try:
+        asyncio.run(serve_one(get_settings(), service, host=host, port=port))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="Where the SQLite stores live.")] = Path(".eventfold"),
+    command_port: Annotated[int, typer.Option(help="Command API port.")] = 8000,
+    query_port: Annotated[int, typer.Option(help="Query API port.")] = 8001,
+    kafka_port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
+) -> None:
+    """Run the whole system on this machine: broker, SQLite stores, APIs, projector."""
+    from eventfold.dev import run_dev
+
+    external = os.environ.get("EVENTFOLD_KAFKA_BOOTSTRAP")
+    try:
+        asyncio.run(run_dev(data_dir, command_port, query_port, kafka_port, external))
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    app()

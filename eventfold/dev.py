@@ -1,0 +1,60 @@
+"""`eventfold dev`: the whole system on one machine, embedded broker and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from rich.console import Console
+
+from eventfold.broker import EmbeddedBroker
+from eventfold.kafka import create_topics
+from eventfold.migrate import upgrade_all
+from eventfold.runner import http_server, install_stop_signals, run_servers
+from eventfold.settings import DatabaseSettings, KafkaSettings, Settings
+from eventfold.wiring import all_topics
+
+console = Console()
+
+
+def dev_settings(data_dir: Path, bootstrap: str, embedded: bool) -> Settings:
+    data_dir = data_dir.resolve()
+    kafka = KafkaSettings(kafka_bootstrap=bootstrap, **({"kafka_idempotence": False} if embedded else {}))
+    db = DatabaseSettings(
+        write_db_url=f"sqlite+aiosqlite:///{data_dir / 'write.db'}",
+        read_db_url=f"sqlite+aiosqlite:///{data_dir / 'read.db'}",
+    )
+    return Settings(data_dir=data_dir, kafka=kafka, db=db)
+
+
+async def run_dev(
+    data_dir: Path, command_port: int, query_port: int, kafka_port: int, external: str | None
+) -> None:
+    from command_api.bootstrap import create_app as command_app
+
+    broker = None
+    if external is None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        broker = EmbeddedBroker(kafka_port, log_path=data_dir / "broker.log")
+        await broker.astart()
+        console.print(f"[green]broker[/green]       {broker.bootstrap} (embedded Tansu, in memory)")
+    try:
+        settings = dev_settings(data_dir, external or broker.bootstrap, embedded=broker is not None)  # type: ignore[union-attr]
+        await upgrade_all(settings.db.write_db_url, settings.db.read_db_url)
+        await create_topics(settings.kafka, all_topics(settings))
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        servers = [http_server(command_app(settings), "127.0.0.1", command_port)]
+        console.print(f"[green]command API[/green]  http://127.0.0.1:{command_port}/docs")
+        console.print(f"[green]stores[/green]       {settings.data_dir}/write.db, read.db")
+        console.print(
+            "\ntry:\n"
+            f"  curl -s -X POST http://127.0.0.1:{command_port}/commands/account/alice "
+            "-H 'content-type: application/json' -d '{\"type\": \"OpenAccount\", \"data\": {\"owner\": \"Alice\"}}'\n"
+            "\nCtrl-C stops everything."
+        )
+        await run_servers(servers, stop)
+    finally:
+        if broker is not None:
+            broker.stop()
+        console.print("stopped.")

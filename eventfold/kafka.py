@@ -1,0 +1,91 @@
+"""Kafka clients built from settings, topic creation and the key partitioner.
+
+Broker limits are handled here, through configuration only: the rest of the
+code never knows which broker it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+
+from eventfold.settings import KafkaSettings
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The Java client's default partitioner, so every producer agrees."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable_idempotence": settings.kafka_idempotence,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "linger_ms": settings.linger_ms,
+        "max_batch_size": 1024 * 1024,
+        "max_request_size": 4 * 1024 * 1024,
+        "compression_type": None,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def new_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_uncommitted",
+        "request_timeout_ms": max(settings.request_timeout_ms, 5000),
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def create_topics(
+    settings: KafkaSettings, topics: Iterable[str], *, timeout_s: float = 30.0
+) -> list[str]:
+    """Create the topics that are missing; returns the names it created.
+
+    Retention is left to the cluster: on real Kafka set `retention.ms=-1`
+    (replays read from offset 0), see deploy/README.md.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
+    )
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in dict.fromkeys(topics) if t not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            t,
+                            num_partitions=settings.partitions,
+                            replication_factor=settings.replication_factor,
+                            topic_configs={"retention.ms": "-1"},
+                        )
+                        for t in wanted
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        return wanted
+    finally:
+        await admin.close()
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"

@@ -1,0 +1,66 @@
+"""Running services under uvicorn, alone or several in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from eventfold.settings import Settings
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its caller."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def http_server(app: FastAPI, host: str, port: int) -> _Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", log_level="warning",
+        access_log=False, timeout_graceful_shutdown=10,
+    )
+    return _Server(config)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_servers(servers: list[_Server], stop: asyncio.Event) -> None:
+    """Serve until `stop` is set or a server exits, then shut all down."""
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for s in servers:
+        s.should_exit = True
+    stopper.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+            raise r
+    for s in servers:
+        if not s.started and not stop.is_set():
+            raise RuntimeError("a server failed to start (is its port free?)")
+
+
+async def serve_one(settings: Settings, service: str, *, host: str | None, port: int | None) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    if service == "command-api":
+        from command_api.bootstrap import create_app
+
+        server = http_server(
+            create_app(settings), host or settings.command_api.host, port or settings.command_api.command_port
+        )
+        await run_servers([server], stop)
+        return
+    raise ValueError(f"unknown service {service!r}: command-api, query-api, projector or publisher")

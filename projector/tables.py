@@ -1,0 +1,86 @@
+"""Read-side tables: runtime bookkeeping and the account read models."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# The truth about how far each projection has read: written in the same
+# transaction as the rows it produced, read back on every assignment.
+projection_offsets = Table(
+    "projection_offsets",
+    metadata,
+    Column("projection", String(100), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+projection_status = Table(
+    "projection_status",
+    metadata,
+    Column("projection", String(100), primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("events_applied", BigInteger, nullable=False, default=0),
+    Column("last_event_at", Float),
+    Column("detail", Text),
+    Column("updated_at", Float, nullable=False),
+)
+
+projection_failures = Table(
+    "projection_failures",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("projection", String(100), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("key", LargeBinary),
+    Column("value", LargeBinary),
+    Column("headers", LargeBinary),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("projection", "topic", "partition", "offset", name="uq_failure_record"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("balance", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_accounts_owner_id", "owner", "id"),
+    Index("ix_accounts_status_id", "status", "id"),
+)
+
+account_transactions = Table(
+    "account_transactions",
+    metadata,
+    Column("account_id", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("type", String(40), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,55 @@
+"""Serialisation of envelopes to Kafka records and back, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.envelope import HEADER_FIELDS, EventEnvelope
+
+Headers = list[tuple[str, bytes]]
+
+
+class PoisonRecord(ValueError):
+    """A record that cannot be read as an event; `reason` is a stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def envelope_headers(env: EventEnvelope) -> Headers:
+    out: Headers = []
+    for name in HEADER_FIELDS:
+        value = getattr(env, name)
+        if value is not None:
+            out.append((name, str(value).encode()))
+    return out
+
+
+def encode_value(env: EventEnvelope) -> bytes:
+    return orjson.dumps(env.model_dump(mode="json"))
+
+
+def decode_value(value: bytes | None) -> EventEnvelope:
+    if value is None:
+        raise PoisonRecord("not_json", "record has no value")
+    try:
+        raw: Any = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonRecord("not_json", str(exc)) from None
+    if not isinstance(raw, dict):
+        raise PoisonRecord("invalid_envelope", "record value is not a JSON object")
+    try:
+        return EventEnvelope.model_validate(raw)
+    except ValidationError as exc:
+        raise PoisonRecord("invalid_envelope", _first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}"[:500]
