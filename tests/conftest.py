@@ -1,0 +1,207 @@
+"""Fixtures over real parts: a broker process and a PostgreSQL database.
+
+By default the broker is the embedded Tansu process and PostgreSQL is the one
+at 127.0.0.1:5432 (`EVENTFOLD_TEST_PG_URL` overrides). With
+`EVENTFOLD_TEST_DOCKER=1` and a reachable Docker engine, testcontainers start
+apache/kafka and postgres instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from command_api.aggregate import Aggregates
+from eventfold.broker import EmbeddedBroker
+from eventfold.kafka import create_topics
+from eventfold.migrate import upgrade_all
+from eventfold.settings import (
+    CommandApiSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    Settings,
+)
+
+PG_URL = os.environ.get("EVENTFOLD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+USE_DOCKER = os.environ.get("EVENTFOLD_TEST_DOCKER") == "1"
+
+
+def _docker() -> Any:
+    """Start containers once per session when asked to; fail loudly if we cannot."""
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    pg = PostgresContainer("postgres:16-alpine", driver="asyncpg")
+    kafka = KafkaContainer("apache/kafka:3.8.0").with_kraft()
+    pg.start()
+    kafka.start()
+    return pg, kafka
+
+
+@pytest.fixture(scope="session")
+def docker_parts() -> Iterator[Any]:
+    if not USE_DOCKER:
+        yield None
+        return
+    pg, kafka = _docker()
+    try:
+        yield pg, kafka
+    finally:
+        kafka.stop()
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(docker_parts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The embedded broker process (also started in Docker mode, for pause tests)."""
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    b = EmbeddedBroker(log_path=log)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker: EmbeddedBroker, docker_parts: Any) -> str:
+    if docker_parts is not None:
+        return str(docker_parts[1].get_bootstrap_server())
+    return broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(docker_parts: Any) -> str:
+    if docker_parts is not None:
+        return str(docker_parts[0].get_connection_url())
+    return PG_URL
+
+
+async def create_database(admin_url: str) -> str:
+    """A new, migrated PostgreSQL database; returns its SQLAlchemy URL."""
+    url = make_url(admin_url)
+    name = f"eventfold_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    db_url = url.set(database=name).render_as_string(hide_password=False)
+    await upgrade_all(db_url, db_url)
+    return db_url
+
+
+async def drop_database(admin_url: str, db_url: str) -> None:
+    conn = await asyncpg.connect(_dsn(make_url(admin_url)))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(db_url).database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _dsn(url: Any) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+async def pg_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """One migrated database for the session; tests isolate by unique stream ids."""
+    db_url = await create_database(pg_admin_url)
+    try:
+        yield db_url
+    finally:
+        await drop_database(pg_admin_url, db_url)
+
+
+@pytest.fixture
+async def fresh_pg_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A database of the test's own, for tests that compare whole tables."""
+    db_url = await create_database(pg_admin_url)
+    try:
+        yield db_url
+    finally:
+        await drop_database(pg_admin_url, db_url)
+
+
+async def migrated_sqlite(directory: Path) -> DatabaseSettings:
+    db = DatabaseSettings(
+        write_db_url=f"sqlite+aiosqlite:///{directory / 'write.db'}",
+        read_db_url=f"sqlite+aiosqlite:///{directory / 'read.db'}",
+    )
+    await upgrade_all(db.write_db_url, db.read_db_url)
+    return db
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> DatabaseSettings:
+    return await migrated_sqlite(tmp_path)
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+async def db(request: pytest.FixtureRequest, pg_url: str, tmp_path: Path) -> DatabaseSettings:
+    """Both backends of the stores, for contract-style tests."""
+    if request.param == "postgres":
+        return DatabaseSettings(write_db_url=pg_url, read_db_url=pg_url)
+    return await migrated_sqlite(tmp_path)
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(kafka_bootstrap: str, pg_url: str, docker_parts: Any) -> SettingsFactory:
+    """Settings for one test: its own topic prefix, the session broker and database."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+
+    def build(db: DatabaseSettings | None = None, **overrides: Any) -> Settings:
+        kafka = {
+            "kafka_bootstrap": kafka_bootstrap,
+            "kafka_idempotence": docker_parts is not None,
+            "topic_prefix": prefix,
+            "partitions": 4,
+            "publish_timeout_s": 3.0,
+            "request_timeout_ms": 2000,
+        }
+        kafka.update(overrides.pop("kafka", {}))
+        command_api = {"relay_interval_s": 0.2, "relay_grace_s": 2.0}
+        command_api.update(overrides.pop("command_api", {}))
+        return Settings(
+            kafka=KafkaSettings(**kafka),
+            db=db or DatabaseSettings(write_db_url=pg_url, read_db_url=pg_url),
+            command_api=CommandApiSettings(**command_api),
+            **overrides,
+        )
+
+    return build
+
+
+@pytest.fixture
+def command_client(
+    make_settings: SettingsFactory,
+) -> Callable[..., AbstractAsyncContextManager[Any]]:
+    """`async with command_client(settings, aggregates) as http:` over ASGI, topics created."""
+    from contextlib import asynccontextmanager
+
+    from command_api.bootstrap import create_app
+    from command_api.domain import default_aggregates
+    from tests.helpers import app_client
+
+    @asynccontextmanager
+    async def open_client(
+        settings: Settings | None = None, aggregates: Aggregates | None = None
+    ) -> AsyncIterator[Any]:
+        cfg = settings or make_settings()
+        aggs = aggregates or default_aggregates()
+        await create_topics(cfg.kafka, [cfg.kafka.topic(a.stream_type) for a in aggs])
+        async with app_client(create_app(cfg, aggs)) as client:
+            yield client
+
+    return open_client

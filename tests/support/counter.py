@@ -1,0 +1,68 @@
+"""A tiny second aggregate, declared only in the tests.
+
+It proves that adding an aggregate (and its projection) is declaring it: the
+command API, the publisher and the projector runtime are used unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from command_api.aggregate import Aggregate, Aggregates, Rejected
+from command_api.domain.account import ACCOUNT_AGGREGATE
+from schemas.base import Command, Event
+from schemas.registry import declare_stream
+
+
+class Increment(Command):
+    by: int = Field(gt=0, le=1000)
+
+
+class Reset(Command):
+    pass
+
+
+class Incremented(Event):
+    by: int
+
+
+class WasReset(Event):
+    pass
+
+
+class Counter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    value: int = 0
+
+
+LIMIT = 100
+
+
+def decide(state: Counter, command: Command) -> Sequence[Event]:
+    match command:
+        case Increment(by=by):
+            if state.value + by > LIMIT:
+                raise Rejected("counter_overflow", f"{state.value} + {by} exceeds {LIMIT}")
+            return [Incremented(by=by)]
+        case Reset():
+            return [WasReset()] if state.value else []
+    raise TypeError(type(command).__name__)
+
+
+def evolve(state: Counter, event: Event) -> Counter:
+    match event:
+        case Incremented(by=by):
+            return Counter(value=state.value + by)
+        case WasReset():
+            return Counter()
+    raise TypeError(type(event).__name__)
+
+
+COUNTER = declare_stream("counter", commands=[Increment, Reset], events=[Incremented, WasReset])
+COUNTER_AGGREGATE: Aggregate[Counter] = Aggregate(COUNTER, Counter(), decide, evolve)
+
+
+def with_counter() -> Aggregates:
+    return Aggregates([ACCOUNT_AGGREGATE, COUNTER_AGGREGATE])
