@@ -20,6 +20,7 @@ from command_api.outcomes import (
     Outcome,
     OutboxRecord,
     PendingCommand,
+    Replayed,
     Unavailable,
 )
 from command_api.publisher import Publisher, Ticket
@@ -46,9 +47,15 @@ class CommandService:
         self._queue: asyncio.Queue[PendingCommand] = asyncio.Queue()
         self._acked: list[OutboxRecord] = []
         self._responses: list[tuple[str, int, bytes]] = []
+        self._responses_saved: list[asyncio.Future[None]] = []
+        # Idempotency keys whose first command is still being published here.
+        self._inflight_keys: dict[str, asyncio.Future[Replayed]] = {}
         self._finalize_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.last_relay_error: str | None = None
+        # Keys acknowledged and deleted while a commit was reading the outbox:
+        # that commit may still see them as predecessors, and must not resend them.
+        self._forgotten_during_commit: set[tuple[str, str, int]] = set()
 
     async def start(self) -> None:
         self.publisher.on_ack = self._on_ack
@@ -71,8 +78,35 @@ class CommandService:
 
     async def execute(self, cmd: PendingCommand) -> tuple[Outcome, bool]:
         """Run one command; returns its outcome and whether Kafka acknowledged it."""
+        key = cmd.idempotency_key
+        first: asyncio.Future[Replayed] | None = None
+        if key is not None and key not in self._inflight_keys:
+            first = self._inflight_keys[key] = asyncio.get_running_loop().create_future()
+        try:
+            outcome, published = await self._execute(cmd, first)
+        finally:
+            if first is not None:
+                del self._inflight_keys[key]  # type: ignore[arg-type]
+        if first is not None:
+            if isinstance(outcome, Accepted):
+                body = outcome.body(published=published)
+                first.set_result(Replayed(200 if published else 202, body))
+            else:
+                first.cancel()
+        return outcome, published
+
+    async def _execute(
+        self, cmd: PendingCommand, own: asyncio.Future[Replayed] | None
+    ) -> tuple[Outcome, bool]:
         self._queue.put_nowait(cmd)
         outcome = await cmd.future
+        if isinstance(outcome, Replayed) and outcome.status == 202:
+            # The first command may still be on its way to Kafka in this process:
+            # its final answer is the one to repeat.
+            running = self._inflight_keys.get(cmd.idempotency_key or "")
+            if running is not None and running is not own:
+                with contextlib.suppress(asyncio.CancelledError):
+                    return await asyncio.shield(running), True
         if not isinstance(outcome, Accepted) or not outcome.records:
             return outcome, isinstance(outcome, Accepted)
         ticket: Ticket = cmd.ticket
@@ -86,11 +120,16 @@ class CommandService:
         )
         if cmd.idempotency_key is not None:
             published = position is not None
+            saved = asyncio.get_running_loop().create_future()
             self._responses.append(
                 (cmd.idempotency_key, 200 if published else 202,
                  jsonutil.dumps(final.body(published=published)))
             )
+            self._responses_saved.append(saved)
             self._finalize_wake.set()
+            # A repeat must find this answer, not the provisional one.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(saved), self.publish_timeout_s)
         return final, position is not None
 
     async def _commit_loop(self) -> None:
@@ -107,6 +146,7 @@ class CommandService:
                         cmd.future.set_result(Unavailable(f"internal error: {exc!r}"))
 
     async def _commit(self, batch: list[PendingCommand]) -> None:
+        self._forgotten_during_commit = set()
         for attempt in range(self.settings.commit_retries):
             try:
                 result = await self.store.commit(batch)
@@ -124,7 +164,8 @@ class CommandService:
             return
         loop = asyncio.get_running_loop()
         # Unacknowledged events of these streams left by another process go first.
-        self.publisher.submit(r for r in result.predecessors if r.natural_key not in self.publisher.known)
+        skip = self.publisher.known | self._forgotten_during_commit
+        self.publisher.submit(r for r in result.predecessors if r.natural_key not in skip)
         for cmd, outcome in zip(batch, result.outcomes, strict=True):
             if isinstance(outcome, int):
                 _follow(batch[outcome], cmd)
@@ -152,13 +193,20 @@ class CommandService:
     async def _flush_finalized(self) -> None:
         acked, self._acked = self._acked, []
         responses, self._responses = self._responses, []
+        saved, self._responses_saved = self._responses_saved, []
         try:
             await self.store.finalize(acked, responses)
         except Exception:
             self._acked[:0] = acked
             self._responses[:0] = responses
+            self._responses_saved[:0] = saved
             raise
-        self.publisher.forget(r.natural_key for r in acked)
+        for fut in saved:
+            if not fut.done():
+                fut.set_result(None)
+        keys = [r.natural_key for r in acked]
+        self.publisher.forget(keys)
+        self._forgotten_during_commit.update(keys)
 
     async def _relay_loop(self) -> None:
         grace = 0.0  # at start, whatever is in the outbox was left by a dead process

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     query_api: QueryApiSettings = Field(default_factory=QueryApiSettings)
     projector: ProjectorSettings = Field(default_factory=ProjectorSettings)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as `EVENTFOLD_*` variables, for a child process."""
+        env = {"EVENTFOLD_DATA_DIR": str(self.data_dir)}
+        for part in (self.kafka, self.db, self.command_api, self.query_api, self.projector):
+            for name, value in part.model_dump().items():
+                env[f"EVENTFOLD_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -1,0 +1,245 @@
+"""What the benchmark runs on: its own broker, databases and child processes.
+
+Everything is started by the harness and torn down by it, whatever fails:
+the embedded broker on a free port, PostgreSQL databases created (and dropped)
+on the server at `EVENTFOLD_BENCH_PG_URL` (default the local one), and service
+processes (`eventfold serve ...`) whose environment points at both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from eventfold.broker import EmbeddedBroker, free_port
+from eventfold.settings import DatabaseSettings, KafkaSettings, Settings
+
+PG_ADMIN = os.environ.get("EVENTFOLD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dsn(url: str, database: str | None = None) -> str:
+    """A libpq/asyncpg URL (no `+asyncpg`), optionally for another database."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        u = u.set(database=database)
+    return u.render_as_string(hide_password=False)
+
+
+@dataclass
+class Child:
+    """A service process of the benchmark, with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def peak_rss_mb(self) -> float | None:
+        return peak_rss_mb(self.pid)
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a live process, in MB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+class BenchEnv:
+    """The broker, the databases and the child processes of one benchmark run."""
+
+    def __init__(self, partitions: int = 4) -> None:
+        self.partitions = partitions
+        self.tag = f"bench_{uuid.uuid4().hex[:8]}"
+        self.workdir = Path(tempfile.mkdtemp(prefix="eventfold-bench-"))
+        self.broker = EmbeddedBroker(log_path=self.workdir / "broker.log")
+        self.databases: list[str] = []
+        self.children: list[Child] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.astart()
+
+    async def close(self) -> None:
+        for child in reversed(self.children):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(child.stop)
+        self.children.clear()
+        with contextlib.suppress(Exception):
+            self.broker.stop()
+        for name in self.databases:
+            with contextlib.suppress(Exception):
+                await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.databases.clear()
+
+    async def _admin(self, sql: str) -> None:
+        conn = await asyncpg.connect(_dsn(PG_ADMIN), timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    # -- databases ---------------------------------------------------------
+
+    async def create_database(self, suffix: str, *, migrate: Sequence[str] = ()) -> str:
+        """A new database (dropped at close); returns its plain postgresql:// URL."""
+        from eventfold.migrate import upgrade
+
+        name = f"{self.tag}_{suffix}"
+        await self._admin(f'CREATE DATABASE "{name}"')
+        self.databases.append(name)
+        url = _dsn(PG_ADMIN, name)
+        for target in migrate:
+            await upgrade(url, target)  # type: ignore[arg-type]
+        return url
+
+    async def connect(self, url: str) -> asyncpg.Connection:
+        return await asyncpg.connect(_dsn(url), timeout=10)
+
+    async def truncate_all(self, url: str) -> None:
+        """Empty every table but Alembic's: a read store back to its start."""
+        conn = await self.connect(url)
+        try:
+            names = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'alembic_version'"
+            )
+            if names:
+                tables = ", ".join(f'"{r["tablename"]}"' for r in names)
+                await conn.execute(f"TRUNCATE {tables}")
+        finally:
+            await conn.close()
+
+    # -- settings and child processes --------------------------------------
+
+    def kafka(self, prefix: str) -> KafkaSettings:
+        return KafkaSettings(
+            kafka_bootstrap=self.broker.bootstrap,
+            kafka_idempotence=False,
+            topic_prefix=prefix,
+            partitions=self.partitions,
+        )
+
+    def settings(self, prefix: str, write_url: str, read_url: str) -> Settings:
+        return Settings(
+            kafka=self.kafka(prefix),
+            db=DatabaseSettings(write_db_url=write_url, read_db_url=read_url),
+        )
+
+    def service_env(self, prefix: str, write_url: str, read_url: str, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
+        env.update(
+            {
+                "EVENTFOLD_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+                "EVENTFOLD_KAFKA_IDEMPOTENCE": "false",
+                "EVENTFOLD_TOPIC_PREFIX": prefix,
+                "EVENTFOLD_PARTITIONS": str(self.partitions),
+                "EVENTFOLD_WRITE_DB_URL": write_url,
+                "EVENTFOLD_READ_DB_URL": read_url,
+                "EVENTFOLD_DATA_DIR": str(self.workdir / "data"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
+        log = self.workdir / f"{name}-{len(self.children)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def eventfold(self, name: str, args: Sequence[str], env: dict[str, str]) -> Child:
+        """`eventfold <args>` in a child process, through this interpreter."""
+        return self.spawn(name, [sys.executable, "-m", "eventfold.cli", *args], env)
+
+    async def stop_child(self, child: Child) -> int | None:
+        code = await asyncio.to_thread(child.stop)
+        with contextlib.suppress(ValueError):
+            self.children.remove(child)
+        return code
+
+    async def wait_http(self, child: Child, port: int, path: str, timeout_s: float = 30.0) -> None:
+        """Wait until `GET path` answers 200, or fail with the child's log."""
+        from bench.load import Client, build_request
+
+        deadline = time.monotonic() + timeout_s
+        raw = build_request("GET", path, port)
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise RuntimeError(
+                    f"{child.name} exited with {child.proc.returncode}:\n{child.log_tail()}"
+                )
+            client = Client(port)
+            try:
+                status, body = await client.request(raw, timeout_s=2.0)
+                if status == 200:
+                    return
+                last = f"{status} {body[:200]!r}"
+            except (OSError, TimeoutError) as exc:
+                last = repr(exc)
+            finally:
+                client.close()
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{child.name} not ready on :{port}{path} in {timeout_s}s ({last}):\n{child.log_tail()}")
+
+
+def free_ports(n: int) -> list[int]:
+    return [free_port() for _ in range(n)]

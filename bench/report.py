@@ -1,0 +1,175 @@
+"""Figures, their statistics, the machine they ran on, and the written report.
+
+A figure is the median of its runs, stored beside `<name>_min`, `<name>_max`
+and `<name>_runs` (the raw values), so `raw.produce_msgs_per_s` resolves to a
+number. A figure that could not be measured is `null` and its section carries
+an `error`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# For context only: printed beside the figures, never asserted.
+TARGETS: dict[str, str] = {
+    "command_api.commands_per_s": ">= 2000",
+    "command_api.p99_ms": "<= 100",
+    "projector.vs_raw": ">= 0.6",
+    "ratios.projector_vs_raw": ">= 0.6",
+    "ratios.replay_vs_raw": ">= 0.6",
+    "replay.seconds_per_1m_events": "<= 60",
+    "e2e.p99_ms": "<= 100",
+    "query_api.p99_ms": "<= 20",
+    "replay.peak_rss_mb": "< 300",
+}
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"median": None, "min": None, "max": None, "runs": []}
+    return {
+        "median": float(statistics.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "runs": [round(v, 3) for v in values],
+    }
+
+
+class Report:
+    def __init__(self, mode: str) -> None:
+        self.data: dict[str, Any] = {"mode": mode, "machine": machine_info()}
+        self.order: list[tuple[str, str, str]] = []
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.data.setdefault(name, {})
+
+    def figure(self, section: str, name: str, values: list[float], unit: str = "") -> float | None:
+        """Store the median of `values` with min, max and runs; returns the median."""
+        s = stats([v for v in values if v is not None])
+        sec = self.section(section)
+        sec[name] = _round(s["median"])
+        sec[f"{name}_min"] = _round(s["min"])
+        sec[f"{name}_max"] = _round(s["max"])
+        sec[f"{name}_runs"] = s["runs"]
+        if (section, name, unit) not in self.order:
+            self.order.append((section, name, unit))
+        return s["median"]
+
+    def value(self, section: str, name: str, value: float | None, unit: str = "") -> None:
+        """A single derived value (a ratio), shown in the table without min/max."""
+        self.section(section)[name] = _round(value)
+        if (section, name, unit) not in self.order:
+            self.order.append((section, name, unit))
+
+    def note(self, section: str, key: str, value: Any) -> None:
+        self.section(section)[key] = value
+
+    def error(self, section: str, message: str) -> None:
+        sec = self.section(section)
+        sec["error"] = (sec.get("error", "") + "\n" + message).strip()[-4000:]
+
+    def get(self, dotted: str) -> float | None:
+        section, name = dotted.split(".", 1)
+        v = self.data.get(section, {}).get(name)
+        return v if isinstance(v, int | float) else None
+
+    # -- output ------------------------------------------------------------
+
+    def write(self) -> list[Path]:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        name = f"{today}-quick.json" if self.data["mode"] == "quick" else f"{today}.json"
+        body = orjson.dumps(self.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        paths = [RESULTS / name, RESULTS / "latest.json"]
+        for p in paths:
+            p.write_bytes(body + b"\n")
+        return paths
+
+    def table(self) -> Table:
+        t = Table(title=f"eventfold benchmark ({self.data['mode']})", title_justify="left")
+        for col, just in (
+            ("figure", "left"), ("median", "right"), ("min", "right"), ("max", "right"),
+            ("runs", "right"), ("target", "left"),
+        ):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for section, name, unit in self.order:
+            sec = self.data.get(section, {})
+            med = sec.get(name)
+            runs = sec.get(f"{name}_runs")
+            key = f"{section}.{name}"
+            t.add_row(
+                key + (f" ({unit})" if unit else ""),
+                _fmt(med),
+                _fmt(sec.get(f"{name}_min")) if runs is not None else "",
+                _fmt(sec.get(f"{name}_max")) if runs is not None else "",
+                str(len(runs)) if runs is not None else "",
+                TARGETS.get(key, ""),
+            )
+        return t
+
+    def print(self, console: Console) -> None:
+        console.print(self.table())
+        for section, sec in self.data.items():
+            if isinstance(sec, dict) and sec.get("error"):
+                first = str(sec["error"]).splitlines()[0]
+                console.print(f"[yellow]{section}[/yellow]: not measured or partial: {first[:300]}")
+
+
+def _round(v: float | None) -> float | None:
+    if v is None:
+        return None
+    return round(v, 3) if abs(v) < 100 else round(v, 1)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_mb = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_mb = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "memory_mb": mem_mb,
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+    }

@@ -1,0 +1,67 @@
+"""The `accounts` projection: one row per account plus its ledger. Pure handlers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from projector.projection import Change, Doc, Projection
+from projector.tables import account_transactions, accounts
+from schemas.account import ACCOUNT, AccountClosed, AccountOpened, Deposited, Withdrawn
+from schemas.base import Event
+from schemas.envelope import EventEnvelope
+
+
+def _utc(ts: datetime) -> datetime:
+    # SQLite keeps wall-clock time only, so every timestamp is stored in UTC.
+    return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int) -> Change:
+    at = _utc(env.occurred_at)
+    new = {**doc, "balance": doc["balance"] + amount, "updated_at": at}
+    row = {
+        "account_id": env.stream_id,
+        "version": env.version,
+        "type": kind,
+        "amount": abs(amount),
+        "balance_after": new["balance"],
+        "occurred_at": at,
+    }
+    return Change(new, [(account_transactions, row)])
+
+
+def opened(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    assert isinstance(event, AccountOpened)
+    at = _utc(env.occurred_at)
+    return Change(
+        {"owner": event.owner, "balance": 0, "status": "open", "opened_at": at, "updated_at": at}
+    )
+
+
+def deposited(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    assert isinstance(event, Deposited) and doc is not None
+    return _entry(doc, env, "deposit", event.amount)
+
+
+def withdrawn(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    assert isinstance(event, Withdrawn) and doc is not None
+    return _entry(doc, env, "withdrawal", -event.amount)
+
+
+def closed(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    assert isinstance(event, AccountClosed) and doc is not None
+    return Change({**doc, "status": "closed", "updated_at": _utc(env.occurred_at)})
+
+
+ACCOUNTS = Projection(
+    name="accounts",
+    contract=ACCOUNT,
+    doc_table=accounts,
+    child_tables=(account_transactions,),
+    handlers={
+        "AccountOpened": opened,
+        "Deposited": deposited,
+        "Withdrawn": withdrawn,
+        "AccountClosed": closed,
+    },
+)

@@ -1,0 +1,220 @@
+"""Read-store I/O of the projector: documents, rows, offsets, failures, status.
+
+Every write is a batch statement (one SELECT to preload, one executemany per
+table), with the dialect's own upsert so PostgreSQL and SQLite behave alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from eventfold import jsonutil
+from projector.batch import Failure
+from projector.projection import Doc, Projection
+from projector.tables import projection_failures, projection_offsets, projection_status
+
+TopicPartitionKey = tuple[str, int]
+_CHUNK = 1000
+LIVE, REBUILDING, FAILED = "live", "rebuilding", "failed"
+
+
+def _insert(conn: AsyncConnection, table: Table) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+async def lock_state(conn: AsyncConnection, projection: str) -> str | None:
+    """Read the projection's state, holding its status row until commit.
+
+    On PostgreSQL the row lock makes a replay's switch to `rebuilding` wait
+    for an in-flight batch, and a batch wait for the switch; SQLite gets the
+    same from BEGIN IMMEDIATE, which serialises writers.
+    """
+    stmt = select(projection_status.c.state).where(projection_status.c.projection == projection)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return (await conn.execute(stmt)).scalar_one_or_none()
+
+
+async def load_docs(conn: AsyncConnection, table: Table, ids: Sequence[str]) -> dict[str, Doc]:
+    docs: dict[str, Doc] = {}
+    for start in range(0, len(ids), _CHUNK):
+        rows = await conn.execute(select(table).where(table.c.id.in_(ids[start : start + _CHUNK])))
+        for row in rows.mappings():
+            docs[row["id"]] = dict(row)
+    return docs
+
+
+async def upsert_docs(conn: AsyncConnection, table: Table, docs: Iterable[Doc]) -> None:
+    """Write final documents; a row already at a later version is left alone."""
+    rows = list(docs)
+    if not rows:
+        return
+    ins = _insert(conn, table)
+    cols = [c.name for c in table.c if c.name != "id"]
+    stmt = ins.on_conflict_do_update(
+        index_elements=[table.c.id],
+        set_={c: ins.excluded[c] for c in cols},
+        where=table.c.version < ins.excluded.version,
+    )
+    await conn.execute(stmt, rows)
+
+
+async def append_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Child rows are keyed by (stream, version), so a repeat does nothing."""
+    if rows:
+        await conn.execute(_insert(conn, table).on_conflict_do_nothing(), rows)
+
+
+async def record_failures(conn: AsyncConnection, projection: str, failures: Sequence[Failure]) -> None:
+    if not failures:
+        return
+    now = time.time()
+    rows = [
+        {
+            "projection": projection,
+            "topic": f.topic,
+            "partition": f.partition,
+            "offset": f.offset,
+            "reason": f.reason,
+            "detail": f.detail,
+            "key": f.key,
+            "value": f.value,
+            "headers": jsonutil.dumps([[k, v.decode(errors="replace")] for k, v in f.headers]),
+            "created_at": now,
+        }
+        for f in failures
+    ]
+    c = projection_failures.c
+    stmt = _insert(conn, projection_failures).on_conflict_do_nothing(
+        index_elements=[c.projection, c.topic, c.partition, c.offset]
+    )
+    await conn.execute(stmt, rows)
+
+
+async def save_offsets(
+    conn: AsyncConnection, projection: str, offsets: Mapping[TopicPartitionKey, int]
+) -> None:
+    """Store next offsets; they only move forward, whoever commits last."""
+    if not offsets:
+        return
+    now = time.time()
+    ins = _insert(conn, projection_offsets)
+    c = projection_offsets.c
+    stmt = ins.on_conflict_do_update(
+        index_elements=[c.projection, c.topic, c.partition],
+        set_={"next_offset": ins.excluded.next_offset, "updated_at": ins.excluded.updated_at},
+        where=c.next_offset < ins.excluded.next_offset,
+    )
+    rows = [
+        {"projection": projection, "topic": t, "partition": p, "next_offset": o, "updated_at": now}
+        for (t, p), o in sorted(offsets.items())
+    ]
+    await conn.execute(stmt, rows)
+
+
+async def count_applied(
+    conn: AsyncConnection, projection: str, applied: int, last_event_at: datetime | None, state: str
+) -> None:
+    c = projection_status.c
+    values: dict[str, Any] = {
+        "events_applied": c.events_applied + applied,
+        "updated_at": time.time(),
+        "state": state,
+        "detail": None,
+    }
+    if last_event_at is not None:
+        ts = last_event_at.timestamp()
+        values["last_event_at"] = func.coalesce(
+            func.max(c.last_event_at, ts) if conn.dialect.name == "sqlite"
+            else func.greatest(c.last_event_at, ts),
+            ts,
+        )
+    await conn.execute(update(projection_status).where(c.projection == projection).values(**values))
+
+
+async def ensure_status(engine: AsyncEngine, projection: Projection) -> None:
+    """Create the status row (state `live`) if this projection never ran."""
+    async with engine.begin() as conn:
+        stmt = _insert(conn, projection_status).on_conflict_do_nothing(
+            index_elements=[projection_status.c.projection]
+        )
+        await conn.execute(
+            stmt,
+            {
+                "projection": projection.name,
+                "state": LIVE,
+                "version": projection.version,
+                "events_applied": 0,
+                "updated_at": time.time(),
+            },
+        )
+
+
+async def read_state(engine: AsyncEngine, projection: str) -> str | None:
+    async with engine.connect() as conn:
+        stmt = select(projection_status.c.state).where(projection_status.c.projection == projection)
+        return (await conn.execute(stmt)).scalar_one_or_none()
+
+
+async def mark_failed(engine: AsyncEngine, projection: str, detail: str) -> None:
+    """Best effort: say the projection is stuck, unless a rebuild owns it."""
+    c = projection_status.c
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(projection_status)
+            .where(c.projection == projection, c.state != REBUILDING)
+            .values(state=FAILED, detail=detail[:2000], updated_at=time.time())
+        )
+
+
+async def load_offsets(
+    engine: AsyncEngine, projection: str, topics: Iterable[str]
+) -> dict[TopicPartitionKey, int]:
+    c = projection_offsets.c
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(c.topic, c.partition, c.next_offset).where(
+                c.projection == projection, c.topic.in_(sorted(set(topics)))
+            )
+        )
+        return {(t, int(p)): int(o) for t, p, o in rows.all()}
+
+
+async def start_rebuild(engine: AsyncEngine, projection: Projection) -> None:
+    """Switch to `rebuilding` and empty the projection, atomically.
+
+    Taking the status row first makes this wait for a live batch in flight;
+    once committed, live batches see `rebuilding` and apply nothing.
+    """
+    await ensure_status(engine, projection)
+    async with engine.begin() as conn:
+        await lock_state(conn, projection.name)
+        await conn.execute(
+            update(projection_status)
+            .where(projection_status.c.projection == projection.name)
+            .values(
+                state=REBUILDING, events_applied=0, last_event_at=None, detail=None,
+                version=projection.version, updated_at=time.time(),
+            )
+        )
+        for table in reversed(projection.tables):
+            await conn.execute(delete(table))
+        for bookkeeping in (projection_offsets, projection_failures):
+            await conn.execute(delete(bookkeeping).where(bookkeeping.c.projection == projection.name))
+
+
+async def finish_rebuild(engine: AsyncEngine, projection: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(projection_status)
+            .where(projection_status.c.projection == projection)
+            .values(state=LIVE, updated_at=time.time())
+        )

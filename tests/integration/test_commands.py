@@ -1,0 +1,194 @@
+"""The command API over HTTP, with the real broker and both store backends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from eventfold.settings import DatabaseSettings
+from schemas.position import Position
+from tests.helpers import first_versions, read_topic, uid
+from tests.support.counter import with_counter
+
+
+async def send(http: httpx.AsyncClient, sid: str, type_: str, data: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
+    return await http.post(
+        f"/commands/account/{sid}", json={"type": type_, "data": data or {}},
+        headers={k.replace("_", "-"): v for k, v in headers.items()},
+    )
+
+
+async def test_every_command_and_its_events_in_order(command_client, make_settings, db: DatabaseSettings) -> None:
+    settings = make_settings(db)
+    sid = uid("acct")
+    async with command_client(settings) as http:
+        steps = [("OpenAccount", {"owner": "Ann"}), ("Deposit", {"amount": 500}),
+                 ("Withdraw", {"amount": 200}), ("Withdraw", {"amount": 300}), ("CloseAccount", {})]
+        bodies = []
+        for n, (type_, data) in enumerate(steps, start=1):
+            r = await send(http, sid, type_, data)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["version"] == n and body["published"] is True
+            assert r.headers["etag"] == f'"{n}"'
+            assert [e["version"] for e in body["events"]] == [n]
+            bodies.append(body)
+        stream = (await http.get(f"/streams/account/{sid}")).json()
+        assert stream == {"stream_type": "account", "stream_id": sid, "version": 5,
+                          "state": {"status": "closed", "owner": "Ann", "balance": 0}}
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    mine = [r for r in records if r.key == sid.encode()]
+    assert [r.envelope().type for r in mine] == ["AccountOpened", "Deposited", "Withdrawn", "Withdrawn", "AccountClosed"]
+    assert len({r.partition for r in mine}) == 1
+    # The position names where the last event really sits.
+    last = Position.parse(bodies[-1]["position"])
+    assert (last.topic, last.partition, last.offset) == (settings.kafka.topic("account"), mine[-1].partition, mine[-1].offset)
+    env = mine[1].envelope()
+    assert env.data == {"amount": 500} and env.stream_type == "account" and env.schema_version == 1
+    assert mine[1].headers["version"] == b"2" and mine[1].headers["event_id"] == str(env.event_id).encode()
+    assert env.causation_id and env.correlation_id
+
+
+async def test_domain_rules_are_refused_and_append_nothing(command_client, make_settings, db: DatabaseSettings) -> None:
+    settings = make_settings(db)
+    sid, fresh = uid("acct"), uid("acct")
+    async with command_client(settings) as http:
+        assert (await send(http, fresh, "Deposit", {"amount": 1})).json()["code"] == "account_not_open"
+        await send(http, sid, "OpenAccount", {"owner": "B"})
+        await send(http, sid, "Deposit", {"amount": 10})
+        cases = [
+            ("OpenAccount", {"owner": "again"}, "account_exists"),
+            ("Withdraw", {"amount": 11}, "insufficient_funds"),
+            ("CloseAccount", {}, "balance_not_zero"),
+        ]
+        for type_, data, code in cases:
+            r = await send(http, sid, type_, data)
+            assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+            assert r.json()["code"] == code
+        await send(http, sid, "Withdraw", {"amount": 10})
+        assert (await send(http, sid, "CloseAccount")).status_code == 200
+        for type_, data in [("Deposit", {"amount": 1}), ("Withdraw", {"amount": 1}), ("CloseAccount", {})]:
+            r = await send(http, sid, type_, data)
+            assert (r.status_code, r.json()["code"]) == (422, "account_closed")
+        assert (await http.get(f"/streams/account/{sid}")).json()["version"] == 4
+        assert (await http.get(f"/streams/account/{fresh}")).status_code == 404
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    assert first_versions(records, sid) == [1, 2, 3, 4]
+    assert first_versions(records, fresh) == []
+
+
+async def test_stale_if_match_is_a_409_with_current_version(command_client, make_settings) -> None:
+    settings = make_settings()
+    sid = uid("acct")
+    async with command_client(settings) as http:
+        assert (await send(http, sid, "OpenAccount", {"owner": "C"}, if_match='"0"')).status_code == 200
+        assert (await send(http, sid, "Deposit", {"amount": 3}, if_match='"1"')).status_code == 200
+        r = await send(http, sid, "Deposit", {"amount": 3}, if_match='"1"')
+        assert r.status_code == 409
+        assert r.json()["code"] == "version_conflict" and r.json()["current_version"] == 2
+        assert (await send(http, sid, "Deposit", {"amount": 3}, if_match="W/\"2\"")).status_code == 200
+        r = await send(http, sid, "Deposit", {"amount": 3}, if_match="two")
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_if_match")
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    assert first_versions(records, sid) == [1, 2, 3]
+
+
+async def test_concurrent_withdrawals_never_overdraw(command_client, make_settings, db: DatabaseSettings) -> None:
+    settings = make_settings(db)
+    sid = uid("acct")
+    async with command_client(settings) as http:
+        await send(http, sid, "OpenAccount", {"owner": "D"})
+        await send(http, sid, "Deposit", {"amount": 1000})
+        results = await asyncio.gather(*(send(http, sid, "Withdraw", {"amount": 70}) for _ in range(50)))
+        ok = [r for r in results if r.status_code == 200]
+        refused = [r for r in results if r.status_code == 422]
+        assert len(ok) == 1000 // 70 and len(ok) + len(refused) == 50
+        assert {r.json()["code"] for r in refused} == {"insufficient_funds"}
+        assert sorted(r.json()["version"] for r in ok) == list(range(3, 3 + len(ok)))
+        state = (await http.get(f"/streams/account/{sid}")).json()["state"]
+        assert state["balance"] == 1000 - 70 * len(ok)
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    mine = [r.envelope() for r in records if r.key == sid.encode()]
+    assert [e.version for e in mine] == list(range(1, 3 + len(ok)))
+    assert [e.type for e in mine[2:]] == ["Withdrawn"] * len(ok)
+
+
+async def test_idempotency_key_replays_the_first_response(command_client, make_settings, db: DatabaseSettings) -> None:
+    settings = make_settings(db)
+    sid = uid("acct")
+    key = uid("key")
+    async with command_client(settings) as http:
+        await send(http, sid, "OpenAccount", {"owner": "E"})
+        first = await send(http, sid, "Deposit", {"amount": 7}, idempotency_key=key)
+        assert first.status_code == 200
+        again = await send(http, sid, "Deposit", {"amount": 7}, idempotency_key=key)
+        assert again.status_code == 200 and again.json() == first.json()
+        assert again.headers["idempotent-replayed"] == "true"
+        other = await send(http, sid, "Deposit", {"amount": 8}, idempotency_key=key)
+        assert (other.status_code, other.json()["code"]) == (422, "idempotency_key_reused")
+        # Concurrent repeats of a new key: exactly one append.
+        key2 = uid("key")
+        burst = await asyncio.gather(*(send(http, sid, "Deposit", {"amount": 1}, idempotency_key=key2) for _ in range(10)))
+        assert {r.status_code for r in burst} == {200}
+        assert len({r.json()["version"] for r in burst}) == 1
+        assert (await http.get(f"/streams/account/{sid}")).json()["state"]["balance"] == 8
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    assert first_versions(records, sid) == [1, 2, 3]
+
+
+async def test_bad_input_gets_problem_json_and_appends_nothing(command_client, make_settings) -> None:
+    settings = make_settings()
+    sid = uid("acct")
+    async with command_client(settings) as http:
+        await send(http, sid, "OpenAccount", {"owner": "F"})
+        url = f"/commands/account/{sid}"
+        cases: list[tuple[dict[str, Any], int, str]] = [
+            ({"content": b"{not json"}, 400, "malformed_json"),
+            ({"content": b"[1, 2]"}, 422, "invalid_command"),
+            ({"json": {"data": {}}}, 422, "invalid_command"),
+            ({"json": {"type": "Deposit", "data": {"amount": "5"}}}, 422, "invalid_command_data"),
+            ({"json": {"type": "Deposit", "data": {"amount": -5}}}, 422, "invalid_command_data"),
+            ({"json": {"type": "Deposit", "data": {"amount": 0}}}, 422, "invalid_command_data"),
+            ({"json": {"type": "Deposit", "data": {"amount": 1.5}}}, 422, "invalid_command_data"),
+            ({"json": {"type": "Deposit", "data": {"amount": 5, "extra": 1}}}, 422, "invalid_command_data"),
+            ({"json": {"type": "Explode", "data": {}}}, 422, "unknown_command_type"),
+            ({"content": b"x" * (10 * 1024 * 1024)}, 413, "body_too_large"),
+        ]
+        for kwargs, status, code in cases:
+            r = await http.post(url, **kwargs)
+            assert r.status_code == status, (kwargs.keys(), r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            problem = r.json()
+            assert problem["code"] == code and problem["status"] == status and problem["detail"]
+        r = await http.post(f"/commands/ledger/{sid}", json={"type": "Deposit", "data": {"amount": 1}})
+        assert (r.status_code, r.json()["code"]) == (404, "unknown_stream_type")
+        r = await http.post("/commands/account/bad%20id", json={"type": "Deposit", "data": {"amount": 1}})
+        assert r.status_code == 422
+        assert (await http.get(f"/streams/account/{sid}")).json()["version"] == 1
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    assert first_versions(records, sid) == [1]
+
+
+async def test_a_second_aggregate_needs_no_plumbing_change(command_client, make_settings, db: DatabaseSettings) -> None:
+    settings = make_settings(db)
+    sid = uid("ctr")
+    async with command_client(settings, with_counter()) as http:
+        r = await http.post(f"/commands/counter/{sid}", json={"type": "Increment", "data": {"by": 60}})
+        assert r.status_code == 200, r.text
+        r = await http.post(f"/commands/counter/{sid}", json={"type": "Increment", "data": {"by": 60}})
+        assert (r.status_code, r.json()["code"]) == (422, "counter_overflow")
+        r = await http.post(f"/commands/counter/{sid}", json={"type": "Reset"})
+        assert r.json()["version"] == 2
+        assert (await http.get(f"/streams/counter/{sid}")).json()["state"] == {"value": 0}
+    records = await read_topic(settings.kafka, settings.kafka.topic("counter"))
+    assert [r.envelope().type for r in records if r.key == sid.encode()] == ["Incremented", "WasReset"]
+
+
+async def test_health_and_readiness(command_client, make_settings) -> None:
+    async with command_client(make_settings()) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
+        assert (await http.get("/openapi.json")).json()["paths"]["/commands/{stream_type}/{stream_id}"]

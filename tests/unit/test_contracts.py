@@ -1,0 +1,89 @@
+"""Registry, envelope mapping and position tokens."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from command_api.domain import default_aggregates
+from schemas.account import ACCOUNT, Deposited
+from schemas.envelope import EventEnvelope
+from schemas.mapper import PoisonRecord, decode_value, encode_value, envelope_headers
+from schemas.position import InvalidPosition, Position
+from schemas.registry import Registry, UnknownCommandType, UnknownEventType, UnknownStreamType
+from tests.support.counter import COUNTER, with_counter
+
+
+def envelope(**over: object) -> EventEnvelope:
+    fields: dict[str, object] = {
+        "event_id": uuid.uuid4(),
+        "stream_type": "account",
+        "stream_id": "a-1",
+        "version": 2,
+        "type": "Deposited",
+        "occurred_at": datetime.now(UTC),
+        "correlation_id": "c",
+        "causation_id": "k",
+        "data": {"amount": 5},
+    }
+    fields.update(over)
+    return EventEnvelope.model_validate(fields)
+
+
+def test_envelope_round_trips_through_json() -> None:
+    env = envelope()
+    assert decode_value(encode_value(env)) == env
+
+
+def test_headers_carry_identifying_fields() -> None:
+    headers = dict(envelope_headers(envelope(version=7)))
+    assert headers["version"] == b"7"
+    assert headers["stream_id"] == b"a-1"
+    assert headers["type"] == b"Deposited"
+    assert set(headers) >= {"event_id", "stream_type", "schema_version", "correlation_id", "causation_id"}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(b"{not json", "not_json"), (b"[1,2]", "invalid_envelope"), (b'{"type": "X"}', "invalid_envelope"), (None, "not_json")],
+)
+def test_poison_values_are_classified(value: bytes | None, reason: str) -> None:
+    with pytest.raises(PoisonRecord) as err:
+        decode_value(value)
+    assert err.value.reason == reason
+
+
+def test_registry_lookups() -> None:
+    reg = Registry([ACCOUNT, COUNTER])
+    assert reg.stream("counter") is COUNTER
+    assert reg.stream_types == ["account", "counter"]
+    with pytest.raises(UnknownStreamType):
+        reg.stream("nope")
+    with pytest.raises(UnknownCommandType):
+        ACCOUNT.command_model("Explode")
+    with pytest.raises(UnknownEventType):
+        ACCOUNT.event_model("Exploded")
+    assert ACCOUNT.load_event("Deposited", 1, {"amount": 3}) == Deposited(amount=3)
+
+
+def test_registry_refuses_duplicate_stream_types() -> None:
+    with pytest.raises(ValueError):
+        Registry([ACCOUNT, ACCOUNT])
+
+
+def test_aggregates_build_their_registry() -> None:
+    assert default_aggregates().registry.stream_types == ["account"]
+    assert with_counter().registry.stream_types == ["account", "counter"]
+
+
+def test_position_token_round_trip() -> None:
+    pos = Position("eventfold.account.events", 3, 123456)
+    assert Position.parse(pos.token()) == pos
+
+
+@pytest.mark.parametrize("token", ["", "nope!", "W10", "WyJ0IiwtMSwwXQ", "x" * 600])
+def test_invalid_position_tokens(token: str) -> None:
+    with pytest.raises(InvalidPosition):
+        Position.parse(token)
