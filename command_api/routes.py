@@ -124,7 +124,8 @@ async def send_command(
         model = aggregate.contract.command_model(command_type)
     except UnknownCommandType:
         raise Problem(
-            422, "unknown_command_type",
+            422,
+            "unknown_command_type",
             f"{stream_type} has no command {command_type!r}",
             known=sorted(aggregate.contract.commands),
         ) from None
@@ -153,7 +154,8 @@ async def send_command(
             return _json(status, body, {"ETag": f'"{body.get("version")}"', "Idempotent-Replayed": "true"})
         case VersionConflict(current_version=current):
             raise Problem(
-                409, "version_conflict",
+                409,
+                "version_conflict",
                 f"expected version {expected}, the stream is at {current}",
                 current_version=current,
                 headers={"ETag": f'"{current}"'},
@@ -209,4 +211,6 @@ async def readyz(side: SideDep) -> Response:
     checks["outbox_backlog"] = str(side.publisher.backlog())
     if all(v == "ok" for k, v in checks.items() if k in ("database", "broker")):
         return _json(200, {"status": "ready", "checks": checks})
-    raise Problem(503, "not_ready", "a dependency is unreachable", checks=checks, headers={"Retry-After": "2"})
+    raise Problem(
+        503, "not_ready", "a dependency is unreachable", checks=checks, headers={"Retry-After": "2"}
+    )

@@ -17,8 +17,8 @@ from collections import defaultdict
 
 from command_api.outcomes import (
     Accepted,
-    Outcome,
     OutboxRecord,
+    Outcome,
     PendingCommand,
     Replayed,
     Unavailable,
@@ -115,15 +115,22 @@ class CommandService:
         except TimeoutError:
             position = None
         final = Accepted(
-            outcome.stream_type, outcome.stream_id, outcome.version,
-            outcome.events, outcome.records, position,
+            outcome.stream_type,
+            outcome.stream_id,
+            outcome.version,
+            outcome.events,
+            outcome.records,
+            position,
         )
         if cmd.idempotency_key is not None:
             published = position is not None
             saved = asyncio.get_running_loop().create_future()
             self._responses.append(
-                (cmd.idempotency_key, 200 if published else 202,
-                 jsonutil.dumps(final.body(published=published)))
+                (
+                    cmd.idempotency_key,
+                    200 if published else 202,
+                    jsonutil.dumps(final.body(published=published)),
+                )
             )
             self._responses_saved.append(saved)
             self._finalize_wake.set()

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from command_api.aggregate import Aggregates, Rejected
 from command_api.outcomes import (
     Accepted,
-    Outcome,
     OutboxRecord,
+    Outcome,
     PendingCommand,
     Refused,
     Replayed,
@@ -147,9 +147,7 @@ class WriteStore:
                 if key in stored:
                     h, status, resp = stored[key]
                     outcomes.append(
-                        Replayed(status, jsonutil.loads(resp))
-                        if h == cmd.request_hash
-                        else _key_reused()
+                        Replayed(status, jsonutil.loads(resp)) if h == cmd.request_hash else _key_reused()
                     )
                     continue
                 if key in first_with_key:
@@ -188,14 +186,21 @@ class WriteStore:
                 described.append({"event_id": str(env.event_id), "type": env.type, "version": version})
                 records.append(
                     OutboxRecord(
-                        cmd.stream_type, cmd.stream_id, version, topic,
-                        encode_value(env), envelope_headers(env),
+                        cmd.stream_type,
+                        cmd.stream_id,
+                        version,
+                        topic,
+                        encode_value(env),
+                        envelope_headers(env),
                     )
                 )
             head.state, head.version = state, version
             accepted = Accepted(
-                cmd.stream_type, cmd.stream_id, version, described,
-                records[len(records) - len(described):],
+                cmd.stream_type,
+                cmd.stream_id,
+                version,
+                described,
+                records[len(records) - len(described) :],
             )
             outcomes.append(accepted)
             if key is not None:
@@ -225,13 +230,25 @@ class WriteStore:
         for (t, i), h in heads.items():
             if h.version == h.start_version:
                 continue
-            row = {"t": t, "i": i, "v": h.version, "s": jsonutil.dumps(h.state.model_dump(mode="json")).decode(), "u": now}
+            row = {
+                "t": t,
+                "i": i,
+                "v": h.version,
+                "s": jsonutil.dumps(h.state.model_dump(mode="json")).decode(),
+                "u": now,
+            }
             (moved if h.exists else new_rows).append({**row, "expected": h.start_version})
         if new_rows:
             await conn.execute(
                 insert(streams),
                 [
-                    {"stream_type": r["t"], "stream_id": r["i"], "version": r["v"], "state": r["s"], "updated_at": r["u"]}
+                    {
+                        "stream_type": r["t"],
+                        "stream_id": r["i"],
+                        "version": r["v"],
+                        "state": r["s"],
+                        "updated_at": r["u"],
+                    }
                     for r in new_rows
                 ],
             )

@@ -50,8 +50,8 @@ def migrate(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create one topic per registered stream type, with the configured partitions."""
-    from eventfold.wiring import all_topics
     from eventfold.kafka import create_topics
+    from eventfold.wiring import all_topics
 
     settings = get_settings()
     try:

@@ -7,6 +7,7 @@ code never knows which broker it talks to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,18 +58,17 @@ async def create_topics(
 ) -> list[str]:
     """Create the topics that are missing; returns the names it created.
 
-    Retention is left to the cluster: on real Kafka set `retention.ms=-1`
-    (replays read from offset 0), see deploy/README.md.
+    Topics get unlimited retention (`retention.ms=-1`): replays read from
+    offset 0, so nothing may ever expire. Topics created by other tools need
+    the same setting (deploy/README.md).
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
-    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())
         wanted = [t for t in dict.fromkeys(topics) if t not in existing]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
                         NewTopic(
@@ -80,8 +80,6 @@ async def create_topics(
                         for t in wanted
                     ]
                 )
-            except TopicAlreadyExistsError:
-                pass
         return wanted
     finally:
         await admin.close()

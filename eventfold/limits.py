@@ -55,7 +55,10 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
-            413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes",
-            instance=scope.get("path"), headers={"Connection": "close"},
+            413,
+            "body_too_large",
+            f"the request body exceeds {self.max_bytes} bytes",
+            instance=scope.get("path"),
+            headers={"Connection": "close"},
         )
         await response(scope, receive, send)

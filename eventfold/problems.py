@@ -84,27 +84,32 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
-            for e in exc.errors()
-        ]
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()]
         return problem_response(
-            422, "invalid_request", "the request parameters are invalid",
-            instance=request.url.path, errors=errors,
+            422,
+            "invalid_request",
+            "the request parameters are invalid",
+            instance=request.url.path,
+            errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return problem_response(
-            exc.status_code, code, str(exc.detail), instance=request.url.path,
+            exc.status_code,
+            code,
+            str(exc.detail),
+            instance=request.url.path,
             headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         return problem_response(
-            500, "internal_error", "an unexpected error occurred; it has been logged",
+            500,
+            "internal_error",
+            "an unexpected error occurred; it has been logged",
             instance=request.url.path,
         )
 

@@ -46,9 +46,9 @@ class DatabaseSettings(BaseSettings):
         """Accept plain `postgresql://` URLs and give them the async driver."""
         for plain in ("postgresql://", "postgres://"):
             if url.startswith(plain):
-                return "postgresql+asyncpg://" + url[len(plain):]
+                return "postgresql+asyncpg://" + url[len(plain) :]
         if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
-            return "sqlite+aiosqlite://" + url[len("sqlite://"):]
+            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
         return url
 
 
@@ -102,7 +102,9 @@ class Settings(BaseSettings):
         env = {"EVENTFOLD_DATA_DIR": str(self.data_dir)}
         for part in (self.kafka, self.db, self.command_api, self.query_api, self.projector):
             for name, value in part.model_dump().items():
-                env[f"EVENTFOLD_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+                env[f"EVENTFOLD_{name.upper()}"] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
         return env
 
 

@@ -24,10 +24,6 @@ def dead_letter_headers(projection: str, f: Failure) -> list[tuple[str, bytes]]:
     return ours + [(k, v) for k, v in f.headers if not k.startswith("dlq.")]
 
 
-def kafka_dead_letter(producer: AIOKafkaProducer) -> DeadLetterSink:
-    return DeadLetterSink(producer)
-
-
 class DeadLetterSink:
     """Sends and waits for every acknowledgement, so the batch can then commit."""
 

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class ServiceProcess:
     """`eventfold serve <service>` (or any module) in a child process."""
 
-    def __init__(self, settings: Settings, service: str, *, module: str | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, service: str, *, module: str | None = None, log: Path | None = None
+    ) -> None:
         self.settings = settings
         self.service = service
         self.module = module

@@ -13,19 +13,29 @@ from tests.helpers import first_versions, read_topic, uid
 from tests.support.counter import with_counter
 
 
-async def send(http: httpx.AsyncClient, sid: str, type_: str, data: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
+async def send(
+    http: httpx.AsyncClient, sid: str, type_: str, data: dict[str, Any] | None = None, **headers: str
+) -> httpx.Response:
     return await http.post(
-        f"/commands/account/{sid}", json={"type": type_, "data": data or {}},
+        f"/commands/account/{sid}",
+        json={"type": type_, "data": data or {}},
         headers={k.replace("_", "-"): v for k, v in headers.items()},
     )
 
 
-async def test_every_command_and_its_events_in_order(command_client, make_settings, db: DatabaseSettings) -> None:
+async def test_every_command_and_its_events_in_order(
+    command_client, make_settings, db: DatabaseSettings
+) -> None:
     settings = make_settings(db)
     sid = uid("acct")
     async with command_client(settings) as http:
-        steps = [("OpenAccount", {"owner": "Ann"}), ("Deposit", {"amount": 500}),
-                 ("Withdraw", {"amount": 200}), ("Withdraw", {"amount": 300}), ("CloseAccount", {})]
+        steps = [
+            ("OpenAccount", {"owner": "Ann"}),
+            ("Deposit", {"amount": 500}),
+            ("Withdraw", {"amount": 200}),
+            ("Withdraw", {"amount": 300}),
+            ("CloseAccount", {}),
+        ]
         bodies = []
         for n, (type_, data) in enumerate(steps, start=1):
             r = await send(http, sid, type_, data)
@@ -36,22 +46,38 @@ async def test_every_command_and_its_events_in_order(command_client, make_settin
             assert [e["version"] for e in body["events"]] == [n]
             bodies.append(body)
         stream = (await http.get(f"/streams/account/{sid}")).json()
-        assert stream == {"stream_type": "account", "stream_id": sid, "version": 5,
-                          "state": {"status": "closed", "owner": "Ann", "balance": 0}}
+        assert stream == {
+            "stream_type": "account",
+            "stream_id": sid,
+            "version": 5,
+            "state": {"status": "closed", "owner": "Ann", "balance": 0},
+        }
     records = await read_topic(settings.kafka, settings.kafka.topic("account"))
     mine = [r for r in records if r.key == sid.encode()]
-    assert [r.envelope().type for r in mine] == ["AccountOpened", "Deposited", "Withdrawn", "Withdrawn", "AccountClosed"]
+    assert [r.envelope().type for r in mine] == [
+        "AccountOpened",
+        "Deposited",
+        "Withdrawn",
+        "Withdrawn",
+        "AccountClosed",
+    ]
     assert len({r.partition for r in mine}) == 1
     # The position names where the last event really sits.
     last = Position.parse(bodies[-1]["position"])
-    assert (last.topic, last.partition, last.offset) == (settings.kafka.topic("account"), mine[-1].partition, mine[-1].offset)
+    assert (last.topic, last.partition, last.offset) == (
+        settings.kafka.topic("account"),
+        mine[-1].partition,
+        mine[-1].offset,
+    )
     env = mine[1].envelope()
     assert env.data == {"amount": 500} and env.stream_type == "account" and env.schema_version == 1
     assert mine[1].headers["version"] == b"2" and mine[1].headers["event_id"] == str(env.event_id).encode()
     assert env.causation_id and env.correlation_id
 
 
-async def test_domain_rules_are_refused_and_append_nothing(command_client, make_settings, db: DatabaseSettings) -> None:
+async def test_domain_rules_are_refused_and_append_nothing(
+    command_client, make_settings, db: DatabaseSettings
+) -> None:
     settings = make_settings(db)
     sid, fresh = uid("acct"), uid("acct")
     async with command_client(settings) as http:
@@ -88,14 +114,16 @@ async def test_stale_if_match_is_a_409_with_current_version(command_client, make
         r = await send(http, sid, "Deposit", {"amount": 3}, if_match='"1"')
         assert r.status_code == 409
         assert r.json()["code"] == "version_conflict" and r.json()["current_version"] == 2
-        assert (await send(http, sid, "Deposit", {"amount": 3}, if_match="W/\"2\"")).status_code == 200
+        assert (await send(http, sid, "Deposit", {"amount": 3}, if_match='W/"2"')).status_code == 200
         r = await send(http, sid, "Deposit", {"amount": 3}, if_match="two")
         assert (r.status_code, r.json()["code"]) == (400, "invalid_if_match")
     records = await read_topic(settings.kafka, settings.kafka.topic("account"))
     assert first_versions(records, sid) == [1, 2, 3]
 
 
-async def test_concurrent_withdrawals_never_overdraw(command_client, make_settings, db: DatabaseSettings) -> None:
+async def test_concurrent_withdrawals_never_overdraw(
+    command_client, make_settings, db: DatabaseSettings
+) -> None:
     settings = make_settings(db)
     sid = uid("acct")
     async with command_client(settings) as http:
@@ -115,7 +143,9 @@ async def test_concurrent_withdrawals_never_overdraw(command_client, make_settin
     assert [e.type for e in mine[2:]] == ["Withdrawn"] * len(ok)
 
 
-async def test_idempotency_key_replays_the_first_response(command_client, make_settings, db: DatabaseSettings) -> None:
+async def test_idempotency_key_replays_the_first_response(
+    command_client, make_settings, db: DatabaseSettings
+) -> None:
     settings = make_settings(db)
     sid = uid("acct")
     key = uid("key")
@@ -130,7 +160,9 @@ async def test_idempotency_key_replays_the_first_response(command_client, make_s
         assert (other.status_code, other.json()["code"]) == (422, "idempotency_key_reused")
         # Concurrent repeats of a new key: exactly one append.
         key2 = uid("key")
-        burst = await asyncio.gather(*(send(http, sid, "Deposit", {"amount": 1}, idempotency_key=key2) for _ in range(10)))
+        burst = await asyncio.gather(
+            *(send(http, sid, "Deposit", {"amount": 1}, idempotency_key=key2) for _ in range(10))
+        )
         assert {r.status_code for r in burst} == {200}
         assert len({r.json()["version"] for r in burst}) == 1
         assert (await http.get(f"/streams/account/{sid}")).json()["state"]["balance"] == 8
@@ -171,7 +203,9 @@ async def test_bad_input_gets_problem_json_and_appends_nothing(command_client, m
     assert first_versions(records, sid) == [1]
 
 
-async def test_a_second_aggregate_needs_no_plumbing_change(command_client, make_settings, db: DatabaseSettings) -> None:
+async def test_a_second_aggregate_needs_no_plumbing_change(
+    command_client, make_settings, db: DatabaseSettings
+) -> None:
     settings = make_settings(db)
     sid = uid("ctr")
     async with command_client(settings, with_counter()) as http:

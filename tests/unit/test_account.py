@@ -62,7 +62,13 @@ def test_withdraw_whole_balance_is_allowed() -> None:
 
 
 def test_fold_replays_history() -> None:
-    events = [AccountOpened(owner="z"), Deposited(amount=9), Withdrawn(amount=4), Withdrawn(amount=5), AccountClosed()]
+    events = [
+        AccountOpened(owner="z"),
+        Deposited(amount=9),
+        Withdrawn(amount=4),
+        Withdrawn(amount=5),
+        AccountClosed(),
+    ]
     assert ACCOUNT_AGGREGATE.fold(events) == Account(status=Status.CLOSED, owner="z", balance=0)
 
 

@@ -47,7 +47,12 @@ def test_headers_carry_identifying_fields() -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(b"{not json", "not_json"), (b"[1,2]", "invalid_envelope"), (b'{"type": "X"}', "invalid_envelope"), (None, "not_json")],
+    [
+        (b"{not json", "not_json"),
+        (b"[1,2]", "invalid_envelope"),
+        (b'{"type": "X"}', "invalid_envelope"),
+        (None, "not_json"),
+    ],
 )
 def test_poison_values_are_classified(value: bytes | None, reason: str) -> None:
     with pytest.raises(PoisonRecord) as err:

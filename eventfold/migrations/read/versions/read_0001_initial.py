@@ -1,7 +1,7 @@
 """read store: projection bookkeeping and account views
 
 Revision ID: read_0001
-Revises: 
+Revises: (none)
 """
 
 from __future__ import annotations

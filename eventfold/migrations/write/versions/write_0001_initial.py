@@ -1,7 +1,7 @@
 """write store: streams, outbox, idempotency keys
 
 Revision ID: write_0001
-Revises: 
+Revises: (none)
 """
 
 from __future__ import annotations

@@ -1,0 +1,50 @@
+# eventfold: one virtualenv, every task a target. `make run` and `make test` are
+# the two commands a new machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-unit test-integration test-e2e lint typecheck bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## virtualenv with eventfold, the embedded broker and the test tools
+
+run: install ## the whole system on this machine: broker, SQLite stores, APIs, projector
+	$(BIN)/eventfold dev
+
+test: install ## every tier, against the local PostgreSQL and an embedded broker
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q tests/unit tests/integration tests/e2e
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+
+test-integration: install
+	$(BIN)/pytest -q tests/integration
+
+test-e2e: install
+	$(BIN)/pytest -q tests/e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install ## full benchmark (several minutes); figures in bench/results/
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench
+
+bench-quick: install ## the short benchmark CI runs (under 2 minutes)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) .eventfold .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,186 @@
+"""Rebuild a projection from offset 0, and refill the write side's stream heads.
+
+A projection replay switches the projection to `rebuilding` and empties its
+tables in one transaction (the live runtime then pauses), reads every
+partition from 0 up to the fetch high-watermark seen at start with a manually
+assigned consumer (no group), applies batches through the same `apply_batch`
+as the live path, and switches back to `live`; the live runtime resumes from
+the offsets the replay stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from command_api.aggregate import Aggregate
+from command_api.tables import streams
+from eventfold import jsonutil
+from eventfold.kafka import new_consumer
+from eventfold.settings import KafkaSettings, Settings
+from projector import store
+from projector.apply import DeadLetter, apply_batch, next_offsets
+from projector.batch import decode
+from projector.projection import Projection
+from schemas.mapper import PoisonRecord, decode_value
+
+Progress = Callable[[int, int], None]  # (records read, records to read)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    records: int
+    applied: int
+    failures: int
+    seconds: float
+
+
+async def replay_projection(
+    settings: Settings,
+    projection: Projection,
+    engine: AsyncEngine,
+    *,
+    progress: Progress | None = None,
+    dead_letter: DeadLetter | None = None,
+) -> ReplayResult:
+    """Rebuild one projection; leaves its tables as live consumption would."""
+    started = time.monotonic()
+    await store.start_rebuild(engine, projection)
+    topic = projection.topic(settings.kafka)
+    consumer = _consumer(settings.kafka)
+    await consumer.start()
+    read = applied = failures = 0
+    try:
+        async for records, total in _read_to_end(consumer, topic, settings.projector.projector_batch_max):
+            items = [decode(projection, r) for r in records]
+            result = await apply_batch(
+                engine, projection, items, next_offsets(items),
+                allowed_states=frozenset({store.REBUILDING}),
+                dead_letter=dead_letter,
+                state_after=store.REBUILDING,
+            )
+            if not result.allowed or result.folded is None:
+                raise RuntimeError(f"projection {projection.name} left `rebuilding` during the replay")
+            read += len(records)
+            applied += result.folded.applied
+            failures += len(result.folded.failures)
+            if progress is not None:
+                progress(read, total)
+    finally:
+        await consumer.stop()
+    await store.finish_rebuild(engine, projection.name)
+    return ReplayResult(read, applied, failures, time.monotonic() - started)
+
+
+def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
+    return new_consumer(kafka, group_id=None, fetch_max_wait_ms=50)
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, batch_max: int) -> Any:
+    """Yield (records, total) batches from offset 0 to the high-watermarks seen first.
+
+    The end of each partition is the high-watermark of its first fetch
+    response, not ListOffsets, which some brokers answer wrongly; records that
+    arrive later are left to the live projector.
+    """
+    await consumer.topics()
+    parts = sorted(consumer.partitions_for_topic(topic) or ())
+    if not parts:
+        raise RuntimeError(f"topic {topic} does not exist")
+    tps = [TopicPartition(topic, p) for p in parts]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, 0)
+    ends: dict[TopicPartition, int] = {}
+    position = {tp: 0 for tp in tps}
+    while True:
+        batch = await consumer.getmany(timeout_ms=200, max_records=batch_max)
+        for tp in tps:
+            hw = consumer.highwater(tp)
+            if tp not in ends and hw is not None:
+                ends[tp] = hw
+        records = []
+        for tp, msgs in batch.items():
+            end = ends.get(tp)
+            for m in msgs:
+                if end is None or m.offset < end:
+                    records.append(m)
+                    position[tp] = m.offset + 1
+        total = sum(ends.values())
+        done = len(ends) == len(tps) and all(position[tp] >= ends[tp] for tp in tps)
+        if records:
+            yield records, total
+        if done:
+            consumer.pause(*tps)
+            return
+
+
+async def replay_write_side(
+    settings: Settings, aggregate: Aggregate[Any], engine: AsyncEngine, *, progress: Progress | None = None
+) -> int:
+    """Refill `streams` (version and state) by folding the topic with `evolve`.
+
+    Versions at or below what a stream has reached are skipped (first
+    occurrence wins, as the publisher may repeat a batch); a stream already
+    stored at a later version is left alone. Returns the streams written.
+    """
+    contract = aggregate.contract
+    states: dict[str, tuple[int, Any]] = {}
+    consumer = _consumer(settings.kafka)
+    await consumer.start()
+    read = 0
+    try:
+        async for records, total in _read_to_end(
+            consumer, settings.kafka.topic(aggregate.stream_type), settings.projector.projector_batch_max
+        ):
+            for r in records:
+                try:
+                    env = decode_value(r.value)
+                    event = contract.load_event(env.type, env.schema_version, env.data)
+                except (PoisonRecord, LookupError, ValueError):
+                    continue
+                version, state = states.get(env.stream_id, (0, aggregate.initial))
+                if env.version == version + 1:
+                    states[env.stream_id] = (env.version, aggregate.evolve(state, event))
+            read += len(records)
+            if progress is not None:
+                progress(read, total)
+    finally:
+        await consumer.stop()
+    return await _write_heads(engine, aggregate.stream_type, states)
+
+
+async def _write_heads(engine: AsyncEngine, stream_type: str, states: dict[str, tuple[int, Any]]) -> int:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    now = time.time()
+    rows = [
+        {
+            "stream_type": stream_type,
+            "stream_id": sid,
+            "version": version,
+            "state": jsonutil.dumps(state.model_dump(mode="json")).decode(),
+            "updated_at": now,
+        }
+        for sid, (version, state) in sorted(states.items())
+    ]
+    if not rows:
+        return 0
+    async with engine.begin() as conn:
+        ins = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(streams)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[streams.c.stream_type, streams.c.stream_id],
+            set_={"version": ins.excluded.version, "state": ins.excluded.state,
+                  "updated_at": ins.excluded.updated_at},
+            where=streams.c.version < ins.excluded.version,
+        )
+        for start in range(0, len(rows), 1000):
+            await conn.execute(stmt, rows[start : start + 1000])
+        count = await conn.execute(select(streams.c.stream_id).where(streams.c.stream_type == stream_type))
+        return len(count.all())

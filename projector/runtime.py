@@ -1,0 +1,201 @@
+"""The live projector: one consumer group per projection, batches into the read store.
+
+The stored offsets are the truth. On every assignment the consumer seeks to
+them; each batch commits its rows and the next offsets in one transaction;
+Kafka group offsets are committed afterwards only for lag tools. While a
+replay rebuilds the projection, the runtime pauses its partitions and, when
+the projection is live again, seeks back to the stored offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
+from eventfold.settings import Settings
+from projector import store
+from projector.apply import apply_batch, next_offsets
+from projector.batch import decode
+from projector.deadletter import DeadLetterSink
+from projector.metrics import Counters
+from projector.projection import Projection
+
+log = logging.getLogger("eventfold.projector")
+
+_LIVE_STATES = frozenset({store.LIVE, store.FAILED})
+_FAILED_AFTER = 5  # consecutive failing batches before the status says `failed`
+
+
+async def seek_to_stored(
+    consumer: AIOKafkaConsumer, engine: AsyncEngine, projection: str, tps: Sequence[TopicPartition]
+) -> None:
+    if not tps:
+        return
+    stored = await store.load_offsets(engine, projection, {tp.topic for tp in tps})
+    for tp in tps:
+        consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runtime: ProjectorRuntime) -> None:
+        self.runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Nothing to save: every applied batch already stored its offsets.
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        rt = self.runtime
+        for attempt in range(10):
+            try:
+                await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned))
+                break
+            except Exception as exc:
+                log.warning("cannot load stored offsets (attempt %d): %r", attempt + 1, exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        if rt.paused:
+            rt.consumer.pause(*assigned)
+        log.info(
+            "projection=%s assigned=%s", rt.projection.name,
+            sorted((tp.topic, tp.partition) for tp in assigned),
+        )
+
+
+class ProjectorRuntime:
+    def __init__(self, settings: Settings, projection: Projection, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.projection = projection
+        self.engine = engine
+        self.topic = projection.topic(settings.kafka)
+        cfg = settings.projector
+        self.consumer = new_consumer(
+            settings.kafka,
+            group_id=projection.group_id(settings.kafka),
+            session_timeout_ms=cfg.projector_session_timeout_ms,
+            heartbeat_interval_ms=min(cfg.projector_heartbeat_ms, cfg.projector_session_timeout_ms // 3),
+            max_poll_interval_ms=max(60_000, cfg.projector_session_timeout_ms),
+            rebalance_timeout_ms=max(cfg.projector_session_timeout_ms, 10_000),
+            fetch_max_wait_ms=50,
+        )
+        self.producer = new_producer(settings.kafka)
+        self.counters = Counters()
+        self.paused = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the batch in hand is finished and committed first."""
+        await create_topics(self.settings.kafka, [self.topic, dlq_topic(self.topic)])
+        await store.ensure_status(self.engine, self.projection)
+        await self.producer.start()
+        try:
+            self.consumer.subscribe([self.topic], listener=_SeekOnAssign(self))
+            await self.consumer.start()
+            try:
+                await self._loop(stop)
+            finally:
+                await self.consumer.stop()
+        finally:
+            await self.producer.stop()
+            log.info("projection=%s stopped counters=%s", self.projection.name, self.counters)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        cfg = self.settings.projector
+        sink = DeadLetterSink(self.producer)
+        failing = 0
+        while not stop.is_set():
+            batch = await self.consumer.getmany(
+                timeout_ms=cfg.projector_poll_ms, max_records=cfg.projector_batch_max
+            )
+            if self.paused:
+                await self._maybe_resume(stop)
+                continue
+            records = [r for msgs in batch.values() for r in msgs]
+            if not records:
+                continue
+            items = [decode(self.projection, r) for r in records]
+            try:
+                result = await apply_batch(
+                    self.engine, self.projection, items, next_offsets(items),
+                    allowed_states=_LIVE_STATES, dead_letter=sink, state_after=store.LIVE,
+                )
+            except Exception as exc:
+                failing += 1
+                self.counters.errors += 1
+                log.exception("projection=%s batch failed (%d in a row)", self.projection.name, failing)
+                if failing == _FAILED_AFTER:
+                    with contextlib.suppress(Exception):
+                        await store.mark_failed(self.engine, self.projection.name, repr(exc))
+                await self._retry_later(stop, min(0.2 * failing, 5.0))
+                continue
+            failing = 0
+            if not result.allowed:
+                self._pause()
+                continue
+            assert result.folded is not None
+            self.counters.add(result.folded)
+            await self._commit_group(next_offsets(items))
+
+    def _pause(self) -> None:
+        log.info("projection=%s is rebuilding elsewhere; pausing", self.projection.name)
+        self.paused = True
+        self.consumer.pause(*self.consumer.assignment())
+
+    async def _maybe_resume(self, stop: asyncio.Event) -> None:
+        try:
+            state = await store.read_state(self.engine, self.projection.name)
+        except Exception as exc:
+            log.warning("cannot read projection state: %r", exc)
+            state = None
+        if state not in _LIVE_STATES:
+            self.consumer.pause(*self.consumer.assignment())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+            return
+        assigned = list(self.consumer.assignment())
+        await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned)
+        self.consumer.resume(*assigned)
+        self.paused = False
+        log.info("projection=%s is live again; resumed at stored offsets", self.projection.name)
+
+    async def _retry_later(self, stop: asyncio.Event, delay: float) -> None:
+        """Back off, then re-read the failed batch from the stored offsets."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        with contextlib.suppress(Exception):
+            assigned = list(self.consumer.assignment())
+            await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned)
+
+    async def _commit_group(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Group offsets are for lag tools only; losing one is harmless."""
+        assigned = self.consumer.assignment()
+        commit = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "")
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in assigned
+        }
+        if not commit:
+            return
+        try:
+            await self.consumer.commit(commit)
+        except Exception as exc:
+            log.debug("group offset commit skipped: %r", exc)
+
+
+async def run_projectors(
+    settings: Settings, projections: Sequence[Projection], stop: asyncio.Event
+) -> None:
+    """Run one runtime per projection over one read-store engine until `stop`."""
+    from eventfold.db import create_engine
+
+    engine = create_engine(settings.db.read_db_url, pool_size=max(2, len(projections) + 1))
+    try:
+        runtimes = [ProjectorRuntime(settings, p, engine) for p in projections]
+        await asyncio.gather(*(rt.run(stop) for rt in runtimes))
+    finally:
+        await engine.dispose()
