@@ -67,13 +67,32 @@ def serve(
     service: Annotated[str, typer.Argument(help="command-api | query-api | projector | publisher")],
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (defaults from settings).")] = None,
+    projection: Annotated[
+        str | None, typer.Option(help="projector only: run this projection (default: all).")
+    ] = None,
 ) -> None:
     """Run one service in the foreground (what the container image runs)."""
     from eventfold.runner import serve_one
 
     try:
-        asyncio.run(serve_one(get_settings(), service, host=host, port=port))
+        asyncio.run(serve_one(get_settings(), service, host=host, port=port, projection=projection))
     except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def replay(
+    name: Annotated[str, typer.Argument(help="A projection, or with --write-side a stream type.")],
+    write_side: Annotated[
+        bool, typer.Option("--write-side", help="Refill the write store's stream heads instead.")
+    ] = False,
+) -> None:
+    """Rebuild a projection from offset 0 (the live projector pauses meanwhile)."""
+    from eventfold.replay_cli import run_replay
+
+    try:
+        asyncio.run(run_replay(get_settings(), name, write_side=write_side, console=console))
+    except (ValueError, LookupError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
 
 

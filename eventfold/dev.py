@@ -31,6 +31,9 @@ async def run_dev(
     data_dir: Path, command_port: int, query_port: int, kafka_port: int, external: str | None
 ) -> None:
     from command_api.bootstrap import create_app as command_app
+    from eventfold.wiring import projections
+    from projector.runtime import run_projectors
+    from query_api.bootstrap import create_app as query_app
 
     broker = None
     if external is None:
@@ -44,16 +47,28 @@ async def run_dev(
         await create_topics(settings.kafka, all_topics(settings))
         stop = asyncio.Event()
         install_stop_signals(stop)
-        servers = [http_server(command_app(settings), "127.0.0.1", command_port)]
+        servers = [
+            http_server(command_app(settings), "127.0.0.1", command_port),
+            http_server(query_app(settings), "127.0.0.1", query_port),
+        ]
+        projector = asyncio.create_task(run_projectors(settings, projections(), stop))
         console.print(f"[green]command API[/green]  http://127.0.0.1:{command_port}/docs")
+        console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
+        console.print(f"[green]projector[/green]    {', '.join(p.name for p in projections())}")
         console.print(f"[green]stores[/green]       {settings.data_dir}/write.db, read.db")
         console.print(
             "\ntry:\n"
             f"  curl -s -X POST http://127.0.0.1:{command_port}/commands/account/alice "
             "-H 'content-type: application/json' -d '{\"type\": \"OpenAccount\", \"data\": {\"owner\": \"Alice\"}}'\n"
+            "  # then read your write, with the \"position\" the command answered:\n"
+            f"  curl -s 'http://127.0.0.1:{query_port}/accounts/alice?wait_for=<position>'\n"
             "\nCtrl-C stops everything."
         )
-        await run_servers(servers, stop)
+        try:
+            await run_servers(servers, stop)
+        finally:
+            stop.set()
+            await projector
     finally:
         if broker is not None:
             broker.stop()

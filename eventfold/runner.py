@@ -52,7 +52,14 @@ async def run_servers(servers: list[_Server], stop: asyncio.Event) -> None:
             raise RuntimeError("a server failed to start (is its port free?)")
 
 
-async def serve_one(settings: Settings, service: str, *, host: str | None, port: int | None) -> None:
+async def serve_one(
+    settings: Settings,
+    service: str,
+    *,
+    host: str | None,
+    port: int | None,
+    projection: str | None = None,
+) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     if service == "command-api":
@@ -62,5 +69,23 @@ async def serve_one(settings: Settings, service: str, *, host: str | None, port:
             create_app(settings), host or settings.command_api.host, port or settings.command_api.command_port
         )
         await run_servers([server], stop)
+        return
+    if service == "query-api":
+        from query_api.bootstrap import create_app as query_app
+
+        server = http_server(
+            query_app(settings), host or settings.query_api.host, port or settings.query_api.query_port
+        )
+        await run_servers([server], stop)
+        return
+    if service == "projector":
+        from eventfold.wiring import projections
+        from projector.projection import by_name
+        from projector.runtime import run_projectors
+
+        chosen = projections()
+        if projection is not None:
+            chosen = [by_name(chosen, projection)]
+        await run_projectors(settings, chosen, stop)
         return
     raise ValueError(f"unknown service {service!r}: command-api, query-api, projector or publisher")

@@ -24,7 +24,10 @@ async def _post(http: httpx.AsyncClient, url: str, type_: str, data: dict[str, i
 async def test_broker_outage_gives_202_then_publishes(
     command_client, make_settings, broker: EmbeddedBroker
 ) -> None:
-    settings = make_settings(kafka={"publish_timeout_s": 2.0})
+    # Always the embedded broker: it is the one that can be frozen.
+    settings = make_settings(
+        kafka={"publish_timeout_s": 2.0, "kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False}
+    )
     sid = uid("acct")
     url = f"/commands/account/{sid}"
     async with command_client(settings) as http:

@@ -1,0 +1,193 @@
+"""Projector catch-up and replay on a topic filled with valid account events.
+
+The topic is filled directly (envelope + mapper, batched sends), not through
+the command API, so a million events take seconds. The projector then runs as
+`eventfold serve projector` and is timed until its stored offsets
+(`projection_offsets`, written with the rows) reach the offsets the fill
+left; `eventfold replay accounts` is timed as a whole process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bench.env import BenchEnv, Child
+from bench.raw import send_partitioned
+from eventfold.kafka import create_topics, new_producer, partition_for
+from eventfold.settings import KafkaSettings
+from schemas.envelope import EventEnvelope
+from schemas.mapper import encode_value, envelope_headers
+
+EVENTS_PER_STREAM = 10
+Progress = Callable[[int], None]
+
+
+def account_events(
+    n: int, partitions: int, block: int = 10_000
+) -> Iterator[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
+    """`n` events over n/10 account streams: opened, a deposit, then deposits and withdrawals.
+
+    Streams are interleaved by blocks (version 1 of a block's streams, then
+    version 2, ...), so a projector batch touches many streams, as live
+    traffic would. Each stream's versions are 1..n in order on its partition.
+    """
+    streams = max(1, n // EVENTS_PER_STREAM)
+    occurred = datetime.now(UTC)
+    correlation = str(uuid.uuid4())
+    emitted = 0
+    for first in range(0, streams, block):
+        ids = [f"fill-{i:07d}" for i in range(first, min(first + block, streams))]
+        keys = [i.encode() for i in ids]
+        parts = [partition_for(k, partitions) for k in keys]
+        for version in range(1, EVENTS_PER_STREAM + 1):
+            for sid, key, part in zip(ids, keys, parts, strict=True):
+                if emitted >= n:
+                    return
+                if version == 1:
+                    etype, data = "AccountOpened", {"owner": f"owner of {sid}"}
+                elif version == 2 or version % 2 == 1:
+                    etype, data = "Deposited", {"amount": 1000 if version == 2 else 100}
+                else:
+                    etype, data = "Withdrawn", {"amount": 50}
+                env = EventEnvelope(
+                    event_id=uuid.uuid4(), stream_type="account", stream_id=sid, version=version,
+                    type=etype, occurred_at=occurred, correlation_id=correlation, data=data,
+                )
+                yield part, key, encode_value(env), envelope_headers(env)
+                emitted += 1
+    # fewer streams than blocks need: top up is not needed, n is a multiple of 10 in practice
+
+
+async def fill(kafka: KafkaSettings, n: int, progress: Progress | None = None) -> tuple[dict[int, int], float]:
+    """Write `n` events to the account topic; returns the end offsets and the fill rate."""
+    topic = kafka.topic("account")
+    await create_topics(kafka, [topic])
+    producer = new_producer(kafka, linger_ms=5)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        ends = await send_partitioned(producer, topic, account_events(n, kafka.partitions), progress=progress)
+        return ends, n / (time.perf_counter() - t0)
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class Progressed:
+    done: bool
+    applied: int  # records behind the stored offsets, all partitions
+    projections: list[str]
+
+
+async def stored_progress(env: BenchEnv, read_url: str, topic: str, ends: dict[int, int]) -> Progressed:
+    """How far the projections have stored offsets on `topic`, against `ends`."""
+    conn = await env.connect(read_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT projection, partition, next_offset FROM projection_offsets WHERE topic = $1", topic
+        )
+    finally:
+        await conn.close()
+    by_proj: dict[str, dict[int, int]] = {}
+    for r in rows:
+        by_proj.setdefault(r["projection"], {})[int(r["partition"])] = int(r["next_offset"])
+    if not by_proj:
+        return Progressed(False, 0, [])
+    # The slowest projection decides; partitions with no row yet count as 0.
+    applied = min(sum(min(offs.get(p, 0), end) for p, end in ends.items()) for offs in by_proj.values())
+    done = all(offs.get(p, 0) >= end for offs in by_proj.values() for p, end in ends.items() if end > 0)
+    return Progressed(done, applied, sorted(by_proj))
+
+
+@dataclass
+class CatchUp:
+    events_per_s: float  # from the first stored progress to the end: the steady rate
+    wall_s: float  # from process start, including imports, connects and the group join
+    peak_rss_mb: float | None
+    projections: list[str]
+
+
+async def wait_caught_up(
+    env: BenchEnv, child: Child | None, read_url: str, topic: str, ends: dict[int, int],
+    *, timeout_s: float, progress: Progress | None = None, poll_s: float = 0.05,
+) -> CatchUp:
+    total = sum(ends.values())
+    t_start = child.started if child is not None else time.perf_counter()
+    first: tuple[float, int] | None = None
+    peak = None
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        now = time.perf_counter()
+        if child is not None:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.log_tail()}")
+            peak = child.peak_rss_mb() or peak
+        p = await stored_progress(env, read_url, topic, ends)
+        if progress is not None:
+            progress(p.applied)
+        if first is None and p.applied > 0:
+            first = (now, p.applied)
+        if p.done:
+            end = time.perf_counter()
+            if first is None or end - first[0] < 0.2:
+                rate = total / (end - t_start)
+            else:
+                rate = (total - first[1]) / (end - first[0])
+            return CatchUp(rate, end - t_start, peak, p.projections)
+        if now > deadline:
+            got = f"{p.applied} of {total} events"
+            raise TimeoutError(f"projection not caught up in {timeout_s:.0f}s ({got}, projections {p.projections})")
+        await asyncio.sleep(poll_s)
+
+
+async def catch_up_run(
+    env: BenchEnv, prefix: str, read_url: str, write_url: str, ends: dict[int, int],
+    *, timeout_s: float, progress: Progress | None = None,
+) -> CatchUp:
+    """One run: empty read store, start `eventfold serve projector`, wait, stop."""
+    await env.truncate_all(read_url)
+    child = env.eventfold("projector", ["serve", "projector"], env.service_env(prefix, write_url, read_url))
+    try:
+        return await wait_caught_up(
+            env, child, read_url, env.kafka(prefix).topic("account"), ends,
+            timeout_s=timeout_s, progress=progress,
+        )
+    finally:
+        await env.stop_child(child)
+
+
+@dataclass
+class Replay:
+    seconds: float
+    peak_rss_mb: float | None
+    exit_code: int
+
+
+async def replay_run(
+    env: BenchEnv, prefix: str, read_url: str, write_url: str, *, projection: str, timeout_s: float,
+    tick: Callable[[float], None] | None = None,
+) -> Replay:
+    """`eventfold replay <projection>` as a process: its wall time and peak RSS."""
+    child = env.eventfold("replay", ["replay", projection], env.service_env(prefix, write_url, read_url))
+    peak: float | None = None
+    try:
+        deadline = time.perf_counter() + timeout_s
+        while child.alive():
+            peak = child.peak_rss_mb() or peak
+            if tick is not None:
+                tick(time.perf_counter() - child.started)
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"replay did not finish in {timeout_s:.0f}s:\n{child.log_tail()}")
+            await asyncio.sleep(0.05)
+        seconds = time.perf_counter() - child.started
+        code = child.proc.returncode
+        if code != 0:
+            raise RuntimeError(f"replay exited with {code}:\n{child.log_tail()}")
+        return Replay(seconds, peak, code)
+    finally:
+        await env.stop_child(child)

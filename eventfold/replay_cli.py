@@ -1,0 +1,63 @@
+"""`eventfold replay`: drives projector.replay with a rich progress bar."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from eventfold.db import create_engine
+from eventfold.settings import Settings
+
+
+def _bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9} ev/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+async def run_replay(settings: Settings, name: str, *, write_side: bool, console: Console) -> None:
+    from eventfold.wiring import aggregates, projections
+    from projector.projection import by_name
+    from projector.replay import replay_projection, replay_write_side
+
+    with _bar(console) as bar:
+        task = bar.add_task(f"replay {name}", total=None, rate="-")
+
+        def progress(done: int, total: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 0.0
+            rate = f"{done / elapsed:,.0f}" if elapsed > 0 else "-"
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        if write_side:
+            aggregate = aggregates().get(name)
+            engine = create_engine(settings.db.write_db_url, pool_size=2)
+            try:
+                written = await replay_write_side(settings, aggregate, engine, progress=progress)
+            finally:
+                await engine.dispose()
+            console.print(f"write side: {written} {name} stream heads refilled")
+            return
+        projection = by_name(projections(), name)
+        engine = create_engine(settings.db.read_db_url, pool_size=2)
+        try:
+            result = await replay_projection(settings, projection, engine, progress=progress)
+        finally:
+            await engine.dispose()
+    console.print(
+        f"replayed {projection.name}: {result.records} records, {result.applied} applied, "
+        f"{result.failures} failures in {result.seconds:.1f}s"
+    )

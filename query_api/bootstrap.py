@@ -1,0 +1,69 @@
+"""Wiring of the query API: the read engine, the offset watcher, the watermark cache.
+
+Built in `lifespan` from the arguments of `create_app`, never at import, so
+tests can pass their own settings and projections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from eventfold.db import create_engine
+from eventfold.settings import Settings
+from projector.projection import Projection
+from query_api.waiting import OffsetWatcher
+from query_api.watermarks import WatermarkCache
+
+
+@dataclass
+class QuerySide:
+    settings: Settings
+    projections: Sequence[Projection]
+    engine: AsyncEngine
+    watcher: OffsetWatcher
+    watermarks: WatermarkCache
+
+
+@asynccontextmanager
+async def query_side(settings: Settings, projections: Sequence[Projection]) -> AsyncIterator[QuerySide]:
+    """Open the read store for reading; close it when the app stops."""
+    engine = create_engine(settings.db.read_db_url, pool_size=settings.db.db_pool_size, writer=False)
+    try:
+        yield QuerySide(
+            settings, projections, engine, OffsetWatcher(engine), WatermarkCache(settings.kafka)
+        )
+    finally:
+        await engine.dispose()
+
+
+def create_app(
+    settings: Settings | None = None, projections: Sequence[Projection] | None = None
+) -> FastAPI:
+    from eventfold import problems
+    from eventfold.settings import get_settings
+    from eventfold.wiring import projections as default_projections
+    from query_api.routes import router
+
+    cfg = settings or get_settings()
+    chosen = list(projections) if projections is not None else default_projections()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with query_side(cfg, chosen) as side:
+            app.state.side = side
+            yield
+
+    app = FastAPI(
+        title="eventfold query API",
+        version="0.1.0",
+        description="Read models built from the event topics; `wait_for` reads your writes.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,116 @@
+"""Read queries over the read store; routes call these and shape nothing else."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from projector.tables import (
+    account_transactions,
+    accounts,
+    projection_failures,
+    projection_offsets,
+    projection_status,
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC ISO 8601; SQLite hands back naive datetimes that are UTC by construction."""
+    if value is None:
+        return None
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.isoformat()
+
+
+def _account(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "owner": row.owner,
+        "balance": int(row.balance),
+        "status": row.status,
+        "version": int(row.version),
+        "opened_at": iso(row.opened_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+async def get_account(engine: AsyncEngine, account_id: str) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+    return None if row is None else _account(row)
+
+
+async def list_accounts(
+    engine: AsyncEngine, *, owner: str | None, status: str | None, after: str | None, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """A page in id order, and whether more rows follow."""
+    stmt = select(accounts).order_by(accounts.c.id).limit(limit + 1)
+    if owner is not None:
+        stmt = stmt.where(accounts.c.owner == owner)
+    if status is not None:
+        stmt = stmt.where(accounts.c.status == status)
+    if after is not None:
+        stmt = stmt.where(accounts.c.id > after)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [_account(r) for r in rows[:limit]], len(rows) > limit
+
+
+async def list_transactions(
+    engine: AsyncEngine, account_id: str, *, after: int | None, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    t = account_transactions
+    stmt = select(t).where(t.c.account_id == account_id).order_by(t.c.version).limit(limit + 1)
+    if after is not None:
+        stmt = stmt.where(t.c.version > after)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    items = [
+        {
+            "account_id": r.account_id,
+            "version": int(r.version),
+            "type": r.type,
+            "amount": int(r.amount),
+            "balance_after": int(r.balance_after),
+            "occurred_at": iso(r.occurred_at),
+        }
+        for r in rows[:limit]
+    ]
+    return items, len(rows) > limit
+
+
+async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Status, stored offsets and failure counts of each projection."""
+    out: dict[str, dict[str, Any]] = {
+        n: {"state": "unknown", "events_applied": 0, "last_event_at": None, "detail": None,
+            "offsets": {}, "failures": {}}
+        for n in names
+    }
+    s, o, f = projection_status.c, projection_offsets.c, projection_failures.c
+    async with engine.connect() as conn:
+        for row in await conn.execute(select(projection_status).where(s.projection.in_(names))):
+            entry = out[row.projection]
+            entry["state"] = row.state
+            entry["events_applied"] = int(row.events_applied)
+            entry["detail"] = row.detail
+            if row.last_event_at is not None:
+                entry["last_event_at"] = datetime.fromtimestamp(row.last_event_at, UTC).isoformat()
+        for p, t, part, off in await conn.execute(
+            select(o.projection, o.topic, o.partition, o.next_offset).where(o.projection.in_(names))
+        ):
+            out[p]["offsets"][(t, int(part))] = int(off)
+        for p, reason, n in await conn.execute(
+            select(f.projection, f.reason, func.count())
+            .where(f.projection.in_(names))
+            .group_by(f.projection, f.reason)
+        ):
+            out[p]["failures"][reason] = int(n)
+    return out
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")
