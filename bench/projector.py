@@ -10,6 +10,7 @@ left; `eventfold replay accounts` is timed as a whole process.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -110,11 +111,13 @@ class CatchUp:
     wall_s: float  # from process start, including imports, connects and the group join
     peak_rss_mb: float | None
     projections: list[str]
+    partial: str | None = None  # set when a quick run stopped at its time limit
 
 
 async def wait_caught_up(
     env: BenchEnv, child: Child | None, read_url: str, topic: str, ends: dict[int, int],
     *, timeout_s: float, progress: Progress | None = None, poll_s: float = 0.05,
+    partial_ok: bool = False,
 ) -> CatchUp:
     total = sum(ends.values())
     t_start = child.started if child is not None else time.perf_counter()
@@ -141,13 +144,18 @@ async def wait_caught_up(
             return CatchUp(rate, end - t_start, peak, p.projections)
         if now > deadline:
             got = f"{p.applied} of {total} events"
+            if partial_ok and first is not None and p.applied > first[1]:
+                # A slow machine: report the rate so far rather than nothing.
+                rate = (p.applied - first[1]) / (now - first[0])
+                note = f"stopped after {timeout_s:.0f}s at {got}"
+                return CatchUp(rate, now - t_start, peak, p.projections, note)
             raise TimeoutError(f"projection not caught up in {timeout_s:.0f}s ({got}, projections {p.projections})")
         await asyncio.sleep(poll_s)
 
 
 async def catch_up_run(
     env: BenchEnv, prefix: str, read_url: str, write_url: str, ends: dict[int, int],
-    *, timeout_s: float, progress: Progress | None = None,
+    *, timeout_s: float, progress: Progress | None = None, partial_ok: bool = False,
 ) -> CatchUp:
     """One run: empty read store, start `eventfold serve projector`, wait, stop."""
     await env.truncate_all(read_url)
@@ -155,7 +163,7 @@ async def catch_up_run(
     try:
         return await wait_caught_up(
             env, child, read_url, env.kafka(prefix).topic("account"), ends,
-            timeout_s=timeout_s, progress=progress,
+            timeout_s=timeout_s, progress=progress, partial_ok=partial_ok,
         )
     finally:
         await env.stop_child(child)
@@ -163,31 +171,56 @@ async def catch_up_run(
 
 @dataclass
 class Replay:
+    events: int
     seconds: float
     peak_rss_mb: float | None
-    exit_code: int
+    exit_code: int | None
+    partial: str | None = None
 
 
 async def replay_run(
     env: BenchEnv, prefix: str, read_url: str, write_url: str, *, projection: str, timeout_s: float,
     tick: Callable[[float], None] | None = None,
+    partial: tuple[BenchEnv, str, str, dict[int, int]] | None = None,
 ) -> Replay:
-    """`eventfold replay <projection>` as a process: its wall time and peak RSS."""
+    """`eventfold replay <projection>` as a process: its wall time and peak RSS.
+
+    With `partial` (quick runs), a replay still running at `timeout_s` is
+    stopped and reported by the offsets it had stored (the replay stores them
+    with its rows, as the live projector does).
+    """
     child = env.eventfold("replay", ["replay", projection], env.service_env(prefix, write_url, read_url))
     peak: float | None = None
+    total = sum(partial[3].values()) if partial else 0
     try:
         deadline = time.perf_counter() + timeout_s
-        while child.alive():
+        while True:
+            # wait4 reaps the child with its exact peak RSS (ru_maxrss, KB on Linux).
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                seconds = time.perf_counter() - child.started
+                child.proc.returncode = os.waitstatus_to_exitcode(status)
+                peak = usage.ru_maxrss / 1024.0
+                break
             peak = child.peak_rss_mb() or peak
             if tick is not None:
                 tick(time.perf_counter() - child.started)
             if time.perf_counter() > deadline:
+                if partial is not None:
+                    penv, url, topic, ends = partial
+                    got = await stored_progress(penv, url, topic, ends)
+                    if got.applied > 0:
+                        seconds = time.perf_counter() - child.started
+                        note = f"stopped after {timeout_s:.0f}s at {got.applied} of {total} events"
+                        return Replay(got.applied, seconds, peak, None, note)
                 raise TimeoutError(f"replay did not finish in {timeout_s:.0f}s:\n{child.log_tail()}")
-            await asyncio.sleep(0.05)
-        seconds = time.perf_counter() - child.started
+            await asyncio.sleep(0.02)
         code = child.proc.returncode
         if code != 0:
             raise RuntimeError(f"replay exited with {code}:\n{child.log_tail()}")
-        return Replay(seconds, peak, code)
+        events = total
+        if not events:
+            events = sum(partial[3].values()) if partial else 0
+        return Replay(events, seconds, peak, code)
     finally:
         await env.stop_child(child)

@@ -8,6 +8,7 @@ stops, so it is for development only.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
@@ -43,6 +44,13 @@ def tansu_path() -> Path:
     )
 
 
+def _die_with_parent() -> None:
+    """Linux: the broker gets SIGKILL if we die, so even `kill -9` leaves no stray."""
+    with suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,7 +75,7 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         if port_open(self.port):
             raise BrokerUnavailable(f"port {self.port} is already in use")
         url = f"tcp://127.0.0.1:{self.port}"
@@ -78,18 +86,32 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+        return self.process
+
+    def _check(self, proc: subprocess.Popen[bytes], deadline: float, timeout_s: float) -> None:
+        if proc.poll() is not None:
+            raise BrokerUnavailable(f"broker exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            self.stop()
+            raise BrokerUnavailable(f"broker did not listen on {self.port} in {timeout_s}s")
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        proc = self._spawn()
         deadline = time.monotonic() + timeout_s
         while not port_open(self.port):
-            if self.process.poll() is not None:
-                raise BrokerUnavailable(f"broker exited with code {self.process.returncode}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BrokerUnavailable(f"broker did not listen on {self.port} in {timeout_s}s")
+            self._check(proc, deadline, timeout_s)
             time.sleep(0.02)
 
     async def astart(self, timeout_s: float = 15.0) -> None:
-        await asyncio.to_thread(self.start, timeout_s)
+        # Spawned from this (the main) thread: the broker's parent-death signal
+        # fires when the spawning thread exits, so never from a worker thread.
+        proc = self._spawn()
+        deadline = time.monotonic() + timeout_s
+        while not port_open(self.port):
+            self._check(proc, deadline, timeout_s)
+            await asyncio.sleep(0.02)
 
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections hang as in a network outage."""

@@ -37,7 +37,7 @@ async def run_dev(
 
     broker = None
     if external is None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
         broker = EmbeddedBroker(kafka_port, log_path=data_dir / "broker.log")
         await broker.astart()
         console.print(f"[green]broker[/green]       {broker.bootstrap} (embedded Tansu, in memory)")
@@ -56,13 +56,15 @@ async def run_dev(
         console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
         console.print(f"[green]projector[/green]    {', '.join(p.name for p in projections())}")
         console.print(f"[green]stores[/green]       {settings.data_dir}/write.db, read.db")
+        body = '{"type": "OpenAccount", "data": {"owner": "Alice"}}'
         console.print(
-            "\ntry:\n"
-            f"  curl -s -X POST http://127.0.0.1:{command_port}/commands/account/alice "
-            "-H 'content-type: application/json' -d '{\"type\": \"OpenAccount\", \"data\": {\"owner\": \"Alice\"}}'\n"
-            "  # then read your write, with the \"position\" the command answered:\n"
-            f"  curl -s 'http://127.0.0.1:{query_port}/accounts/alice?wait_for=<position>'\n"
-            "\nCtrl-C stops everything."
+            "\ntry (the command answers with a position; wait_for reads your write):\n"
+            f"  POS=$(curl -s -X POST http://127.0.0.1:{command_port}/commands/account/alice \\\n"
+            f"      -H 'content-type: application/json' -d '{body}' \\\n"
+            "      | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"position\"])')\n"
+            f"  curl -s \"http://127.0.0.1:{query_port}/accounts/alice?wait_for=$POS\"\n"
+            "\nCtrl-C stops everything.",
+            markup=False, highlight=False,
         )
         try:
             await run_servers(servers, stop)

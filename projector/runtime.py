@@ -75,13 +75,16 @@ class ProjectorRuntime:
         self.engine = engine
         self.topic = projection.topic(settings.kafka)
         cfg = settings.projector
+        session = cfg.projector_session_timeout_ms
         self.consumer = new_consumer(
             settings.kafka,
             group_id=projection.group_id(settings.kafka),
-            session_timeout_ms=cfg.projector_session_timeout_ms,
-            heartbeat_interval_ms=min(cfg.projector_heartbeat_ms, cfg.projector_session_timeout_ms // 3),
-            max_poll_interval_ms=max(60_000, cfg.projector_session_timeout_ms),
-            rebalance_timeout_ms=max(cfg.projector_session_timeout_ms, 10_000),
+            session_timeout_ms=session,
+            heartbeat_interval_ms=min(cfg.projector_heartbeat_ms, session // 3),
+            max_poll_interval_ms=max(60_000, session),
+            rebalance_timeout_ms=session,
+            # A JoinGroup answer may wait a whole rebalance, so give it longer.
+            request_timeout_ms=max(settings.kafka.request_timeout_ms, session + 5_000),
             fetch_max_wait_ms=50,
         )
         self.producer = new_producer(settings.kafka)

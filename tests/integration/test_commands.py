@@ -226,3 +226,20 @@ async def test_health_and_readiness(command_client, make_settings) -> None:
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
         assert (await http.get("/openapi.json")).json()["paths"]["/commands/{stream_type}/{stream_id}"]
+
+
+async def test_unreachable_write_store_is_a_503_and_appends_nothing(command_client, make_settings) -> None:
+    # Nothing listens on port 9 of loopback: every transaction fails to connect.
+    dead = DatabaseSettings(
+        write_db_url="postgresql+asyncpg://postgres@127.0.0.1:9/none",
+        read_db_url="postgresql+asyncpg://postgres@127.0.0.1:9/none",
+    )
+    settings = make_settings(dead)
+    sid = uid("acct")
+    async with command_client(settings) as http:
+        r = await send(http, sid, "OpenAccount", {"owner": "I"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["code"] == "unavailable"
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("unreachable")
+    assert first_versions(await read_topic(settings.kafka, settings.kafka.topic("account")), sid) == []

@@ -1,0 +1,413 @@
+"""The phases of a benchmark run, each recording its figures in the report.
+
+Every phase may fail (a service not written yet, a slow machine): the runner
+catches it, stores the error in the phase's section and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from bench import command as cmd
+from bench import projector as proj
+from bench import raw as rawm
+from bench import readside
+from bench.env import BenchEnv, free_ports
+
+if TYPE_CHECKING:
+    from bench.__main__ import Runner
+
+PREFIX_LIVE = "benchlive"
+PREFIX_FILL = "benchfill"
+PROJECTION = "accounts"
+
+
+# -- 1. raw limits ---------------------------------------------------------
+
+
+async def raw(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
+    plan, rep = r.plan, r.report
+    kafka = env.kafka("benchraw")
+    topic = "benchraw.raw"
+    await rawm.ensure_topic(kafka, topic)
+    values = rawm.sample_values()
+    rep.note("raw", "value_bytes", round(sum(map(len, values)) / len(values)))
+
+    produce: list[float] = []
+
+    async def one_produce(i: int, advance: Any) -> None:
+        produce.append(await rawm.produce_rate(kafka, topic, plan.produce_n, values, advance))
+
+    await _soft(rep, "raw", "produce", r.repeat("raw", "raw produce", plan.produce_n, one_produce))
+    rep.figure("raw", "produce_msgs_per_s", produce, "msg/s")
+
+    consume: list[float] = []
+
+    async def one_consume(i: int, advance: Any) -> None:
+        consume.append(await rawm.consume_rate(kafka, topic, plan.consume_n, advance))
+
+    await _soft(rep, "raw", "consume", r.repeat("raw", "raw consume", plan.consume_n, one_consume))
+    rep.figure("raw", "consume_msgs_per_s", consume, "msg/s")
+
+    upsert: list[float] = []
+    rows = rawm.upsert_rows(plan.upsert_n, streams=max(1, plan.upsert_n // 10))
+    rep.note("raw", "upsert_batch_rows", 1000)
+
+    async def one_upsert(i: int, advance: Any) -> None:
+        conn = await env.connect(urls["scratch"])
+        try:
+            upsert.append(await rawm.upsert_rate(conn, rows, 1000, advance))
+        finally:
+            await conn.close()
+
+    await _soft(rep, "raw", "upsert", r.repeat("raw", "raw upsert", plan.upsert_n, one_upsert))
+    rep.figure("raw", "upsert_rows_per_s", upsert, "rows/s")
+
+    await _soft(rep, "raw", "minimal endpoint", _minimal(r, env, urls))
+
+
+async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
+    import json
+    import sys
+
+    from bench.load import build_request, closed_loop
+
+    plan, rep = r.plan, r.report
+    (port,) = free_ports(1)
+    child = env.spawn(
+        "minimal",
+        [sys.executable, "-m", "uvicorn", "--factory", "bench.minimal_app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        {**env.service_env("benchraw", urls["scratch"], urls["scratch"]), "BENCH_DB_URL": urls["scratch"]},
+    )
+    try:
+        await env.wait_http(child, port, "/healthz")
+        requests = [
+            build_request("POST", f"/items/acct-{i:06d}", port, json.dumps({"amount": i % 100 + 1}).encode())
+            for i in range(10_000)
+        ]
+        rps: list[float] = []
+        p99: list[float] = []
+
+        async def one(i: int, advance: Any) -> None:
+            res = await closed_loop(
+                port, requests, concurrency=64, duration_s=plan.http_s, warmup_s=plan.warmup_s,
+                on_progress=advance,
+            )
+            rps.append(res.ok_rps())
+            p99.append(res.percentile(99))
+            rep.section("raw").setdefault("minimal_endpoint_runs_detail", []).append(res.summary())
+
+        await r.repeat("raw", "minimal endpoint", None, one)
+        rep.figure("raw", "minimal_endpoint_rps", rps, "req/s")
+        rep.figure("raw", "minimal_endpoint_p99_ms", p99, "ms")
+    finally:
+        await env.stop_child(child)
+
+
+# -- 2. command API --------------------------------------------------------
+
+
+async def command_api(r: Runner, env: BenchEnv, urls: dict[str, str], profile: bool) -> cmd.CommandApi:
+    from eventfold.kafka import create_topics
+
+    plan, rep = r.plan, r.report
+    kafka = env.kafka(PREFIX_LIVE)
+    await create_topics(kafka, [kafka.topic("account")])
+    t = r.step("starting the command API")
+    try:
+        api = await cmd.start(env, PREFIX_LIVE, urls["write"], urls["read"])
+    finally:
+        r.done(t)
+    rep.note("command_api", "pid", api.child.pid)
+    task = r.progress.add_task(f"opening {plan.accounts:,} accounts and depositing", total=2 * plan.accounts)
+    opened = await cmd.open_accounts(
+        api, plan.accounts, lambda n: r.progress.update(task, completed=n)
+    )
+    r.done(task)
+    rep.note("command_api", "accounts", plan.accounts)
+    rep.note("command_api", "setup_statuses", opened)
+
+    for label, key, accounts in (
+        ("uniform", "", api.accounts),
+        ("hot", "hot_", api.accounts[: plan.hot_accounts]),
+    ):
+        rates, p50, p95, p99, details = [], [], [], [], []
+
+        async def one(i: int, advance: Any, accounts: list[str] = accounts) -> None:
+            res = await cmd.mix_run(
+                api, accounts, duration_s=plan.http_s, warmup_s=plan.warmup_s, seed=i, progress=advance
+            )
+            rates.append(res.ok_rps())
+            p50.append(res.percentile(50))
+            p95.append(res.percentile(95))
+            p99.append(res.percentile(99))
+            details.append({**res.summary(), "status_counts": cmd.status_counts(res)})
+
+        await r.repeat("command_api", f"commands {label}", None, one)
+        rep.figure("command_api", f"{key}commands_per_s", rates, "2xx/s")
+        rep.figure("command_api", f"{key}p50_ms", p50, "ms")
+        rep.figure("command_api", f"{key}p95_ms", p95, "ms")
+        rep.figure("command_api", f"{key}p99_ms", p99, "ms")
+        rep.note("command_api", f"{key}runs_detail", details)
+        rep.note("command_api", f"{key}status_counts", _sum_counts([d["status_counts"] for d in details]))
+    if profile:
+        t = r.progress.add_task("py-spy on the command API (unmeasured run)", total=None)
+        try:
+            rep.note("command_api", "profile", await cmd.profile(api, 10, None))
+        finally:
+            r.done(t)
+    return api
+
+
+def _sum_counts(items: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in items:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+# -- 3. projector catch-up and replay ----------------------------------------
+
+
+async def projector(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
+    plan, rep = r.plan, r.report
+    kafka = env.kafka(PREFIX_FILL)
+    task = r.progress.add_task(f"filling the topic with {plan.events:,} events", total=plan.events)
+    ends, fill_rate = await proj.fill(kafka, plan.events, lambda n: r.progress.update(task, completed=n))
+    r.done(task)
+    rep.note("projector", "events", sum(ends.values()))
+    rep.note("projector", "end_offsets", {str(k): v for k, v in sorted(ends.items())})
+    rep.note("projector", "fill_events_per_s", round(fill_rate, 1))
+
+    rates: list[float] = []
+    walls: list[float] = []
+    rss: list[float] = []
+
+    async def one(i: int, advance: Any) -> None:
+        res = await proj.catch_up_run(
+            env, PREFIX_FILL, urls["fill"], urls["write"], ends,
+            timeout_s=plan.catchup_timeout_s, progress=advance,
+            partial_ok=plan.budget_s is not None,
+        )
+        rates.append(res.events_per_s)
+        walls.append(res.wall_s)
+        if res.peak_rss_mb is not None:
+            rss.append(res.peak_rss_mb)
+        rep.note("projector", "projections", res.projections)
+        if res.partial:
+            rep.note("projector", "partial", res.partial)
+
+    try:
+        await r.repeat("projector", "projector catch-up", sum(ends.values()), one)
+    finally:
+        rep.figure("projector", "events_per_s", rates, "ev/s")
+        rep.figure("projector", "wall_s", walls, "s")
+        rep.figure("projector", "peak_rss_mb", rss, "MB")
+    await replay(r, env, urls, ends)
+
+
+async def replay(r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int, int]) -> None:
+    plan, rep = r.plan, r.report
+    total = sum(ends.values())
+    rates: list[float] = []
+    secs: list[float] = []
+    rss: list[float] = []
+    topic = env.kafka(PREFIX_FILL).topic("account")
+
+    async def one(i: int, advance: Any) -> None:
+        res = await proj.replay_run(
+            env, PREFIX_FILL, urls["fill"], urls["write"], projection=PROJECTION,
+            timeout_s=plan.replay_timeout_s, tick=advance,
+            partial=(env, urls["fill"], topic, ends) if plan.budget_s is not None else None,
+        )
+        rates.append(res.events / res.seconds)
+        secs.append(res.seconds)
+        if res.peak_rss_mb is not None:
+            rss.append(res.peak_rss_mb)
+        if res.partial:
+            rep.note("replay", "partial", res.partial)
+
+    try:
+        await r.repeat("replay", "replay", None, one)
+    except Exception as exc:
+        rep.error("replay", f"{type(exc).__name__}: {exc}")
+    rep.note("replay", "events", total)
+    rep.figure("replay", "events_per_s", rates, "ev/s")
+    rep.figure("replay", "seconds", secs, "s")
+    rep.value(
+        "replay", "seconds_per_1m_events",
+        1_000_000 / rep.get("replay.events_per_s") if rep.get("replay.events_per_s") else None, "s",
+    )
+    rep.figure("replay", "peak_rss_mb", rss, "MB")
+
+
+# -- 4. end to end -----------------------------------------------------------
+
+
+async def e2e(
+    r: Runner, env: BenchEnv, urls: dict[str, str], api: cmd.CommandApi | None, children: dict[str, Any]
+) -> None:
+    plan, rep = r.plan, r.report
+    if api is None:
+        raise RuntimeError("the command API did not start; nothing to measure end to end")
+    t = r.step("starting the projector and the query API")
+    try:
+        children["projector"] = await readside.projector_for(env, PREFIX_LIVE, urls["write"], urls["read"])
+        qchild, qport = await readside.start_query_api(env, PREFIX_LIVE, urls["write"], urls["read"])
+        children["query"] = qchild
+        children["query_port"] = qport
+    finally:
+        r.done(t)
+    kafka = env.kafka(PREFIX_LIVE)
+    topic = kafka.topic("account")
+    hw = await readside.high_watermarks(kafka, topic)
+    task = r.progress.add_task(f"projector catching up {sum(hw.values()):,} command events", total=sum(hw.values()))
+    try:
+        caught = await proj.wait_caught_up(
+            env, children["projector"], urls["read"], topic, hw, timeout_s=max(60.0, plan.catchup_timeout_s),
+            progress=lambda n: r.progress.update(task, completed=n),
+        )
+        rep.note("e2e", "catch_up_before_s", round(caught.wall_s, 2))
+    finally:
+        r.done(task)
+
+    p50: list[float] = []
+    p99: list[float] = []
+    details: list[dict[str, Any]] = []
+
+    async def one(i: int, advance: Any) -> None:
+        res = await readside.e2e_run(
+            api.port, qport, api.accounts, rate=plan.e2e_rate, duration_s=plan.e2e_s, seed=100 + i,
+            progress=advance,
+        )
+        s = res.summary()
+        details.append(s)
+        if s["visible"]:
+            p50.append(s["p50_ms"])
+            p99.append(s["p99_ms"])
+
+    await r.repeat("e2e", "end to end", plan.e2e_rate * plan.e2e_s, one)
+    rep.figure("e2e", "p50_ms", p50, "ms")
+    rep.figure("e2e", "p99_ms", p99, "ms")
+    rep.note("e2e", "rate", plan.e2e_rate)
+    rep.note("e2e", "runs_detail", details)
+    if not p99:
+        rep.error("e2e", f"no command became visible: {details[-1] if details else 'no run'}")
+
+
+# -- 5. query API ------------------------------------------------------------
+
+
+async def query_api(
+    r: Runner, env: BenchEnv, urls: dict[str, str], api: cmd.CommandApi | None, children: dict[str, Any]
+) -> None:
+    plan, rep = r.plan, r.report
+    if "query_port" not in children:
+        child, port = await readside.start_query_api(env, PREFIX_LIVE, urls["write"], urls["read"])
+        children["query"], children["query_port"] = child, port
+    port = children["query_port"]
+    accounts = api.accounts if api is not None and api.accounts else cmd.account_ids(plan.accounts)
+    rps: list[float] = []
+    p50: list[float] = []
+    p99: list[float] = []
+    details: list[dict[str, Any]] = []
+
+    async def one(i: int, advance: Any) -> None:
+        res = await readside.query_run(
+            port, accounts, duration_s=plan.http_s, warmup_s=plan.warmup_s, seed=i, progress=advance
+        )
+        rps.append(res.ok_rps(lambda s: s == 200))
+        p50.append(res.percentile(50))
+        p99.append(res.percentile(99))
+        details.append(res.summary())
+
+    await r.repeat("query_api", "query API", None, one)
+    rep.figure("query_api", "requests_per_s", rps, "200/s")
+    rep.figure("query_api", "p50_ms", p50, "ms")
+    rep.figure("query_api", "p99_ms", p99, "ms")
+    rep.note("query_api", "runs_detail", details)
+
+
+# -- 7. peer -----------------------------------------------------------------
+
+
+async def peer(r: Runner, env: BenchEnv) -> None:
+    from bench import peer as peerm
+
+    plan, rep = r.plan, r.report
+    why = peerm.available()
+    if why is not None:
+        rep.figure("peer", "eventsourcing_saves_per_s", [])
+        rep.figure("peer", "eventsourcing_projection_events_per_s", [])
+        rep.error("peer", why)
+        return
+    url = await env.create_database("es")
+    from sqlalchemy.engine import make_url
+
+    threads = 8
+    p = await asyncio.to_thread(peerm.Peer, make_url(url).database or "", threads)
+    rep.note("peer", "library", _version("eventsourcing"))
+    rep.note("peer", "threads", threads)
+    rep.note("peer", "accounts", plan.peer_accounts)
+    try:
+        t = r.step(f"eventsourcing: opening {plan.peer_accounts:,} accounts")
+        await asyncio.to_thread(p.open_accounts, plan.peer_accounts)
+        r.done(t)
+        saves: list[float] = []
+
+        async def one(i: int, advance: Any) -> None:
+            saves.append(await asyncio.to_thread(p.saves, plan.peer_s, advance))
+
+        await r.repeat("peer", "eventsourcing saves", None, one)
+        rep.figure("peer", "eventsourcing_saves_per_s", saves, "saves/s")
+        proj_rates: list[float] = []
+
+        async def one_proj(i: int, advance: Any) -> None:
+            rate, n = await asyncio.to_thread(p.projection)
+            proj_rates.append(rate)
+            rep.note("peer", "projection_events", n)
+
+        await r.repeat("peer", "eventsourcing projection", None, one_proj)
+        rep.figure("peer", "eventsourcing_projection_events_per_s", proj_rates, "ev/s")
+    finally:
+        await asyncio.to_thread(p.close)
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+# -- 6. ratios ---------------------------------------------------------------
+
+
+def ratios(rep: Any) -> None:
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    raw_min = None
+    consume, upsert = rep.get("raw.consume_msgs_per_s"), rep.get("raw.upsert_rows_per_s")
+    if consume is not None and upsert is not None:
+        raw_min = min(consume, upsert)
+    rep.value("ratios", "command_vs_minimal",
+              div(rep.get("command_api.commands_per_s"), rep.get("raw.minimal_endpoint_rps")))
+    rep.value("ratios", "projector_vs_raw", div(rep.get("projector.events_per_s"), raw_min))
+    rep.value("ratios", "replay_vs_raw", div(rep.get("replay.events_per_s"), raw_min))
+    rep.note("ratios", "raw_min_consume_upsert", raw_min)
+
+
+async def _soft(rep: Any, section: str, what: str, aw: Any) -> None:
+    """Run one measure; its failure is recorded and the section goes on."""
+    import traceback
+
+    try:
+        await aw
+    except Exception as exc:
+        rep.error(section, f"{what}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")

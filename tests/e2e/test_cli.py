@@ -1,0 +1,94 @@
+"""The `eventfold` command line as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from eventfold.broker import free_port, port_open
+from tests.e2e.processes import ROOT
+from tests.helpers import read_topic, uid, wait_until
+
+
+def eventfold(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventfold.cli", *args],
+        env={**os.environ, **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+async def test_migrate_and_topics_create(make_settings, sqlite_db, tmp_path: Path) -> None:
+    settings = make_settings(sqlite_db)
+    env = settings.to_env()
+    done = await asyncio.to_thread(eventfold, "migrate", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "write store migrated" in done.stderr and "read store migrated" in done.stderr
+    made = await asyncio.to_thread(eventfold, "topics", "create", env=env)
+    assert made.returncode == 0, made.stderr
+    assert f"created {settings.kafka.topic('account')}" in made.stderr
+    again = await asyncio.to_thread(eventfold, "topics", "create", env=env)
+    assert f"exists  {settings.kafka.topic('account')}" in again.stderr
+
+
+async def test_clear_errors_for_unreachable_parts(make_settings, sqlite_db) -> None:
+    env = make_settings(sqlite_db).to_env()
+    env["EVENTFOLD_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"
+    failed = await asyncio.to_thread(eventfold, "topics", "create", env=env)
+    assert failed.returncode == 1 and "cannot reach Kafka" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    env["EVENTFOLD_WRITE_DB_URL"] = "postgresql://postgres@127.0.0.1:9/none"
+    failed = await asyncio.to_thread(eventfold, "migrate", env=env)
+    assert failed.returncode == 1 and "cannot reach the database" in failed.stderr
+    unknown = await asyncio.to_thread(eventfold, "serve", "nonsense", env=env)
+    assert unknown.returncode != 0 and "nonsense" in unknown.stderr
+
+
+async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    ports = {"command": free_port(), "query": free_port(), "kafka": free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventfold.cli", "dev", "--data-dir", str(tmp_path / "data"),
+         "--command-port", str(ports["command"]), "--query-port", str(ports["query"]),
+         "--kafka-port", str(ports["kafka"])],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{ports['command']}"
+
+        async def up() -> bool:
+            try:
+                async with httpx.AsyncClient() as c:
+                    return (await c.get(f"{base}/readyz", timeout=1)).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None  # stop waiting if it died
+
+        await wait_until(up, timeout=60, what="eventfold dev")
+        assert proc.poll() is None
+        sid = uid("dev")
+        async with httpx.AsyncClient(base_url=base) as c:
+            r = await c.post(f"/commands/account/{sid}", json={"type": "OpenAccount", "data": {"owner": "D"}})
+            assert r.status_code == 200 and r.json()["published"] is True
+        assert (tmp_path / "data" / "write.db").exists()
+        from eventfold.settings import KafkaSettings
+
+        records = await read_topic(KafkaSettings(kafka_bootstrap=f"127.0.0.1:{ports['kafka']}"), "eventfold.account.events")
+        assert [r.key for r in records] == [sid.encode()]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"eventfold dev did not stop within 30 s of SIGTERM:\n{out}") from None
+    assert proc.returncode == 0, out
+    assert "stopped." in out
+    assert "curl" in out and str(ports["command"]) in out
+    # No stray broker: its port is closed once dev has exited.
+    assert not port_open(ports["kafka"])

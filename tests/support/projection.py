@@ -1,0 +1,131 @@
+"""Test support for the read side: an in-process projector, a query client, folds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from eventfold.db import create_engine
+from eventfold.settings import Settings
+from projector.projection import Projection
+from projector.runtime import run_projectors
+from projector.tables import account_transactions, accounts, projection_offsets
+from tests.helpers import Record, app_client
+
+
+@asynccontextmanager
+async def running_projector(
+    settings: Settings, projections: Sequence[Projection] | None = None
+) -> AsyncIterator[asyncio.Task[None]]:
+    """The projector runtime in this event loop; stopped (gracefully) on exit."""
+    from eventfold.wiring import projections as default
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_projectors(settings, list(projections or default()), stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def query_client(
+    settings: Settings, projections: Sequence[Projection] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    from query_api.bootstrap import create_app
+
+    async with app_client(create_app(settings, projections)) as client:
+        yield client
+
+
+def fold_accounts(records: list[Record]) -> tuple[dict[str, dict[str, Any]], list[tuple[Any, ...]]]:
+    """The expected read model: a fold of the topic, first occurrence of each version."""
+    docs: dict[str, dict[str, Any]] = {}
+    ledger: list[tuple[Any, ...]] = []
+    for r in records:
+        env = r.envelope()
+        doc = docs.get(env.stream_id)
+        if env.version != (doc["version"] if doc else 0) + 1:
+            continue
+        if env.type == "AccountOpened":
+            doc = {"owner": env.data["owner"], "balance": 0, "status": "open"}
+        elif env.type in ("Deposited", "Withdrawn"):
+            assert doc is not None
+            sign = 1 if env.type == "Deposited" else -1
+            doc = {**doc, "balance": doc["balance"] + sign * env.data["amount"]}
+            ledger.append(
+                (env.stream_id, env.version, "deposit" if sign > 0 else "withdrawal",
+                 env.data["amount"], doc["balance"])
+            )
+        elif env.type == "AccountClosed":
+            assert doc is not None
+            doc = {**doc, "status": "closed"}
+        doc["version"] = env.version
+        docs[env.stream_id] = doc
+    return docs, sorted(ledger)
+
+
+async def read_tables(url: str) -> tuple[dict[str, dict[str, Any]], list[tuple[Any, ...]]]:
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(accounts))).mappings().all()
+            tx = (await conn.execute(select(account_transactions))).all()
+    finally:
+        await engine.dispose()
+    docs = {
+        r["id"]: {"owner": r["owner"], "balance": r["balance"], "status": r["status"],
+                  "version": r["version"]}
+        for r in rows
+    }
+    ledger = sorted((t.account_id, t.version, t.type, t.amount, t.balance_after) for t in tx)
+    return docs, ledger
+
+
+async def stored_offsets(url: str, projection: str = "accounts") -> dict[tuple[str, int], int]:
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            c = projection_offsets.c
+            rows = await conn.execute(
+                select(c.topic, c.partition, c.next_offset).where(c.projection == projection)
+            )
+            return {(t, p): o for t, p, o in rows.all()}
+    finally:
+        await engine.dispose()
+
+
+async def caught_up(url: str, records: list[Record], topic: str) -> bool:
+    """True once the stored offsets reach the end of every partition in `records`."""
+    ends: dict[tuple[str, int], int] = {}
+    for r in records:
+        ends[(topic, r.partition)] = max(ends.get((topic, r.partition), 0), r.offset + 1)
+    stored = await stored_offsets(url)
+    return all(stored.get(k, 0) >= v for k, v in ends.items())
+
+
+async def checksum(url: str) -> str:
+    """A digest of every row of the account read tables, in key order."""
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            a = (await conn.execute(select(accounts).order_by(accounts.c.id))).all()
+            t = (
+                await conn.execute(
+                    select(account_transactions).order_by(
+                        account_transactions.c.account_id, account_transactions.c.version
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return hashlib.sha256(repr([tuple(r) for r in a] + [tuple(r) for r in t]).encode()).hexdigest()
