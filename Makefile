@@ -20,6 +20,7 @@ run: install ## the whole system on this machine: broker, SQLite stores, APIs, p
 
 test: install ## every tier, against the local PostgreSQL and an embedded broker
 	$(BIN)/ruff check .
+	$(BIN)/eventfold schemas check
 	$(BIN)/pytest -q tests/unit tests/integration tests/e2e
 
 test-unit: install

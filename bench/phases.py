@@ -215,13 +215,11 @@ async def replay(r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int,
     rates: list[float] = []
     secs: list[float] = []
     rss: list[float] = []
-    topic = env.kafka(PREFIX_FILL).topic("account")
 
     async def one(i: int, advance: Any) -> None:
         res = await proj.replay_run(
-            env, PREFIX_FILL, urls["fill"], urls["write"], projection=PROJECTION,
-            timeout_s=plan.replay_timeout_s, tick=advance,
-            partial=(env, urls["fill"], topic, ends) if plan.budget_s is not None else None,
+            env, PREFIX_FILL, urls["fill"], urls["write"], ends, projection=PROJECTION,
+            timeout_s=plan.replay_timeout_s, tick=advance, partial_ok=plan.budget_s is not None,
         )
         rates.append(res.events / res.seconds)
         secs.append(res.seconds)

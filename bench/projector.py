@@ -179,19 +179,20 @@ class Replay:
 
 
 async def replay_run(
-    env: BenchEnv, prefix: str, read_url: str, write_url: str, *, projection: str, timeout_s: float,
-    tick: Callable[[float], None] | None = None,
-    partial: tuple[BenchEnv, str, str, dict[int, int]] | None = None,
+    env: BenchEnv, prefix: str, read_url: str, write_url: str, ends: dict[int, int], *,
+    projection: str, timeout_s: float, tick: Callable[[float], None] | None = None,
+    partial_ok: bool = False,
 ) -> Replay:
     """`eventfold replay <projection>` as a process: its wall time and peak RSS.
 
-    With `partial` (quick runs), a replay still running at `timeout_s` is
+    With `partial_ok` (quick runs), a replay still running at `timeout_s` is
     stopped and reported by the offsets it had stored (the replay stores them
     with its rows, as the live projector does).
     """
     child = env.eventfold("replay", ["replay", projection], env.service_env(prefix, write_url, read_url))
     peak: float | None = None
-    total = sum(partial[3].values()) if partial else 0
+    total = sum(ends.values())
+    topic = env.kafka(prefix).topic("account")
     try:
         deadline = time.perf_counter() + timeout_s
         while True:
@@ -206,9 +207,8 @@ async def replay_run(
             if tick is not None:
                 tick(time.perf_counter() - child.started)
             if time.perf_counter() > deadline:
-                if partial is not None:
-                    penv, url, topic, ends = partial
-                    got = await stored_progress(penv, url, topic, ends)
+                if partial_ok:
+                    got = await stored_progress(env, read_url, topic, ends)
                     if got.applied > 0:
                         seconds = time.perf_counter() - child.started
                         note = f"stopped after {timeout_s:.0f}s at {got.applied} of {total} events"
@@ -218,9 +218,6 @@ async def replay_run(
         code = child.proc.returncode
         if code != 0:
             raise RuntimeError(f"replay exited with {code}:\n{child.log_tail()}")
-        events = total
-        if not events:
-            events = sum(partial[3].values()) if partial else 0
-        return Replay(events, seconds, peak, code)
+        return Replay(total, seconds, peak, code)
     finally:
         await env.stop_child(child)

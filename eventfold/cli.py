@@ -15,6 +15,8 @@ from eventfold.settings import get_settings
 app = typer.Typer(no_args_is_help=True, help="eventfold: Kafka-backed event sourcing and CQRS.")
 topics_app = typer.Typer(no_args_is_help=True, help="Manage the Kafka topics of the registry.")
 app.add_typer(topics_app, name="topics")
+schemas_app = typer.Typer(no_args_is_help=True, help="Event schema history (schemas/json).")
+app.add_typer(schemas_app, name="schemas")
 console = Console(stderr=True)
 
 
@@ -60,6 +62,33 @@ def topics_create() -> None:
         raise _fail(f"cannot reach Kafka at {settings.kafka.kafka_bootstrap}: {exc!r}") from None
     for name in all_topics(settings):
         console.print(f"{'created' if name in created else 'exists '} {name}")
+
+
+@schemas_app.command("export")
+def schemas_export() -> None:
+    """Record the JSON Schema of every current event version under schemas/json."""
+    from eventfold.wiring import aggregates
+    from schemas.evolution import export
+
+    written = export(a.contract for a in aggregates())
+    for path in written:
+        console.print(f"wrote {path}")
+    if not written:
+        console.print("every event version is already recorded")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Fail if an event changed incompatibly without a new schema version and upcaster."""
+    from eventfold.wiring import aggregates
+    from schemas.evolution import check
+
+    findings = check(a.contract for a in aggregates())
+    for f in findings:
+        console.print(str(f))
+    if any(f.fatal for f in findings):
+        raise _fail("event schemas changed incompatibly (see above)")
+    console.print("event schemas: compatible with every recorded version")
 
 
 @app.command()

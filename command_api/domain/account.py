@@ -46,14 +46,14 @@ def decide(state: Account, command: Command) -> Sequence[Event]:
     if state.status is Status.CLOSED:
         raise Rejected("account_closed", "this account is closed")
     if isinstance(command, Deposit):
-        return [Deposited(amount=command.amount)]
+        return [Deposited(amount=command.amount, reference=command.reference)]
     if isinstance(command, Withdraw):
         if command.amount > state.balance:
             raise Rejected(
                 "insufficient_funds",
                 f"balance {state.balance} is less than the withdrawal {command.amount}",
             )
-        return [Withdrawn(amount=command.amount)]
+        return [Withdrawn(amount=command.amount, reference=command.reference)]
     if isinstance(command, CloseAccount):
         if state.balance != 0:
             raise Rejected("balance_not_zero", f"balance is {state.balance}; close needs zero")

@@ -33,7 +33,7 @@ def test_open_deposit_withdraw_close() -> None:
 
 def test_decide_returns_events_without_changing_state() -> None:
     state = run(OpenAccount(owner="ann"))
-    assert decide(state, Deposit(amount=5)) == [Deposited(amount=5)]
+    assert decide(state, Deposit(amount=5)) == [Deposited(amount=5, reference="")]
     assert state.balance == 0
 
 
@@ -58,15 +58,15 @@ def test_rules(history: list[object], command: object, code: str) -> None:
 
 def test_withdraw_whole_balance_is_allowed() -> None:
     state = run(OpenAccount(owner="a"), Deposit(amount=5))
-    assert decide(state, Withdraw(amount=5)) == [Withdrawn(amount=5)]
+    assert decide(state, Withdraw(amount=5)) == [Withdrawn(amount=5, reference="")]
 
 
 def test_fold_replays_history() -> None:
     events = [
         AccountOpened(owner="z"),
-        Deposited(amount=9),
-        Withdrawn(amount=4),
-        Withdrawn(amount=5),
+        Deposited(amount=9, reference=""),
+        Withdrawn(amount=4, reference="x"),
+        Withdrawn(amount=5, reference=""),
         AccountClosed(),
     ]
     assert ACCOUNT_AGGREGATE.fold(events) == Account(status=Status.CLOSED, owner="z", balance=0)

@@ -70,7 +70,7 @@ def test_registry_lookups() -> None:
         ACCOUNT.command_model("Explode")
     with pytest.raises(UnknownEventType):
         ACCOUNT.event_model("Exploded")
-    assert ACCOUNT.load_event("Deposited", 1, {"amount": 3}) == Deposited(amount=3)
+    assert ACCOUNT.load_event("Deposited", 1, {"amount": 3}) == Deposited(amount=3, reference="")
 
 
 def test_registry_refuses_duplicate_stream_types() -> None:
