@@ -59,6 +59,7 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
 def create_app(settings: Settings | None = None, aggregates: Aggregates | None = None) -> FastAPI:
     from command_api.routes import router
     from eventfold import problems
+    from eventfold.auth import Authenticator
     from eventfold.limits import BodySizeLimit
     from eventfold.settings import get_settings
 
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
         description="Send commands to event-sourced streams; events land in Kafka.",
         lifespan=lifespan,
     )
+    app.state.authenticator = Authenticator(cfg.auth, service="command API")
     problems.install(app)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes)

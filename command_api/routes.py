@@ -23,6 +23,7 @@ from command_api.outcomes import (
 )
 from command_api.publisher import check_broker
 from eventfold import jsonutil
+from eventfold.auth import CommandWriter, Reader
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 from schemas.registry import UnknownCommandType, UnknownStreamType
 
@@ -101,12 +102,13 @@ def _errors_text(exc: ValidationError) -> str:
     response_model=CommandResult,
     responses={
         202: {"model": CommandResult, "description": "Durable, not yet acknowledged by Kafka"},
-        **{k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 404, 409, 413, 422, 503)},
+        **{k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 401, 403, 404, 409, 413, 422, 503)},
     },
 )
 async def send_command(
     request: Request,
     side: SideDep,
+    _: CommandWriter,
     stream_type: Annotated[str, Path(max_length=64)],
     stream_id: Annotated[str, Path(pattern=STREAM_ID)],
     if_match: Annotated[str | None, Header(max_length=64)] = None,
@@ -170,10 +172,11 @@ async def send_command(
 @router.get(
     "/streams/{stream_type}/{stream_id}",
     response_model=StreamView,
-    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (404,)},
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 404)},
 )
 async def read_stream(
     side: SideDep,
+    _: Reader,
     stream_type: Annotated[str, Path(max_length=64)],
     stream_id: Annotated[str, Path(pattern=STREAM_ID)],
 ) -> Response:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 from rich.console import Console
 
+from eventfold.auth import ApiKey, digest, load_keys, new_key
 from eventfold.broker import EmbeddedBroker
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
 from eventfold.runner import http_server, install_stop_signals, run_servers
-from eventfold.settings import DatabaseSettings, KafkaSettings, Settings
+from eventfold.settings import AuthSettings, DatabaseSettings, KafkaSettings, Settings
 from eventfold.wiring import all_topics
 
 console = Console()
@@ -24,7 +26,32 @@ def dev_settings(data_dir: Path, bootstrap: str, embedded: bool) -> Settings:
         write_db_url=f"sqlite+aiosqlite:///{data_dir / 'write.db'}",
         read_db_url=f"sqlite+aiosqlite:///{data_dir / 'read.db'}",
     )
-    return Settings(data_dir=data_dir, kafka=kafka, db=db)
+    return Settings(data_dir=data_dir, kafka=kafka, db=db, auth=dev_auth(data_dir))
+
+
+def dev_key(data_dir: Path) -> str:
+    """The development key: made once, kept in the data dir (mode 600)."""
+    path = data_dir / "dev.key"
+    if path.exists():
+        return path.read_text().strip()
+    token, _ = new_key("dev", ["admin"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+def dev_auth(data_dir: Path) -> AuthSettings:
+    """Whatever keys the environment configures, plus the development key."""
+    configured = AuthSettings()
+    if configured.auth_disabled:
+        return configured
+    token = dev_key(data_dir)
+    entry = ApiKey(id="dev", sha256=digest(token), scopes=["admin"])
+    keys = [k.model_dump(mode="json") for k in load_keys(configured) if k.id != "dev"] + [
+        entry.model_dump(mode="json")
+    ]
+    return AuthSettings(api_keys=orjson.dumps(keys).decode())
 
 
 async def run_dev(
@@ -57,14 +84,23 @@ async def run_dev(
         console.print(f"[green]projector[/green]    {', '.join(p.name for p in projections())}")
         console.print(f"[green]stores[/green]       {settings.data_dir}/write.db, read.db")
         body = '{"type": "OpenAccount", "data": {"owner": "Alice"}}'
+        if settings.auth.auth_disabled:
+            console.print("[red]authentication is DISABLED (EVENTFOLD_AUTH_DISABLED=true)[/red]")
+            auth = ""
+        else:
+            key_file = settings.data_dir / "dev.key"
+            token = dev_key(settings.data_dir)
+            console.print(f"[green]dev key[/green]      {token} (scope admin; {key_file})")
+            auth = '-H "Authorization: Bearer $(cat ' + str(key_file) + ')" '
         console.print(
             "\ntry (the command answers with a position; wait_for reads your write):\n"
-            f"  POS=$(curl -s -X POST http://127.0.0.1:{command_port}/commands/account/alice \\\n"
+            f"  POS=$(curl -s -X POST http://127.0.0.1:{command_port}/commands/account/alice {auth}\\\n"
             f"      -H 'content-type: application/json' -d '{body}' \\\n"
             "      | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"position\"])')\n"
-            f"  curl -s \"http://127.0.0.1:{query_port}/accounts/alice?wait_for=$POS\"\n"
+            f'  curl -s {auth}"http://127.0.0.1:{query_port}/accounts/alice?wait_for=$POS"\n'
             "\nCtrl-C stops everything.",
-            markup=False, highlight=False,
+            markup=False,
+            highlight=False,
         )
         try:
             await run_servers(servers, stop)

@@ -85,6 +85,17 @@ class ProjectorSettings(BaseSettings):
     projector_metrics_port: int = Field(default=0, ge=0, le=65535)
 
 
+class AuthSettings(BaseSettings):
+    model_config = _ENV
+
+    # Turning authentication off must be said out loud; the services warn at start.
+    auth_disabled: bool = False
+    # A JSON list of {"id", "sha256", "scopes", "expires_at"} entries, or a file of it
+    # (`eventfold keys create` prints both a token and its entry).
+    api_keys: str = "[]"
+    api_keys_file: Path | None = None
+
+
 class Settings(BaseSettings):
     """All concerns together, for the wiring code that needs several."""
 
@@ -96,6 +107,7 @@ class Settings(BaseSettings):
     command_api: CommandApiSettings = Field(default_factory=CommandApiSettings)
     query_api: QueryApiSettings = Field(default_factory=QueryApiSettings)
     projector: ProjectorSettings = Field(default_factory=ProjectorSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     def to_env(self) -> dict[str, str]:
         """These settings as `EVENTFOLD_*` variables, for a child process."""

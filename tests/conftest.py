@@ -24,6 +24,7 @@ from eventfold.broker import EmbeddedBroker
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
 from eventfold.settings import (
+    AuthSettings,
     CommandApiSettings,
     DatabaseSettings,
     KafkaSettings,
@@ -171,6 +172,9 @@ def make_settings(kafka_bootstrap: str, pg_url: str, docker_parts: Any) -> Setti
             "request_timeout_ms": 2000,
         }
         kafka.update(overrides.pop("kafka", {}))
+        # Authentication is tested on its own (tests/integration/test_auth.py);
+        # everywhere else it is turned off explicitly, as a deployment would have to.
+        overrides.setdefault("auth", AuthSettings(auth_disabled=True))
         command_api = {"relay_interval_s": 0.2, "relay_grace_s": 2.0}
         command_api.update(overrides.pop("command_api", {}))
         return Settings(

@@ -6,15 +6,15 @@ import random
 from typing import Any
 
 from eventfold.settings import DatabaseSettings
-from tests.helpers import read_topic, uid
+from tests.helpers import read_topic, uid, wait_until
 from tests.support.projection import (
     caught_up,
+    fast_projector,
     fold_accounts,
     query_client,
     read_tables,
     running_projector,
 )
-from tests.helpers import wait_until
 
 
 async def _send(http: Any, sid: str, type_: str, data: dict[str, Any] | None = None) -> str:
@@ -26,7 +26,7 @@ async def _send(http: Any, sid: str, type_: str, data: dict[str, Any] | None = N
 async def test_scripted_session_reads_your_writes_and_matches_the_fold(
     command_client, make_settings, own_db: DatabaseSettings
 ) -> None:
-    settings = make_settings(own_db)
+    settings = make_settings(own_db, projector=fast_projector())
     rng = random.Random(7)
     owners = [uid("owner") for _ in range(3)]
     ids = sorted(uid("acct") for _ in range(12))

@@ -129,3 +129,87 @@ async def checksum(url: str) -> str:
     finally:
         await engine.dispose()
     return hashlib.sha256(repr([tuple(r) for r in a] + [tuple(r) for r in t]).encode()).hexdigest()
+
+
+def fast_projector(**overrides: Any) -> Any:
+    """Projector settings for tests: the embedded broker answers a JoinGroup
+    after half the rebalance timeout, so a short session keeps tests quick."""
+    from eventfold.settings import ProjectorSettings
+
+    options: dict[str, Any] = {"projector_session_timeout_ms": 2000, "projector_poll_ms": 50}
+    options.update(overrides)
+    return ProjectorSettings(**options)
+
+
+def account_events(n_accounts: int, per_account: int, seed: int = 1) -> list[Any]:
+    """Envelopes of a valid account workload: open, then deposits and withdrawals."""
+    import random
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.envelope import EventEnvelope
+
+    rng = random.Random(seed)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    out = []
+    for a in range(n_accounts):
+        sid = f"acct-{seed}-{a:05d}"
+        balance = 0
+        for v in range(1, per_account + 1):
+            if v == 1:
+                type_, data = "AccountOpened", {"owner": f"owner-{a % 7}"}
+            elif balance > 0 and rng.random() < 0.3:
+                type_, data = "Withdrawn", {"amount": rng.randint(1, balance)}
+                balance -= data["amount"]
+            else:
+                type_, data = "Deposited", {"amount": rng.randint(1, 1000)}
+                balance += data["amount"]
+            out.append(
+                EventEnvelope(
+                    event_id=uuid.uuid4(), stream_type="account", stream_id=sid, version=v,
+                    type=type_, occurred_at=base + timedelta(seconds=a * per_account + v), data=data,
+                )
+            )
+    rng.shuffle(out)
+    # Keep each stream's versions in order while interleaving streams.
+    by_stream: dict[str, list[Any]] = {}
+    for e in out:
+        by_stream.setdefault(e.stream_id, []).append(e)
+    for events in by_stream.values():
+        events.sort(key=lambda e: e.version)
+    cursor = {k: 0 for k in by_stream}
+    ordered = []
+    for e in out:
+        i = cursor[e.stream_id]
+        ordered.append(by_stream[e.stream_id][i])
+        cursor[e.stream_id] = i + 1
+    return ordered
+
+
+async def produce(kafka: Any, topic: str, items: list[tuple[bytes | None, bytes | None, list[Any]]]) -> None:
+    """Send (key, value, headers) records, keyed ones to their stream's partition."""
+    from eventfold.kafka import new_producer, partition_for
+
+    producer = new_producer(kafka, linger_ms=5)
+    await producer.start()
+    try:
+        parts = len(await producer.partitions_for(topic))
+        futures = [
+            await producer.send(
+                topic, key=k, value=v, headers=h,
+                partition=partition_for(k, parts) if k is not None else 0,
+            )
+            for k, v, h in items
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_envelopes(kafka: Any, topic: str, envelopes: list[Any]) -> None:
+    from schemas.mapper import encode_value, envelope_headers
+
+    await produce(
+        kafka, topic,
+        [(e.stream_id.encode(), encode_value(e), envelope_headers(e)) for e in envelopes],
+    )

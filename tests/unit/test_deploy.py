@@ -149,9 +149,7 @@ def setting_env_names() -> set[str]:
     names = set()
     for cls in SETTINGS_CLASSES:
         for name, field in cls.model_fields.items():
-            nested = isinstance(field.annotation, type) and issubclass(
-                field.annotation, BaseSettings
-            )
+            nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings)
             if not nested:
                 names.add("EVENTFOLD_" + name.upper())
     return names
@@ -169,7 +167,8 @@ def known_services() -> set[str]:
     table = getattr(runner, "SERVICES", None)
     if table is not None:
         return set(table)
-    serve = typer.main.get_command(cli.app).commands["serve"]  # type: ignore[attr-defined]
+    group: Any = typer.main.get_command(cli.app)
+    serve = group.commands["serve"]
     (argument,) = [p for p in serve.params if p.name == "service"]
     return {name.strip() for name in argument.help.split("|")}
 
@@ -229,7 +228,7 @@ def k8s_argv(container: dict[str, Any]) -> list[str]:
     image = read_dockerfile()
     if "command" in container:
         return [*container["command"], *container.get("args", [])]
-    return image.exec_form("ENTRYPOINT") + container.get("args", image.exec_form("CMD"))
+    return image.exec_form("ENTRYPOINT") + as_list(container.get("args", image.exec_form("CMD")))
 
 
 def served(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
@@ -269,6 +268,13 @@ def container_side(port: str | int | dict[str, Any]) -> int:
     return int(str(port).split("/")[0].rsplit(":", 1)[-1])
 
 
+def test_every_settings_class_reads_eventfold_variables() -> None:
+    # The variable names checked below are derived from this prefix.
+    for cls in SETTINGS_CLASSES:
+        assert cls.model_config.get("env_prefix") == "EVENTFOLD_", cls.__name__
+        assert not cls.model_config.get("case_sensitive"), cls.__name__
+
+
 # --- the image -----------------------------------------------------------------
 
 
@@ -302,9 +308,9 @@ def test_image_runs_as_a_numeric_non_root_user() -> None:
 
 
 def top_level_packages() -> set[str]:
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"
-    ]["find"]["include"]
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
     return {
         d.name
         for d in REPO.iterdir()
@@ -315,7 +321,7 @@ def top_level_packages() -> set[str]:
 
 
 def copied_sources() -> set[str]:
-    sources = set()
+    sources: set[str] = set()
     for rest in read_dockerfile().all("COPY"):
         if "--from=" in rest:  # from another stage, not from the context
             continue

@@ -1,0 +1,127 @@
+"""Bearer-token authentication with scopes, for both APIs.
+
+API keys look like `efk_<id>_<secret>`. The server keeps only a SHA-256 of each
+whole token (keys are random, 256-bit: a slow password hash buys nothing),
+looks the entry up by id and compares digests in constant time. Scopes:
+`commands:write` (command API), `read` (query API), `admin` (everything,
+including rebuilds and dead-letter re-drive).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+from pydantic import BaseModel, Field, field_validator
+
+from eventfold.problems import Problem
+from eventfold.settings import AuthSettings
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("commands:write", "read", "admin")
+_PREFIX = "efk_"
+
+
+class ApiKey(BaseModel):
+    id: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[str]
+    expires_at: datetime | None = None
+
+    @field_validator("scopes")
+    @classmethod
+    def _known(cls, scopes: list[str]) -> list[str]:
+        unknown = set(scopes) - set(SCOPES)
+        if unknown:
+            raise ValueError(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
+        return scopes
+
+
+def load_keys(settings: AuthSettings) -> list[ApiKey]:
+    raw = settings.api_keys_file.read_bytes() if settings.api_keys_file else settings.api_keys.encode()
+    try:
+        entries = orjson.loads(raw or b"[]")
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"EVENTFOLD_API_KEYS is not a JSON list: {exc}") from None
+    return [ApiKey.model_validate(k) for k in entries]
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+ANONYMOUS_ADMIN = Principal("auth-disabled", frozenset(SCOPES))
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_key(key_id: str, scopes: Iterable[str], expires_at: datetime | None = None) -> tuple[str, ApiKey]:
+    """A fresh token and the entry that stores only its hash."""
+    token = f"{_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return token, ApiKey(id=key_id, sha256=digest(token), scopes=list(scopes), expires_at=expires_at)
+
+
+class Authenticator:
+    def __init__(self, settings: AuthSettings, *, service: str) -> None:
+        self.disabled = settings.auth_disabled
+        self._keys = {k.id: k for k in load_keys(settings)}
+        if self.disabled:
+            log.warning("%s: authentication is DISABLED (EVENTFOLD_AUTH_DISABLED=true)", service)
+        elif not self._keys:
+            log.warning("%s: no API keys configured; every protected request will get 401", service)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if self.disabled:
+            return ANONYMOUS_ADMIN
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise _unauthorized("a bearer token is required")
+        token = authorization[7:].strip()
+        key_id = token[len(_PREFIX) :].split("_", 1)[0] if token.startswith(_PREFIX) else ""
+        entry = self._keys.get(key_id)
+        # Compare against something even for unknown ids, so timing tells nothing.
+        expected = entry.sha256 if entry else "0" * 64
+        if not hmac.compare_digest(digest(token), expected) or entry is None:
+            raise _unauthorized("the token is not valid")
+        if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
+            raise _unauthorized("the token has expired")
+        return Principal(entry.id, frozenset(entry.scopes))
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="eventfold"'})
+
+
+def require(*scopes: str) -> Callable[..., Any]:
+    """A dependency that admits a principal holding any of `scopes`."""
+
+    async def dependency(request: Request) -> Principal:
+        authenticator: Authenticator = request.app.state.authenticator
+        principal = authenticator.authenticate(request.headers.get("authorization"))
+        if not any(principal.allows(s) for s in scopes):
+            raise Problem(403, "forbidden", "the token does not grant this operation")
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+CommandWriter = Annotated[Principal, Depends(require("commands:write"))]
+Reader = Annotated[Principal, Depends(require("read", "commands:write"))]
+QueryReader = Annotated[Principal, Depends(require("read"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
