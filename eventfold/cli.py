@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from eventfold.settings import get_settings
 
@@ -17,11 +18,13 @@ topics_app = typer.Typer(no_args_is_help=True, help="Manage the Kafka topics of 
 app.add_typer(topics_app, name="topics")
 schemas_app = typer.Typer(no_args_is_help=True, help="Event schema history (schemas/json).")
 app.add_typer(schemas_app, name="schemas")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for the command and query APIs.")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
 
 
@@ -62,6 +65,31 @@ def topics_create() -> None:
         raise _fail(f"cannot reach Kafka at {settings.kafka.kafka_bootstrap}: {exc!r}") from None
     for name in all_topics(settings):
         console.print(f"{'created' if name in created else 'exists '} {name}")
+
+
+@keys_app.command("create")
+def keys_create(
+    key_id: Annotated[str, typer.Argument(help="A short name: lowercase letters, digits, '-'.")],
+    scope: Annotated[list[str], typer.Option(help="commands:write, read or admin; repeatable.")],
+    expires_in_days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+) -> None:
+    """Make a new API key: prints the token once, and the entry to configure."""
+    from datetime import UTC, datetime, timedelta
+
+    import orjson
+    from pydantic import ValidationError
+
+    from eventfold.auth import new_key
+
+    expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+    try:
+        token, entry = new_key(key_id, scope, expires)
+    except ValidationError as exc:
+        raise _fail(exc.errors()[0]["msg"]) from None
+    console.print("token (shown once; give it to the client):")
+    typer.echo(token)
+    console.print("entry (add it to the JSON list in EVENTFOLD_API_KEYS or EVENTFOLD_API_KEYS_FILE):")
+    typer.echo(orjson.dumps(entry.model_dump(mode="json")).decode(), err=True)
 
 
 @schemas_app.command("export")

@@ -16,10 +16,16 @@ from tests.e2e.processes import ROOT
 from tests.helpers import read_topic, uid, wait_until
 
 
-def eventfold(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def eventfold(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "eventfold.cli", *args],
-        env={**os.environ, **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -53,10 +59,25 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     ports = {"command": free_port(), "query": free_port(), "kafka": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventfold.cli", "dev", "--data-dir", str(tmp_path / "data"),
-         "--command-port", str(ports["command"]), "--query-port", str(ports["query"]),
-         "--kafka-port", str(ports["kafka"])],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "eventfold.cli",
+            "dev",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--command-port",
+            str(ports["command"]),
+            "--query-port",
+            str(ports["query"]),
+            "--kafka-port",
+            str(ports["kafka"]),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{ports['command']}"
@@ -71,13 +92,19 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         await wait_until(up, timeout=60, what="eventfold dev")
         assert proc.poll() is None
         sid = uid("dev")
-        async with httpx.AsyncClient(base_url=base) as c:
+        key = (tmp_path / "data" / "dev.key").read_text().strip()
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
+            assert (
+                await c.post(f"/commands/account/{sid}", json={}, headers={"Authorization": "Bearer x"})
+            ).status_code == 401
             r = await c.post(f"/commands/account/{sid}", json={"type": "OpenAccount", "data": {"owner": "D"}})
             assert r.status_code == 200 and r.json()["published"] is True
         assert (tmp_path / "data" / "write.db").exists()
         from eventfold.settings import KafkaSettings
 
-        records = await read_topic(KafkaSettings(kafka_bootstrap=f"127.0.0.1:{ports['kafka']}"), "eventfold.account.events")
+        records = await read_topic(
+            KafkaSettings(kafka_bootstrap=f"127.0.0.1:{ports['kafka']}"), "eventfold.account.events"
+        )
         assert [r.key for r in records] == [sid.encode()]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -90,5 +117,6 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "stopped." in out
     assert "curl" in out and str(ports["command"]) in out
+    assert key in out  # the development key is printed
     # No stray broker: its port is closed once dev has exited.
     assert not port_open(ports["kafka"])

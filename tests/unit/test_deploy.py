@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings
 from sqlalchemy.engine import make_url
 
 from eventfold import cli, runner
+from eventfold.auth import load_keys
 from eventfold.settings import (
     CommandApiSettings,
     DatabaseSettings,
@@ -37,15 +38,18 @@ from eventfold.settings import (
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
-    KafkaSettings,
-    DatabaseSettings,
-    CommandApiSettings,
-    QueryApiSettings,
-    ProjectorSettings,
-    Settings,
-)
+
 API_SERVICES = ("command-api", "query-api")
+
+
+def settings_classes() -> list[type[BaseSettings]]:
+    """Settings and every concern it nests, so a new concern is picked up here too."""
+    nested = [
+        f.annotation
+        for f in Settings.model_fields.values()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseSettings)
+    ]
+    return [Settings, *nested]
 
 
 # --- reading the files -------------------------------------------------------
@@ -136,10 +140,16 @@ def k8s_env(container: dict[str, Any]) -> dict[str, str]:
 
 
 def compose_env(svc: dict[str, Any]) -> dict[str, str]:
+    """The environment as Compose would set it with nothing exported in the shell."""
     raw = svc.get("environment", {})
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
-    return {k: str(v) for k, v in raw.items()}
+    return {k: interpolate_unset(str(v)) for k, v in raw.items()}
+
+
+def interpolate_unset(value: str) -> str:
+    """Compose's `${VAR:-default}` / `${VAR}` as if VAR were unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
 
 
 # --- what the code defines ---------------------------------------------------
@@ -147,7 +157,7 @@ def compose_env(svc: dict[str, Any]) -> dict[str, str]:
 
 def setting_env_names() -> set[str]:
     names = set()
-    for cls in SETTINGS_CLASSES:
+    for cls in settings_classes():
         for name, field in cls.model_fields.items():
             nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings)
             if not nested:
@@ -270,7 +280,10 @@ def container_side(port: str | int | dict[str, Any]) -> int:
 
 def test_every_settings_class_reads_eventfold_variables() -> None:
     # The variable names checked below are derived from this prefix.
-    for cls in SETTINGS_CLASSES:
+    classes = settings_classes()
+    named = {KafkaSettings, DatabaseSettings, CommandApiSettings, QueryApiSettings, ProjectorSettings}
+    assert named <= set(classes)
+    for cls in classes:
         assert cls.model_config.get("env_prefix") == "EVENTFOLD_", cls.__name__
         assert not cls.model_config.get("case_sensitive"), cls.__name__
 
@@ -404,6 +417,8 @@ def test_compose_environment_names_real_settings(name: str) -> None:
     assert settings.kafka.kafka_idempotence is True
     for url in (settings.db.write_db_url, settings.db.read_db_url):
         assert url.startswith("postgresql+asyncpg://"), url
+    assert settings.auth.auth_disabled is False, "the deployment must not turn authentication off"
+    load_keys(settings.auth)  # raises if the key list is not valid JSON entries
 
 
 def test_compose_database_urls_match_the_postgres_service() -> None:
@@ -488,7 +503,7 @@ def test_k8s_manifests_cover_every_part() -> None:
         ("Deployment", "eventfold-projector"),
         ("Deployment", "eventfold-query-api"),
         ("Job", "eventfold-migrate"),
-        ("Secret", "eventfold-db"),
+        ("Secret", "eventfold-secrets"),
         ("Service", "eventfold-command-api"),
         ("Service", "eventfold-query-api"),
     ]
@@ -542,6 +557,8 @@ def test_k8s_env_sources_exist_and_validate() -> None:
         assert not extra, (workload, sorted(extra))
         settings = settings_under(env)
         assert settings.db.write_db_url.startswith("postgresql+asyncpg://"), workload
+        assert settings.auth.auth_disabled is False, workload
+        load_keys(settings.auth)
 
 
 def named_ports(container: dict[str, Any]) -> dict[str | int, int]:

@@ -1,0 +1,83 @@
+"""Authentication and scopes on every protected route of both APIs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from eventfold.auth import new_key
+from eventfold.settings import AuthSettings
+from tests.helpers import uid
+
+TOKENS: dict[str, str] = {}
+
+
+def auth_settings() -> AuthSettings:
+    entries = []
+    for name, scopes, expires in [
+        ("writer", ["commands:write"], None),
+        ("reader", ["read"], None),
+        ("admin", ["admin"], None),
+        ("expired", ["commands:write", "read"], datetime.now(UTC) - timedelta(minutes=1)),
+    ]:
+        token, entry = new_key(name, scopes, expires)
+        TOKENS[name] = token
+        entries.append(entry.model_dump(mode="json"))
+    return AuthSettings(api_keys=orjson.dumps(entries).decode())
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[name]}"}
+
+
+# (method, path template, body, who may) for every protected command API route
+COMMAND_ROUTES = [
+    ("POST", "/commands/account/{sid}", {"type": "OpenAccount", "data": {"owner": "x"}}, {"writer", "admin"}),
+    ("GET", "/streams/account/{sid}", None, {"writer", "reader", "admin"}),
+]
+BAD = {
+    "missing": {},
+    "not bearer": {"Authorization": "Basic dXNlcjpwYXNz"},
+    "garbage": {"Authorization": "Bearer nonsense"},
+    "unknown id": {"Authorization": "Bearer efk_nobody_abcdef"},
+}
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed"), COMMAND_ROUTES)
+async def test_command_api_routes(command_client, make_settings, method, path, body, allowed) -> None:
+    settings = make_settings(auth=auth_settings())
+    sid = uid("auth")
+    url = path.format(sid=sid)
+    forged = TOKENS["writer"][:-4] + "AAAA"
+    async with command_client(settings) as http:
+        for label, headers in [*BAD.items(), ("forged", {"Authorization": f"Bearer {forged}"})]:
+            r = await http.request(method, url, json=body, headers=headers)
+            assert r.status_code == 401, (label, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert r.json()["code"] == "unauthorized"
+        r = await http.request(method, url, json=body, headers=bearer("expired"))
+        assert (r.status_code, r.json()["detail"]) == (401, "the token has expired")
+        for who in ("writer", "reader", "admin"):
+            r = await http.request(method, url, json=body, headers=bearer(who))
+            if who in allowed:
+                # Past authentication: the route itself answers (200, or 404/422 on its own terms).
+                assert r.status_code not in (401, 403), (who, r.text)
+            else:
+                assert (r.status_code, r.json()["code"]) == (403, "forbidden"), who
+        # Unauthenticated requests learn nothing about what exists.
+        r = await http.post("/commands/no-such-type/x", json=body)
+        assert r.status_code == 401
+        # Probes and the API description stay open.
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/openapi.json")).status_code == 200
+
+
+async def test_no_keys_configured_means_everything_is_refused(command_client, make_settings) -> None:
+    settings = make_settings(auth=AuthSettings())
+    async with command_client(settings) as http:
+        r = await http.post(
+            f"/commands/account/{uid()}", json={"type": "OpenAccount", "data": {"owner": "x"}}
+        )
+        assert r.status_code == 401
