@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
     from eventfold import problems
     from eventfold.auth import Authenticator
     from eventfold.limits import BodySizeLimit
+    from eventfold.observability import CorrelationMiddleware
     from eventfold.settings import get_settings
 
     cfg = settings or get_settings()
@@ -82,4 +83,5 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
     problems.install(app)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes)
+    app.add_middleware(CorrelationMiddleware)
     return app

@@ -21,6 +21,7 @@ class PendingCommand:
     correlation_id: str
     command_id: str
     future: asyncio.Future[Outcome] = field(repr=False)
+    traceparent: str | None = None
     # Set by the service when the command's events are queued for Kafka.
     ticket: Any = field(default=None, repr=False)
 

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from command_api.outcomes import OutboxRecord
 from eventfold.kafka import partition_for
+from eventfold.observability import PUBLISH_FAILURES
 from schemas.position import Position
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Publisher:
                     break
                 except Exception as exc:  # broker unreachable: keep order; waiters time out
                     self.failures += 1
+                    PUBLISH_FAILURES.inc()
                     log.warning("publisher cannot reach Kafka: %r", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
@@ -161,6 +163,7 @@ class Publisher:
                     meta = await asyncio.wait_for(fut, self.publish_timeout_s)
                 except Exception as exc:
                     self.failures += 1
+                    PUBLISH_FAILURES.inc()
                     log.warning("publish to %s[%d] failed: %r", lane.topic, lane.partition, exc)
                     for _, ticket in take:
                         if ticket is not None and not ticket.future.done():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from command_api.bootstrap import CommandSide
 from command_api.deps import SideDep
 from command_api.outcomes import (
     Accepted,
@@ -24,7 +26,8 @@ from command_api.outcomes import (
 from command_api.publisher import check_broker
 from eventfold import jsonutil
 from eventfold.auth import CommandWriter, Reader
-from eventfold.problems import PROBLEM_RESPONSES, Problem
+from eventfold.observability import COMMAND_SECONDS, metrics_response
+from eventfold.problems import PROBLEM_RESPONSES, Problem, problem_response
 from schemas.registry import UnknownCommandType, UnknownStreamType
 
 router = APIRouter()
@@ -113,9 +116,28 @@ async def send_command(
     stream_id: Annotated[str, Path(pattern=STREAM_ID)],
     if_match: Annotated[str | None, Header(max_length=64)] = None,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
-    x_correlation_id: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Response:
     """Send a command to one stream; answers with the events it appended."""
+    started, outcome_label = time.perf_counter(), "invalid"
+    try:
+        response, outcome_label = await _send_command(
+            request, side, stream_type, stream_id, if_match, idempotency_key
+        )
+        return response
+    finally:
+        COMMAND_SECONDS.labels(
+            stream_type if stream_type in side.aggregates.registry else "unknown", outcome_label
+        ).observe(time.perf_counter() - started)
+
+
+async def _send_command(
+    request: Request,
+    side: CommandSide,
+    stream_type: str,
+    stream_id: str,
+    if_match: str | None,
+    idempotency_key: str | None,
+) -> tuple[Response, str]:
     try:
         aggregate = side.aggregates.get(stream_type)
     except UnknownStreamType:
@@ -143,29 +165,41 @@ async def send_command(
         expected_version=expected,
         idempotency_key=idempotency_key,
         request_hash=jsonutil.canonical_hash([stream_type, stream_id, command_type, data, expected]),
-        correlation_id=x_correlation_id or str(uuid.uuid4()),
+        correlation_id=getattr(request.state, "correlation_id", None) or str(uuid.uuid4()),
         command_id=str(uuid.uuid4()),
         future=asyncio.get_running_loop().create_future(),
+        traceparent=getattr(request.state, "traceparent", None),
     )
     outcome, published = await side.service.execute(pending)
     match outcome:
         case Accepted():
             etag = {"ETag": f'"{outcome.version}"'}
-            return _json(200 if published else 202, outcome.body(published=published), etag)
+            label = "accepted" if published else "accepted_unpublished"
+            return _json(200 if published else 202, outcome.body(published=published), etag), label
         case Replayed(status=status, body=body):
-            return _json(status, body, {"ETag": f'"{body.get("version")}"', "Idempotent-Replayed": "true"})
+            headers = {"ETag": f'"{body.get("version")}"', "Idempotent-Replayed": "true"}
+            return _json(status, body, headers), "replayed"
         case VersionConflict(current_version=current):
-            raise Problem(
+            conflict = problem_response(
                 409,
                 "version_conflict",
                 f"expected version {expected}, the stream is at {current}",
-                current_version=current,
+                instance=request.url.path,
                 headers={"ETag": f'"{current}"'},
+                current_version=current,
             )
+            return conflict, "conflict"
         case Refused(code=code, detail=detail, status=status):
-            raise Problem(status, code, detail)
+            return problem_response(status, code, detail, instance=request.url.path), "refused"
         case Unavailable(detail=detail):
-            raise Problem(503, "unavailable", f"{detail}; nothing was appended", headers={"Retry-After": "1"})
+            unavailable = problem_response(
+                503,
+                "unavailable",
+                f"{detail}; nothing was appended",
+                instance=request.url.path,
+                headers={"Retry-After": "1"},
+            )
+            return unavailable, "unavailable"
     raise AssertionError(f"unhandled outcome {outcome!r}")
 
 
@@ -189,6 +223,12 @@ async def read_stream(
     version, state = found
     body = {"stream_type": stream_type, "stream_id": stream_id, "version": version, "state": state}
     return _json(200, body, {"ETag": f'"{version}"'})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics of this process."""
+    return metrics_response()
 
 
 @router.get("/healthz")

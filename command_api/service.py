@@ -26,6 +26,7 @@ from command_api.outcomes import (
 from command_api.publisher import Publisher, Ticket
 from command_api.store import CommitConflict, WriteStore
 from eventfold import jsonutil
+from eventfold.observability import COMMIT_BATCH, EVENTS_APPENDED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
 from eventfold.settings import CommandApiSettings
 from schemas.position import Position
 
@@ -169,6 +170,7 @@ class CommandService:
             for cmd in batch:
                 cmd.future.set_result(Unavailable("too much contention on these streams; retry"))
             return
+        COMMIT_BATCH.observe(len(batch))
         loop = asyncio.get_running_loop()
         # Unacknowledged events of these streams left by another process go first.
         skip = self.publisher.known | self._forgotten_during_commit
@@ -178,6 +180,7 @@ class CommandService:
                 _follow(batch[outcome], cmd)
                 continue
             if isinstance(outcome, Accepted) and outcome.records:
+                EVENTS_APPENDED.labels(cmd.stream_type).inc(len(outcome.records))
                 cmd.ticket = Ticket(outcome.records, loop.create_future())
                 self.publisher.submit(outcome.records, cmd.ticket)
             cmd.future.set_result(outcome)
@@ -221,6 +224,9 @@ class CommandService:
         while True:
             try:
                 await self.relay_once(grace)
+                backlog, oldest = await self.store.outbox_stats()
+                OUTBOX_BACKLOG.set(backlog)
+                OUTBOX_OLDEST_AGE.set(time.time() - oldest if oldest is not None else 0)
                 if time.monotonic() - last_expiry > 60:
                     await self.store.expire_idempotency_keys(self.settings.idempotency_ttl_s)
                     last_expiry = time.monotonic()

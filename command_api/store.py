@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, tuple_, update
+from sqlalchemy import and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -191,7 +191,7 @@ class WriteStore:
                         version,
                         topic,
                         encode_value(env),
-                        envelope_headers(env),
+                        _with_trace(envelope_headers(env), cmd.traceparent),
                     )
                 )
             head.state, head.version = state, version
@@ -314,11 +314,11 @@ class WriteStore:
             rows = await conn.execute(select(outbox).order_by(outbox.c.id).limit(limit))
             return [(_record(r), r["created_at"]) for r in rows.mappings().all()]
 
-    async def outbox_size(self) -> int:
-        from sqlalchemy import func
-
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        """How many rows wait for Kafka, and when the oldest was written."""
         async with self.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
+            row = (await conn.execute(select(func.count(), func.min(outbox.c.created_at)))).one()
+        return int(row[0]), row[1]
 
     async def expire_idempotency_keys(self, ttl_s: float) -> None:
         async with self.engine.begin() as conn:
@@ -342,6 +342,11 @@ class WriteStore:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
+
+
+def _with_trace(headers: list[tuple[str, bytes]], traceparent: str | None) -> list[tuple[str, bytes]]:
+    """W3C trace context rides in a Kafka header, next to the envelope's ids."""
+    return [*headers, ("traceparent", traceparent.encode())] if traceparent else headers
 
 
 def _key_reused() -> Refused:

@@ -53,15 +53,20 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         rt = self.runtime
-        for attempt in range(10):
-            try:
-                await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned))
-                break
-            except Exception as exc:
-                log.warning("cannot load stored offsets (attempt %d): %r", attempt + 1, exc)
-                await asyncio.sleep(0.5 * (attempt + 1))
-        if rt.paused:
-            rt.consumer.pause(*assigned)
+        # The consumer may already be fetching the new partitions; holding the
+        # batch lock and bumping the generation makes the loop drop any batch
+        # fetched before this seek instead of applying it twice.
+        async with rt.batch_lock:
+            rt.generation += 1
+            for attempt in range(10):
+                try:
+                    await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned))
+                    break
+                except Exception as exc:
+                    log.warning("cannot load stored offsets (attempt %d): %r", attempt + 1, exc)
+                    await asyncio.sleep(0.5 * (attempt + 1))
+            if rt.paused:
+                rt.consumer.pause(*assigned)
         log.info(
             "projection=%s assigned=%s", rt.projection.name,
             sorted((tp.topic, tp.partition) for tp in assigned),
@@ -90,6 +95,8 @@ class ProjectorRuntime:
         self.producer = new_producer(settings.kafka)
         self.counters = Counters()
         self.paused = False
+        self.batch_lock = asyncio.Lock()
+        self.generation = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
@@ -112,6 +119,7 @@ class ProjectorRuntime:
         sink = DeadLetterSink(self.producer)
         failing = 0
         while not stop.is_set():
+            generation = self.generation
             batch = await self.consumer.getmany(
                 timeout_ms=cfg.projector_poll_ms, max_records=cfg.projector_batch_max
             )
@@ -123,10 +131,13 @@ class ProjectorRuntime:
                 continue
             items = [decode(self.projection, r) for r in records]
             try:
-                result = await apply_batch(
-                    self.engine, self.projection, items, next_offsets(items),
-                    allowed_states=_LIVE_STATES, dead_letter=sink, state_after=store.LIVE,
-                )
+                async with self.batch_lock:
+                    if generation != self.generation:
+                        continue  # fetched before a seek; it will be fetched again
+                    result = await apply_batch(
+                        self.engine, self.projection, items, next_offsets(items),
+                        allowed_states=_LIVE_STATES, dead_letter=sink, state_after=store.LIVE,
+                    )
             except Exception as exc:
                 failing += 1
                 self.counters.errors += 1
