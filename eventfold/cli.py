@@ -132,6 +132,9 @@ def serve(
     from eventfold.runner import serve_one
 
     try:
+        from eventfold.observability import configure_logging
+
+        configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "INFO"))
         asyncio.run(serve_one(get_settings(), service, host=host, port=port, projection=projection))
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -165,6 +168,9 @@ def dev(
 
     external = os.environ.get("EVENTFOLD_KAFKA_BOOTSTRAP")
     try:
+        from eventfold.observability import configure_logging
+
+        configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "WARNING"), json=False)
         asyncio.run(run_dev(data_dir, command_port, query_port, kafka_port, external))
     except KeyboardInterrupt:
         pass
