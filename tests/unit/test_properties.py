@@ -61,6 +61,8 @@ def test_counter_never_exceeds_its_limit(commands: list[Command]) -> None:
     state, events, _ = run(COUNTER_AGGREGATE, commands)
     value = 0
     for e in events:
-        value = COUNTER_AGGREGATE.evolve(COUNTER_AGGREGATE.initial.model_copy(update={"value": value}), e).value
+        value = COUNTER_AGGREGATE.evolve(
+            COUNTER_AGGREGATE.initial.model_copy(update={"value": value}), e
+        ).value
         assert 0 <= value <= LIMIT
     assert value == state.value
