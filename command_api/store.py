@@ -16,7 +16,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+    values,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -252,21 +266,8 @@ class WriteStore:
                     for r in new_rows
                 ],
             )
-        for r in moved:
-            # Compare-and-set: a head that moved since we read it fails the batch.
-            result = await conn.execute(
-                update(streams)
-                .where(
-                    and_(
-                        streams.c.stream_type == r["t"],
-                        streams.c.stream_id == r["i"],
-                        streams.c.version == r["expected"],
-                    )
-                )
-                .values(version=r["v"], state=r["s"], updated_at=r["u"])
-            )
-            if result.rowcount != 1:
-                raise CommitConflict(f"{r['t']}/{r['i']} moved past version {r['expected']}")
+        if moved:
+            await self._compare_and_set(conn, moved)
         if records:
             await conn.execute(
                 insert(outbox),
@@ -285,6 +286,44 @@ class WriteStore:
             )
         if idem_rows:
             await conn.execute(insert(idempotency_keys), idem_rows)
+
+    async def _compare_and_set(self, conn: AsyncConnection, moved: list[dict[str, Any]]) -> None:
+        """Move heads only from the version we read; any other head fails the batch."""
+        if self._pg:
+            # One statement for the whole batch: UPDATE ... FROM (VALUES ...).
+            v = values(
+                column("t", String),
+                column("i", String),
+                column("expected", Integer),
+                column("v", Integer),
+                column("s", Text),
+                column("u", Float),
+                name="v",
+            ).data([(r["t"], r["i"], r["expected"], r["v"], r["s"], r["u"]) for r in moved])
+            stmt = (
+                update(streams)
+                .where(
+                    streams.c.stream_type == v.c.t,
+                    streams.c.stream_id == v.c.i,
+                    streams.c.version == v.c.expected,
+                )
+                .values(version=v.c.v, state=v.c.s, updated_at=v.c.u)
+                .returning(streams.c.stream_id)
+            )
+            changed = len((await conn.execute(stmt)).all())
+        else:
+            stmt = (
+                update(streams)
+                .where(
+                    streams.c.stream_type == bindparam("t"),
+                    streams.c.stream_id == bindparam("i"),
+                    streams.c.version == bindparam("expected"),
+                )
+                .values(version=bindparam("v"), state=bindparam("s"), updated_at=bindparam("u"))
+            )
+            changed = (await conn.execute(stmt, moved)).rowcount
+        if changed != len(moved):
+            raise CommitConflict(f"{len(moved) - changed} stream(s) moved since they were read")
 
     async def finalize(
         self, published: Iterable[OutboxRecord], responses: Iterable[tuple[str, int, bytes]]

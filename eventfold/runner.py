@@ -52,6 +52,9 @@ async def run_servers(servers: list[_Server], stop: asyncio.Event) -> None:
             raise RuntimeError("a server failed to start (is its port free?)")
 
 
+SERVICES = ("command-api", "query-api", "projector", "publisher")
+
+
 async def serve_one(
     settings: Settings,
     service: str,
@@ -79,13 +82,26 @@ async def serve_one(
         await run_servers([server], stop)
         return
     if service == "projector":
+        import logging
+
         from eventfold.wiring import projections
         from projector.projection import by_name
         from projector.runtime import run_projectors
 
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
         chosen = projections()
         if projection is not None:
             chosen = [by_name(chosen, projection)]
         await run_projectors(settings, chosen, stop)
         return
-    raise ValueError(f"unknown service {service!r}: command-api, query-api, projector or publisher")
+    if service == "publisher":
+        # The outbox relay alone, without HTTP: publishes what command API
+        # processes committed but could not publish (crash, outage).
+        from command_api.bootstrap import command_side
+        from eventfold.wiring import aggregates
+
+        async with command_side(settings, aggregates()):
+            await stop.wait()
+        return
+    raise ValueError(f"unknown service {service!r}: {', '.join(SERVICES)}")

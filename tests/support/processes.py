@@ -1,0 +1,55 @@
+"""Services as subprocesses (`python -m eventfold.cli ...`), configured by EVENTFOLD_* env."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from eventfold.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
+    k, d = settings.kafka, settings.db
+    env = {
+        **os.environ,
+        "EVENTFOLD_KAFKA_BOOTSTRAP": k.kafka_bootstrap,
+        "EVENTFOLD_KAFKA_IDEMPOTENCE": str(k.kafka_idempotence).lower(),
+        "EVENTFOLD_TOPIC_PREFIX": k.topic_prefix,
+        "EVENTFOLD_PARTITIONS": str(k.partitions),
+        "EVENTFOLD_REQUEST_TIMEOUT_MS": str(k.request_timeout_ms),
+        "EVENTFOLD_WRITE_DB_URL": d.write_db_url,
+        "EVENTFOLD_READ_DB_URL": d.read_db_url,
+    }
+    env.update({f"EVENTFOLD_{name.upper()}": str(v) for name, v in extra.items()})
+    return env
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "eventfold.cli", *args],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM, then the exit code (the projector finishes its batch first)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
