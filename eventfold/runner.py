@@ -82,14 +82,10 @@ async def serve_one(
         await run_servers([server], stop)
         return
     if service == "projector":
-        import logging
-
         from eventfold.wiring import projections
         from projector.projection import by_name
         from projector.runtime import run_projectors
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        logging.getLogger("aiokafka").setLevel(logging.WARNING)
         chosen = projections()
         if projection is not None:
             chosen = [by_name(chosen, projection)]

@@ -112,11 +112,11 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as `EVENTFOLD_*` variables, for a child process."""
         env = {"EVENTFOLD_DATA_DIR": str(self.data_dir)}
-        for part in (self.kafka, self.db, self.command_api, self.query_api, self.projector):
+        for part in (self.kafka, self.db, self.command_api, self.query_api, self.projector, self.auth):
             for name, value in part.model_dump().items():
-                env[f"EVENTFOLD_{name.upper()}"] = (
-                    str(value).lower() if isinstance(value, bool) else str(value)
-                )
+                if value is None:
+                    continue
+                env[f"EVENTFOLD_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 
 

@@ -8,17 +8,18 @@ before the commit, so a crash can repeat a dead letter but never lose one.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from eventfold.observability import DEAD_LETTERS
 from projector import store
 from projector.batch import Decoded, Failure, Folded, fold, stream_ids
 from projector.projection import Projection
 
-log = logging.getLogger("eventfold.projector")
+log = structlog.get_logger("eventfold.projector")
 
 DeadLetter = Callable[[Projection, Sequence[Failure]], Awaitable[None]]
 
@@ -59,9 +60,11 @@ async def apply_batch(
             conn, projection.name, folded.applied, folded.last_event_at, state_after
         )
     for f in folded.failures:
+        DEAD_LETTERS.labels(projection.name, f.reason).inc()
         log.warning(
-            "projection_failure projection=%s reason=%s topic=%s partition=%d offset=%d detail=%r",
-            projection.name, f.reason, f.topic, f.partition, f.offset, f.detail,
+            "projection_failure", projection=projection.name, reason=f.reason,
+            dead_lettered=f.dead_letter and dead_letter is not None,
+            topic=f.topic, partition=f.partition, offset=f.offset, detail=f.detail,
         )
     return BatchResult(True, folded)
 

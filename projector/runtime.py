@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -19,10 +20,11 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
+from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BATCH, PROJECTOR_BATCH_SECONDS
 from eventfold.settings import Settings
 from projector import store
 from projector.apply import apply_batch, next_offsets
-from projector.batch import decode
+from projector.batch import Decoded, Failure, decode
 from projector.deadletter import DeadLetterSink
 from projector.metrics import Counters
 from projector.projection import Projection
@@ -130,6 +132,7 @@ class ProjectorRuntime:
             if not records:
                 continue
             items = [decode(self.projection, r) for r in records]
+            started = time.perf_counter()
             try:
                 async with self.batch_lock:
                     if generation != self.generation:
@@ -153,7 +156,19 @@ class ProjectorRuntime:
                 continue
             assert result.folded is not None
             self.counters.add(result.folded)
+            self._observe(items, result.folded.applied, time.perf_counter() - started)
             await self._commit_group(next_offsets(items))
+
+    def _observe(self, items: Sequence[Decoded | Failure], applied: int, seconds: float) -> None:
+        name = self.projection.name
+        EVENTS_APPLIED.labels(name).inc(applied)
+        PROJECTOR_BATCH.labels(name).observe(len(items))
+        PROJECTOR_BATCH_SECONDS.labels(name).observe(seconds)
+        for (topic, partition), offset in next_offsets(items).items():
+            # The fetch high-watermark, not ListOffsets: see query_api/watermarks.py.
+            hw = self.consumer.highwater(TopicPartition(topic, partition))
+            if hw is not None:
+                PARTITION_LAG.labels(name, topic, str(partition)).set(max(hw - offset, 0))
 
     def _pause(self) -> None:
         log.info("projection=%s is rebuilding elsewhere; pausing", self.projection.name)
@@ -207,6 +222,10 @@ async def run_projectors(
     """Run one runtime per projection over one read-store engine until `stop`."""
     from eventfold.db import create_engine
 
+    if settings.projector.projector_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.projector.projector_metrics_port)
     engine = create_engine(settings.db.read_db_url, pool_size=max(2, len(projections) + 1))
     try:
         runtimes = [ProjectorRuntime(settings, p, engine) for p in projections]

@@ -1,20 +1,15 @@
-"""Fixtures of the process-level tests."""
-
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
-from eventfold.settings import DatabaseSettings
-from tests.conftest import create_database, drop_database
+from tests.e2e.processes import ServiceProcess
 
 
-@pytest.fixture
-async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
-    """A PostgreSQL database of the test's own, for both stores."""
-    url = await create_database(pg_admin_url)
-    try:
-        yield DatabaseSettings(write_db_url=url, read_db_url=url)
-    finally:
-        await drop_database(pg_admin_url, url)
+@pytest.fixture(autouse=True)
+def no_stray_processes() -> Iterator[None]:
+    """Stop every service process a test started, whatever the test's outcome."""
+    yield
+    while ServiceProcess.live:
+        ServiceProcess.live.pop().stop()

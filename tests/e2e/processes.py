@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -20,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class ServiceProcess:
     """`eventfold serve <service>` (or any module) in a child process."""
+
+    # Every process started, so a failing test cannot leave one behind.
+    live: ClassVar[list[ServiceProcess]] = []
 
     def __init__(
         self, settings: Settings, service: str, *, module: str | None = None, log: Path | None = None
@@ -43,6 +47,7 @@ class ServiceProcess:
             argv = [sys.executable, "-m", "eventfold.cli", "serve", self.service, "--port", str(self.port)]
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        ServiceProcess.live.append(self)
 
     async def ready(self, timeout: float = 30.0) -> None:
         async def up() -> bool:

@@ -58,7 +58,7 @@ async def test_clear_errors_for_unreachable_parts(make_settings, sqlite_db) -> N
 async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     ports = {"command": free_port(), "query": free_port(), "kafka": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, polled without blocking
         [
             sys.executable,
             "-m",

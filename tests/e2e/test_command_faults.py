@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -59,14 +60,9 @@ async def test_broker_outage_gives_202_then_publishes(
     assert first_versions(records, sid) == [1, 2, 3, 4]
 
 
-async def test_crash_between_commit_and_publish_loses_nothing(
-    make_settings, fresh_pg_url: str, tmp_path: Path
-) -> None:
-    # A database of its own: the doomed process must find no other test's outbox rows.
-    db = DatabaseSettings(write_db_url=fresh_pg_url, read_db_url=fresh_pg_url)
-    settings = make_settings(db, command_api={"relay_interval_s": 0.2, "relay_grace_s": 0.5})
-    topic = settings.kafka.topic("account")
-    await create_topics(settings.kafka, [topic])
+async def _crash_after_commit(settings, tmp_path: Path) -> str:
+    """Send one command to a process that dies right after committing it."""
+    await create_topics(settings.kafka, [settings.kafka.topic("account")])
     sid = uid("acct")
     doomed = ServiceProcess(
         settings, "command-api", module="tests.e2e.crash_after_commit", log=tmp_path / "crash.log"
@@ -78,7 +74,23 @@ async def test_crash_between_commit_and_publish_loses_nothing(
             await _post(http, f"/commands/account/{sid}", "OpenAccount", {"owner": "H"})
     assert await doomed.wait_exit() == -9
     # Nothing reached Kafka...
-    assert first_versions(await read_topic(settings.kafka, topic), sid) == []
+    assert first_versions(await read_topic(settings.kafka, settings.kafka.topic("account")), sid) == []
+    return sid
+
+
+def _own_db(fresh_pg_url: str) -> DatabaseSettings:
+    # A database of its own: the doomed process must find no other test's outbox rows.
+    return DatabaseSettings(write_db_url=fresh_pg_url, read_db_url=fresh_pg_url)
+
+
+async def test_crash_between_commit_and_publish_loses_nothing(
+    make_settings, fresh_pg_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        _own_db(fresh_pg_url), command_api={"relay_interval_s": 0.2, "relay_grace_s": 0.5}
+    )
+    topic = settings.kafka.topic("account")
+    sid = await _crash_after_commit(settings, tmp_path)
     # ...but the command was durable: a restarted process publishes it.
     survivor = await started(settings, "command-api", log=tmp_path / "survivor.log")
     try:
@@ -93,6 +105,27 @@ async def test_crash_between_commit_and_publish_loses_nothing(
     finally:
         survivor.stop()
     assert first_versions(await read_topic(settings.kafka, topic), sid) == [1, 2]
+
+
+async def test_the_standalone_publisher_relays_what_a_crash_left(
+    make_settings, fresh_pg_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        _own_db(fresh_pg_url), command_api={"relay_interval_s": 0.2, "relay_grace_s": 0.5}
+    )
+    sid = await _crash_after_commit(settings, tmp_path)
+    relay = ServiceProcess(settings, "publisher", log=tmp_path / "publisher.log")
+    relay.start()
+    try:
+
+        async def published() -> list[int]:
+            return first_versions(await read_topic(settings.kafka, settings.kafka.topic("account")), sid)
+
+        assert await wait_until(published, timeout=30, what="the standalone publisher") == [1]
+        relay.kill(signal.SIGTERM)
+        assert await relay.wait_exit() == 0
+    finally:
+        relay.stop()
 
 
 async def test_several_command_api_processes_keep_each_stream_in_order(make_settings, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ async def test_scripted_session_reads_your_writes_and_matches_the_fold(
                 steps += [("Withdraw", {"amount": -1}), ("CloseAccount", {})]
             balance = 0
             status = "open"
-            for version, (type_, data) in enumerate(steps, start=1):
+            for type_, data in steps:
                 if type_ == "Withdraw" and data["amount"] == -1:
                     data = {"amount": balance}
                     if balance == 0:
