@@ -116,7 +116,9 @@ class Settings(BaseSettings):
             for name, value in part.model_dump().items():
                 if value is None:
                     continue
-                env[f"EVENTFOLD_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+                env[f"EVENTFOLD_{name.upper()}"] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
         return env
 
 

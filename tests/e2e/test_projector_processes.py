@@ -48,8 +48,20 @@ async def _assert_exact(settings: Any, url: str, topic: str, total: int) -> None
     records = await read_topic(settings.kafka, topic)
     assert len(records) == total
     await wait_until(lambda: caught_up(url, records, topic), timeout=30, what="caught up")
-    assert await read_tables(url) == fold_accounts(records)
+    assert await read_tables(url) == fold_accounts(records), await _failures(url)
     assert await _events_applied(url) == total
+
+
+async def _failures(url: str) -> list[Any]:
+    from projector.tables import projection_failures as f
+
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(f.c.reason, f.c.partition, f.c.offset, f.c.detail))
+            return [tuple(r) for r in rows.all()][:20]
+    finally:
+        await engine.dispose()
 
 
 async def test_projector_killed_five_times_applies_exactly_once(

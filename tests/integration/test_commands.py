@@ -246,12 +246,16 @@ async def test_unreachable_write_store_is_a_503_and_appends_nothing(command_clie
     assert first_versions(await read_topic(settings.kafka, settings.kafka.topic("account")), sid) == []
 
 
-async def test_correlation_and_trace_context_reach_kafka_and_metrics_count(command_client, make_settings) -> None:
+async def test_correlation_and_trace_context_reach_kafka_and_metrics_count(
+    command_client, make_settings
+) -> None:
     settings = make_settings()
     sid = uid("acct")
     trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with command_client(settings) as http:
-        r = await send(http, sid, "OpenAccount", {"owner": "J"}, x_correlation_id="order-77", traceparent=trace)
+        r = await send(
+            http, sid, "OpenAccount", {"owner": "J"}, x_correlation_id="order-77", traceparent=trace
+        )
         assert r.headers["x-correlation-id"] == "order-77"
         generated = (await send(http, sid, "Deposit", {"amount": 2})).headers["x-correlation-id"]
         assert generated and generated != "order-77"
@@ -260,7 +264,9 @@ async def test_correlation_and_trace_context_reach_kafka_and_metrics_count(comma
         assert 'eventfold_command_seconds_count{outcome="accepted",stream_type="account"}' in metrics
         assert 'eventfold_command_seconds_count{outcome="refused",stream_type="account"}' in metrics
         assert "eventfold_outbox_backlog" in metrics
-    records = [r for r in await read_topic(settings.kafka, settings.kafka.topic("account")) if r.key == sid.encode()]
+    records = [
+        r for r in await read_topic(settings.kafka, settings.kafka.topic("account")) if r.key == sid.encode()
+    ]
     assert records[0].envelope().correlation_id == "order-77"
     assert records[0].headers["correlation_id"] == b"order-77"
     assert records[0].headers["traceparent"] == trace.encode()
