@@ -225,6 +225,16 @@ async def read_stream(
     return _json(200, body, {"ETag": f'"{version}"'})
 
 
+@router.get("/asyncapi.json")
+async def read_asyncapi(side: SideDep) -> Response:
+    """The AsyncAPI 3 document of the topics this API appends to."""
+    from eventfold import __version__
+    from schemas.asyncapi import document
+
+    doc = document((a.contract for a in side.aggregates), side.settings.kafka.topic, version=__version__)
+    return _json(200, doc)
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics() -> Response:
     """Prometheus metrics of this process."""

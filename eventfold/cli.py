@@ -120,6 +120,21 @@ def schemas_check() -> None:
 
 
 @app.command()
+def asyncapi(
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the AsyncAPI 3 document of the topics, generated from the registry."""
+    from eventfold.wiring import asyncapi_document
+
+    text = asyncapi_document(get_settings())
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text + "\n")
+        console.print(f"wrote {output}")
+
+
+@app.command()
 def serve(
     service: Annotated[str, typer.Argument(help="command-api | query-api | projector | publisher")],
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,

@@ -26,3 +26,14 @@ def projections() -> list[Projection]:
 def all_topics(settings: Settings) -> list[str]:
     events = [settings.kafka.topic(a.stream_type) for a in aggregates()]
     return events + [dlq_topic(t) for t in events]
+
+
+def asyncapi_document(settings: Settings) -> str:
+    """The AsyncAPI document as JSON text, stable for diffing."""
+    import orjson
+
+    from eventfold import __version__
+    from schemas.asyncapi import document
+
+    doc = document((a.contract for a in aggregates()), settings.kafka.topic, version=__version__)
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()

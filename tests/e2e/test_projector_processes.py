@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
 from projector.tables import projection_status
+from tests.conftest import create_database, drop_database
 from tests.helpers import read_topic, wait_until
 from tests.support import processes
 from tests.support.projection import (
@@ -27,6 +30,16 @@ from tests.support.projection import (
     read_tables,
     stored_offsets,
 )
+
+
+@pytest.fixture
+async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
+    """A PostgreSQL database of the test's own, for both stores."""
+    url = await create_database(pg_admin_url)
+    try:
+        yield DatabaseSettings(write_db_url=url, read_db_url=url)
+    finally:
+        await drop_database(pg_admin_url, url)
 
 
 async def _applied(url: str) -> int:

@@ -221,12 +221,15 @@ async def test_a_second_aggregate_needs_no_plumbing_change(
     assert [r.envelope().type for r in records if r.key == sid.encode()] == ["Incremented", "WasReset"]
 
 
-async def test_health_and_readiness(command_client, make_settings) -> None:
-    async with command_client(make_settings()) as http:
+async def test_health_readiness_and_descriptions(command_client, make_settings) -> None:
+    settings = make_settings()
+    async with command_client(settings) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
         assert (await http.get("/openapi.json")).json()["paths"]["/commands/{stream_type}/{stream_id}"]
+        asyncapi = (await http.get("/asyncapi.json")).json()
+        assert asyncapi["channels"]["accountEvents"]["address"] == settings.kafka.topic("account")
 
 
 async def test_unreachable_write_store_is_a_503_and_appends_nothing(command_client, make_settings) -> None:

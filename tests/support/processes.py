@@ -15,17 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
-    k, d = settings.kafka, settings.db
-    env = {
-        **os.environ,
-        "EVENTFOLD_KAFKA_BOOTSTRAP": k.kafka_bootstrap,
-        "EVENTFOLD_KAFKA_IDEMPOTENCE": str(k.kafka_idempotence).lower(),
-        "EVENTFOLD_TOPIC_PREFIX": k.topic_prefix,
-        "EVENTFOLD_PARTITIONS": str(k.partitions),
-        "EVENTFOLD_REQUEST_TIMEOUT_MS": str(k.request_timeout_ms),
-        "EVENTFOLD_WRITE_DB_URL": d.write_db_url,
-        "EVENTFOLD_READ_DB_URL": d.read_db_url,
-    }
+    """The settings as EVENTFOLD_* variables, plus `extra` (name=value, prefixed)."""
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     env.update({f"EVENTFOLD_{name.upper()}": str(v) for name, v in extra.items()})
     return env
 
