@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 import traceback
@@ -99,6 +100,7 @@ class Runner:
                 self.progress.update(task, visible=False)
             done += 1
             took = time.perf_counter() - t0
+            self.log(f"{label} run {i + 1}: {took:.1f}s")
             spent = time.perf_counter() - started
             if budget is not None and done < self.plan.runs and spent + took > budget:
                 self.report.note(section, f"{label.replace(' ', '_')}_note",
@@ -106,14 +108,21 @@ class Runner:
                 break
         return done
 
+    def log(self, text: str) -> None:
+        self.progress.console.log(text)
+
     async def phase(self, section: str, fn: Callable[[], Awaitable[None]]) -> None:
         t0 = time.perf_counter()
+        self.log(f"[bold]{section}[/bold]")
         try:
             await fn()
         except Exception as exc:  # fail soft: report and go on
             self.report.error(section, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}")
+            self.log(f"[yellow]{section} failed:[/yellow] {type(exc).__name__}: {str(exc)[:300]}")
         finally:
-            self.report.note(section, "phase_seconds", round(time.perf_counter() - t0, 1))
+            took = time.perf_counter() - t0
+            self.report.note(section, "phase_seconds", round(took, 1))
+            self.log(f"{section} done in {took:.1f}s")
 
     def step(self, text: str) -> Any:
         return self.progress.add_task(text, total=None)
@@ -126,6 +135,10 @@ async def main(plan: Plan, profile: bool, console: Console) -> Report:
     report = Report(plan.name)
     report.note("config", "plan", {k: v for k, v in plan.__dict__.items() if k != "budget_s"})
     env = BenchEnv(partitions=4)
+    from bench import load
+
+    load.default_headers.update(env.auth_headers)
+    report.note("config", "authenticated", bool(env.auth_headers))
     report.note("config", "partitions", env.partitions)
     report.note("config", "workdir", str(env.workdir))
     started = time.perf_counter()
@@ -203,6 +216,8 @@ def cli(argv: list[str] | None = None) -> int:
         loop_factory: Any = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
+    # SIGTERM (CI timeouts, `timeout`) must still stop the children and drop the databases.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         report = runner.run(main(plan, args.profile, console))
     report.print(out)

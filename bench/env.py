@@ -100,6 +100,7 @@ class BenchEnv:
         self.broker = EmbeddedBroker(log_path=self.workdir / "broker.log")
         self.databases: list[str] = []
         self.children: list[Child] = []
+        self.api_keys, self.auth_headers = _api_key()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -186,6 +187,8 @@ class BenchEnv:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.api_keys is not None:
+            env["EVENTFOLD_API_KEYS"] = self.api_keys
         env.update(extra)
         return env
 
@@ -239,6 +242,22 @@ class BenchEnv:
                 client.close()
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{child.name} not ready on :{port}{path} in {timeout_s}s ({last}):\n{child.log_tail()}")
+
+
+def _api_key() -> tuple[str | None, dict[str, str]]:
+    """An admin key for the services, and the header that presents it.
+
+    Clients pay for authentication too, so the benchmark authenticates as a
+    client would. Before the services had keys, there is nothing to do.
+    """
+    try:
+        from eventfold.auth import new_key
+    except ImportError:
+        return None, {}
+    import orjson
+
+    token, entry = new_key("bench", ["admin"])
+    return orjson.dumps([entry.model_dump(mode="json")]).decode(), {"Authorization": f"Bearer {token}"}
 
 
 def free_ports(n: int) -> list[int]:

@@ -29,6 +29,10 @@ class HttpError(ConnectionError):
     pass
 
 
+# Sent with every request built here: the harness puts its API key in it.
+default_headers: dict[str, str] = {}
+
+
 def build_request(
     method: str,
     path: str,
@@ -38,7 +42,7 @@ def build_request(
 ) -> bytes:
     """One HTTP/1.1 keep-alive request, as bytes ready to write."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-    for k, v in (headers or {}).items():
+    for k, v in {**default_headers, **(headers or {})}.items():
         lines.append(f"{k}: {v}")
     if body is not None:
         lines.append("Content-Type: application/json")

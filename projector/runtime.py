@@ -55,18 +55,16 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         rt = self.runtime
-        # The consumer may already be fetching the new partitions; holding the
-        # batch lock and bumping the generation makes the loop drop any batch
-        # fetched before this seek instead of applying it twice.
+        # The loop may be fetching while this runs; holding the batch lock and
+        # bumping the generation makes it drop a batch fetched around this seek
+        # (and seek again) rather than apply records twice or skip some.
         async with rt.batch_lock:
             rt.generation += 1
-            for attempt in range(10):
-                try:
-                    await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned))
-                    break
-                except Exception as exc:
-                    log.warning("cannot load stored offsets (attempt %d): %r", attempt + 1, exc)
-                    await asyncio.sleep(0.5 * (attempt + 1))
+            try:
+                await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned))
+            except Exception as exc:
+                log.warning("cannot load stored offsets on assignment: %r", exc)
+                rt.needs_seek = True  # the loop applies nothing until a seek succeeds
             if rt.paused:
                 rt.consumer.pause(*assigned)
         log.info(
@@ -99,6 +97,7 @@ class ProjectorRuntime:
         self.paused = False
         self.batch_lock = asyncio.Lock()
         self.generation = 0
+        self.needs_seek = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
@@ -121,6 +120,8 @@ class ProjectorRuntime:
         sink = DeadLetterSink(self.producer)
         failing = 0
         while not stop.is_set():
+            if self.needs_seek and not await self._seek_assigned(stop):
+                continue
             generation = self.generation
             batch = await self.consumer.getmany(
                 timeout_ms=cfg.projector_poll_ms, max_records=cfg.projector_batch_max
@@ -136,7 +137,10 @@ class ProjectorRuntime:
             try:
                 async with self.batch_lock:
                     if generation != self.generation:
-                        continue  # fetched before a seek; it will be fetched again
+                        # An assignment moved positions while this batch was
+                        # fetched: drop it and read again from the stored offsets.
+                        self.needs_seek = True
+                        continue
                     result = await apply_batch(
                         self.engine, self.projection, items, next_offsets(items),
                         allowed_states=_LIVE_STATES, dead_letter=sink, state_after=store.LIVE,
@@ -148,7 +152,8 @@ class ProjectorRuntime:
                 if failing == _FAILED_AFTER:
                     with contextlib.suppress(Exception):
                         await store.mark_failed(self.engine, self.projection.name, repr(exc))
-                await self._retry_later(stop, min(0.2 * failing, 5.0))
+                self.needs_seek = True
+                await _sleep_unless(stop, min(0.2 * failing, 5.0))
                 continue
             failing = 0
             if not result.allowed:
@@ -183,22 +188,28 @@ class ProjectorRuntime:
             state = None
         if state not in _LIVE_STATES:
             self.consumer.pause(*self.consumer.assignment())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.25)
+            await _sleep_unless(stop, 0.25)
             return
-        assigned = list(self.consumer.assignment())
-        await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned)
-        self.consumer.resume(*assigned)
+        if not await self._seek_assigned(stop):
+            return
+        self.consumer.resume(*self.consumer.assignment())
         self.paused = False
         log.info("projection=%s is live again; resumed at stored offsets", self.projection.name)
 
-    async def _retry_later(self, stop: asyncio.Event, delay: float) -> None:
-        """Back off, then re-read the failed batch from the stored offsets."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        with contextlib.suppress(Exception):
-            assigned = list(self.consumer.assignment())
-            await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned)
+    async def _seek_assigned(self, stop: asyncio.Event) -> bool:
+        """Every assigned partition back to its stored offset; False (after a pause) if not."""
+        async with self.batch_lock:
+            try:
+                assigned = list(self.consumer.assignment())
+                await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned)
+            except Exception as exc:
+                log.warning("cannot load stored offsets: %r", exc)
+            else:
+                self.generation += 1
+                self.needs_seek = False
+                return True
+        await _sleep_unless(stop, 0.5)
+        return False
 
     async def _commit_group(self, offsets: dict[tuple[str, int], int]) -> None:
         """Group offsets are for lag tools only; losing one is harmless."""
@@ -214,6 +225,11 @@ class ProjectorRuntime:
             await self.consumer.commit(commit)
         except Exception as exc:
             log.debug("group offset commit skipped: %r", exc)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 async def run_projectors(

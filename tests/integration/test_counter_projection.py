@@ -1,0 +1,89 @@
+"""A projection declared only in the tests, for the test-only `counter` aggregate:
+the projector runtime serves it unchanged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, select
+
+from eventfold.db import create_engine
+from eventfold.settings import DatabaseSettings
+from projector.projection import Change, Doc, Projection
+from schemas.base import Event
+from schemas.envelope import EventEnvelope
+from tests.helpers import uid, wait_until
+from tests.support.counter import COUNTER, Incremented, with_counter
+from tests.support.projection import fast_projector, running_projector
+
+metadata = MetaData()
+counters = Table(
+    "test_counters",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("value", Integer, nullable=False),
+    Column("resets", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+counter_steps = Table(
+    "test_counter_steps",
+    metadata,
+    Column("counter_id", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("value_after", Integer, nullable=False),
+)
+
+
+def incremented(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    assert isinstance(event, Incremented)
+    value = (doc["value"] if doc else 0) + event.by
+    step = {"counter_id": env.stream_id, "version": env.version, "value_after": value}
+    return Change({"value": value, "resets": doc["resets"] if doc else 0}, [(counter_steps, step)])
+
+
+def was_reset(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    step = {"counter_id": env.stream_id, "version": env.version, "value_after": 0}
+    return Change({"value": 0, "resets": (doc["resets"] if doc else 0) + 1}, [(counter_steps, step)])
+
+
+COUNTERS = Projection(
+    name="test_counters",
+    contract=COUNTER,
+    doc_table=counters,
+    child_tables=(counter_steps,),
+    handlers={"Incremented": incremented, "WasReset": was_reset},
+)
+
+
+async def test_counter_projection_needs_no_runtime_change(
+    command_client, make_settings, own_db: DatabaseSettings
+) -> None:
+    settings = make_settings(own_db, projector=fast_projector())
+    engine = create_engine(own_db.read_db_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    ids = [uid("ctr") for _ in range(4)]
+    try:
+        async with command_client(settings, with_counter()) as cmd, running_projector(settings, [COUNTERS]):
+            for n, sid in enumerate(ids):
+                for by in (5, 7, 11)[: n + 1]:
+                    r = await cmd.post(f"/commands/counter/{sid}", json={"type": "Increment", "data": {"by": by}})
+                    assert r.status_code == 200, r.text
+            r = await cmd.post(f"/commands/counter/{ids[3]}", json={"type": "Reset", "data": {}})
+            assert r.status_code == 200, r.text
+            r = await cmd.post(f"/commands/counter/{ids[3]}", json={"type": "Increment", "data": {"by": 2}})
+            assert r.status_code == 200, r.text
+
+            async def rows() -> Any:
+                async with engine.connect() as conn:
+                    found = (await conn.execute(select(counters).order_by(counters.c.id))).all()
+                    return found if len(found) == 4 and max(r.version for r in found) == 5 else None
+
+            got = await wait_until(rows, what="counter rows")
+        expected = {ids[0]: (5, 0, 1), ids[1]: (12, 0, 2), ids[2]: (23, 0, 3), ids[3]: (2, 1, 5)}
+        assert {r.id: (r.value, r.resets, r.version) for r in got} == expected
+        async with engine.connect() as conn:
+            steps = (await conn.execute(select(counter_steps))).all()
+        assert len(steps) == 1 + 2 + 3 + 5
+    finally:
+        await engine.dispose()
