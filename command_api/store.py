@@ -240,7 +240,8 @@ class WriteStore:
         idem_rows: list[dict[str, Any]],
     ) -> None:
         now = time.time()
-        new_rows, moved = [], []
+        new_rows: list[dict[str, Any]] = []
+        moved: list[dict[str, Any]] = []
         for (t, i), h in heads.items():
             if h.version == h.start_version:
                 continue
@@ -312,7 +313,7 @@ class WriteStore:
             )
             changed = len((await conn.execute(stmt)).all())
         else:
-            stmt = (
+            cas = (
                 update(streams)
                 .where(
                     streams.c.stream_type == bindparam("t"),
@@ -321,7 +322,7 @@ class WriteStore:
                 )
                 .values(version=bindparam("v"), state=bindparam("s"), updated_at=bindparam("u"))
             )
-            changed = (await conn.execute(stmt, moved)).rowcount
+            changed = (await conn.execute(cas, moved)).rowcount
         if changed != len(moved):
             raise CommitConflict(f"{len(moved) - changed} stream(s) moved since they were read")
 

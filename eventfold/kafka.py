@@ -21,7 +21,7 @@ from eventfold.settings import KafkaSettings
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The Java client's default partitioner, so every producer agrees."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
