@@ -16,7 +16,7 @@ def _utc(ts: datetime) -> datetime:
     return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int) -> Change:
+def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int, reference: str) -> Change:
     at = _utc(env.occurred_at)
     new = {**doc, "balance": doc["balance"] + amount, "updated_at": at}
     row = {
@@ -26,6 +26,7 @@ def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int) -> Change:
         "amount": abs(amount),
         "balance_after": new["balance"],
         "occurred_at": at,
+        "reference": reference,
     }
     return Change(new, [(account_transactions, row)])
 
@@ -40,12 +41,12 @@ def opened(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
 
 def deposited(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
     assert isinstance(event, Deposited) and doc is not None
-    return _entry(doc, env, "deposit", event.amount)
+    return _entry(doc, env, "deposit", event.amount, event.reference)
 
 
 def withdrawn(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
     assert isinstance(event, Withdrawn) and doc is not None
-    return _entry(doc, env, "withdrawal", -event.amount)
+    return _entry(doc, env, "withdrawal", -event.amount, event.reference)
 
 
 def closed(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:

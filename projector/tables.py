@@ -83,4 +83,6 @@ account_transactions = Table(
     Column("amount", BigInteger, nullable=False),
     Column("balance_after", BigInteger, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # Added by read_0002: Deposited/Withdrawn carry a reference since schema v2.
+    Column("reference", String(200), nullable=False, server_default=""),
 )

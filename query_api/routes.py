@@ -43,6 +43,7 @@ class TransactionView(BaseModel):
     amount: int
     balance_after: int
     occurred_at: str
+    reference: str
 
 
 class TransactionPage(BaseModel):

@@ -76,6 +76,7 @@ async def list_transactions(
             "amount": int(r.amount),
             "balance_after": int(r.balance_after),
             "occurred_at": iso(r.occurred_at),
+            "reference": r.reference,
         }
         for r in rows[:limit]
     ]

@@ -42,7 +42,7 @@ async def test_scripted_session_reads_your_writes_and_matches_the_fold(
             balance = 0
             for _ in range(rng.randint(1, 4)):
                 amount = rng.randint(1, 500)
-                steps.append(("Deposit", {"amount": amount}))
+                steps.append(("Deposit", {"amount": amount, "reference": uid("ref")}))
                 balance += amount
             if rng.random() < 0.5:
                 steps.append(("Withdraw", {"amount": rng.randint(1, balance)}))
@@ -105,7 +105,8 @@ async def test_scripted_session_reads_your_writes_and_matches_the_fold(
             params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
             page = (await q.get(f"/accounts/{sid}/transactions", params=params)).json()
             got += [
-                (t["account_id"], t["version"], t["type"], t["amount"], t["balance_after"])
+                (t["account_id"], t["version"], t["type"], t["amount"], t["balance_after"],
+                 t["reference"])
                 for t in page["items"]
             ]
             cursor = page["next_cursor"]

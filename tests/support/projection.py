@@ -64,7 +64,7 @@ def fold_accounts(records: list[Record]) -> tuple[dict[str, dict[str, Any]], lis
             doc = {**doc, "balance": doc["balance"] + sign * env.data["amount"]}
             ledger.append(
                 (env.stream_id, env.version, "deposit" if sign > 0 else "withdrawal",
-                 env.data["amount"], doc["balance"])
+                 env.data["amount"], doc["balance"], env.data.get("reference", ""))
             )
         elif env.type == "AccountClosed":
             assert doc is not None
@@ -87,7 +87,9 @@ async def read_tables(url: str) -> tuple[dict[str, dict[str, Any]], list[tuple[A
                   "version": r["version"]}
         for r in rows
     }
-    ledger = sorted((t.account_id, t.version, t.type, t.amount, t.balance_after) for t in tx)
+    ledger = sorted(
+        (t.account_id, t.version, t.type, t.amount, t.balance_after, t.reference) for t in tx
+    )
     return docs, ledger
 
 

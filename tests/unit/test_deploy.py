@@ -626,3 +626,24 @@ def test_k8s_containers_have_requests_and_limits() -> None:
         resources = container["resources"]
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(resources[kind]), (workload, kind)
+
+
+def test_grafana_dashboard_charts_only_metrics_we_export() -> None:
+    """Every metric the dashboard queries exists in eventfold.observability, and vice versa."""
+    import json
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import eventfold.observability  # noqa: F401  (registers the metrics)
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "eventfold-dashboard.json").read_text())
+    queried = {
+        re.sub(r"_(bucket|count|sum|total)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"eventfold_[a-z_]+", target["expr"])
+    }
+    exported = {m.name for m in REGISTRY.collect() if m.name.startswith("eventfold_")}
+    assert queried <= exported, queried - exported
+    assert exported <= queried, f"metrics without a panel: {exported - queried}"
