@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -49,27 +50,62 @@ class Plan:
     budget_s: dict[str, float] | None
     catchup_timeout_s: float
     replay_timeout_s: float
+    drain_s: float  # e2e: how long answers may trail the last scheduled command
+    run_timeout_s: float  # any single run, whatever it measures
 
 
 FULL = Plan(
-    "full", runs=3, produce_n=300_000, consume_n=300_000, upsert_n=200_000, http_s=10, warmup_s=2,
-    accounts=10_000, hot_accounts=100, events=1_000_000, e2e_s=10, e2e_rate=500,
-    peer_accounts=2_000, peer_s=10, budget_s=None, catchup_timeout_s=900, replay_timeout_s=900,
+    "full",
+    runs=3,
+    produce_n=300_000,
+    consume_n=300_000,
+    upsert_n=200_000,
+    http_s=10,
+    warmup_s=2,
+    accounts=10_000,
+    hot_accounts=100,
+    events=1_000_000,
+    e2e_s=10,
+    e2e_rate=500,
+    peer_accounts=2_000,
+    peer_s=10,
+    budget_s=None,
+    catchup_timeout_s=900,
+    replay_timeout_s=900,
+    drain_s=30,
+    run_timeout_s=1800,
 )
 QUICK = Plan(
-    "quick", runs=3, produce_n=40_000, consume_n=40_000, upsert_n=20_000, http_s=2, warmup_s=0.5,
-    accounts=1_000, hot_accounts=100, events=100_000, e2e_s=3, e2e_rate=500,
-    peer_accounts=200, peer_s=1.5,
+    "quick",
+    runs=3,
+    produce_n=40_000,
+    consume_n=40_000,
+    upsert_n=20_000,
+    http_s=1.5,
+    warmup_s=0.5,
+    accounts=500,
+    hot_accounts=100,
+    events=100_000,
+    e2e_s=3,
+    e2e_rate=500,
+    peer_accounts=200,
+    peer_s=1.5,
     budget_s={
-        "raw": 22, "command_api": 26, "projector": 18, "replay": 14, "e2e": 12, "query_api": 8,
-        "peer": 8,
+        "raw": 20,
+        "command_api": 16,
+        "projector": 12,
+        "replay": 12,
+        "e2e": 10,
+        "query_api": 7,
+        "peer": 7,
     },
-    catchup_timeout_s=25, replay_timeout_s=20,
+    catchup_timeout_s=12,
+    replay_timeout_s=12,
+    drain_s=3,
+    run_timeout_s=60,
 )
 
-PREFIX_LIVE = "benchlive"  # command API, live projector, query API
-PREFIX_FILL = "benchfill"  # the projector topic filled directly
-PROJECTION = "accounts"
+PHASES = ("raw", "command_api", "projector", "e2e", "query_api", "peer")
 
 
 class Runner:
@@ -80,7 +116,10 @@ class Runner:
         self.console = console
 
     async def repeat(
-        self, section: str, label: str, total: float | None,
+        self,
+        section: str,
+        label: str,
+        total: float | None,
         run: Callable[[int, Callable[[float], None]], Awaitable[None]],
     ) -> int:
         """Call `run(i, advance)` up to plan.runs times, within the section's budget."""
@@ -95,7 +134,15 @@ class Runner:
 
             t0 = time.perf_counter()
             try:
-                await run(i, advance)
+                # A hung broker or service must not hang the harness (or CI).
+                await asyncio.wait_for(run(i, advance), self.plan.run_timeout_s)
+            except Exception as exc:
+                # Keep the runs that worked; the section says why the rest are missing.
+                self.report.error(section, f"{label} run {i + 1}: {type(exc).__name__}: {exc}")
+                self.log(
+                    f"[yellow]{label} run {i + 1} failed:[/yellow] {type(exc).__name__}: {str(exc)[:300]}"
+                )
+                break
             finally:
                 self.progress.update(task, visible=False)
             done += 1
@@ -103,8 +150,11 @@ class Runner:
             self.log(f"{label} run {i + 1}: {took:.1f}s")
             spent = time.perf_counter() - started
             if budget is not None and done < self.plan.runs and spent + took > budget:
-                self.report.note(section, f"{label.replace(' ', '_')}_note",
-                                 f"{done} run(s): quick budget of {budget:.0f}s reached")
+                self.report.note(
+                    section,
+                    f"{label.replace(' ', '_')}_note",
+                    f"{done} run(s): quick budget of {budget:.0f}s reached",
+                )
                 break
         return done
 
@@ -131,7 +181,7 @@ class Runner:
         self.progress.update(task, visible=False)
 
 
-async def main(plan: Plan, profile: bool, console: Console) -> Report:
+async def main(plan: Plan, profile: bool, console: Console, only: set[str]) -> Report:
     report = Report(plan.name)
     report.note("config", "plan", {k: v for k, v in plan.__dict__.items() if k != "budget_s"})
     env = BenchEnv(partitions=4)
@@ -143,7 +193,9 @@ async def main(plan: Plan, profile: bool, console: Console) -> Report:
     report.note("config", "workdir", str(env.workdir))
     started = time.perf_counter()
     columns = (
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
         TextColumn("{task.completed:,.0f}"),
         TimeElapsedColumn(),
     )
@@ -167,30 +219,37 @@ async def main(plan: Plan, profile: bool, console: Console) -> Report:
         try:
             from bench import phases
 
-            await r.phase("raw", lambda: phases.raw(r, env, urls))
+            if "raw" in only:
+                await r.phase("raw", lambda: phases.raw(r, env, urls))
             api = None
 
             async def command() -> None:
                 nonlocal api
                 api = await phases.command_api(r, env, urls, profile)
 
-            await r.phase("command_api", command)
-            await r.phase("projector", lambda: phases.projector(r, env, urls))
+            if only & {"command_api", "e2e", "query_api"}:
+                await r.phase("command_api", command)
+            if "projector" in only:
+                await r.phase("projector", lambda: phases.projector(r, env, urls, profile))
             readside: dict[str, Any] = {}
-            await r.phase("e2e", lambda: phases.e2e(r, env, urls, api, readside))
-            await r.phase("query_api", lambda: phases.query_api(r, env, urls, api, readside))
+            if "e2e" in only:
+                await r.phase("e2e", lambda: phases.e2e(r, env, urls, api, readside))
+            if "query_api" in only:
+                await r.phase("query_api", lambda: phases.query_api(r, env, urls, api, readside, profile))
             if api is not None:
                 await env.stop_child(api.child)
             for child in readside.values():
                 if hasattr(child, "stop"):
                     await env.stop_child(child)
-            await r.phase("peer", lambda: phases.peer(r, env))
+            if "peer" in only:
+                await r.phase("peer", lambda: phases.peer(r, env))
             phases.ratios(report)
         finally:
             t = r.step("stopping and dropping databases")
             await env.close()
             r.done(t)
     report.note("config", "total_seconds", round(time.perf_counter() - started, 1))
+    report.note("machine", "loadavg_at_end", list(os.getloadavg()))
     return report
 
 
@@ -199,17 +258,29 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, under two minutes (CI)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3)")
     parser.add_argument(
-        "--profile", action="store_true",
-        help="py-spy the command API during an extra unmeasured run (bench/results/profile-*.svg)",
+        "--profile",
+        action="store_true",
+        help="py-spy the command API, the projector and a replay in extra unmeasured runs "
+        "(bench/results/profile-*.svg and *.txt)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default all: {','.join(PHASES)}); "
+        "e2e and query_api also start the command API",
     )
     args = parser.parse_args(argv)
+    only = {p.strip() for p in args.only.split(",") if p.strip()}
+    if unknown := only - set(PHASES):
+        parser.error(f"unknown phases {sorted(unknown)}; known: {','.join(PHASES)}")
     plan = QUICK if args.quick else FULL
     if args.runs is not None:
         from dataclasses import replace
 
         plan = replace(plan, runs=max(1, args.runs))
     console = Console(stderr=True)
-    out = Console()
+    # Logs and CI are not terminals: give the table room rather than 80 columns.
+    out = Console() if sys.stdout.isatty() else Console(width=120)
     try:
         import uvloop
 
@@ -219,10 +290,26 @@ def cli(argv: list[str] | None = None) -> int:
     # SIGTERM (CI timeouts, `timeout`) must still stop the children and drop the databases.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        report = runner.run(main(plan, args.profile, console))
+        report = runner.run(main(plan, args.profile, console, only))
     report.print(out)
+    if "setup" in report.data:
+        # Nothing was measured: keep the last good results where they are.
+        console.print("[red]setup failed; bench/results/ left as it was[/red]")
+        return 1
     for path in report.write():
         console.print(f"wrote {path}")
+    # Slow is reported, never failed. Failing means nothing could be measured at
+    # all: no broker or database to start, or the raw limits (which need only
+    # the harness and those two) all missing.
+    if "setup" in report.data or (
+        all(
+            report.get(f"raw.{k}") is None
+            for k in ("produce_msgs_per_s", "consume_msgs_per_s", "upsert_rows_per_s")
+        )
+        and "raw" in only
+    ):
+        console.print("[red]the harness could not measure anything; see the errors above[/red]")
+        return 1
     return 0
 
 

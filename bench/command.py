@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 
 from bench.env import BenchEnv, Child
 from bench.load import LoadResult, build_request, closed_loop
-from bench.report import RESULTS
 
 STREAM_TYPE = "account"
 
@@ -92,50 +87,78 @@ def status_counts(res: LoadResult) -> dict[str, int]:
 
 
 async def mix_run(
-    api: CommandApi, accounts: list[str], *, duration_s: float, warmup_s: float, seed: int,
+    api: CommandApi,
+    accounts: list[str],
+    *,
+    duration_s: float,
+    warmup_s: float,
+    seed: int,
     progress: object = None,
 ) -> LoadResult:
     # Enough distinct commands that a fast server does not cycle through them.
     requests = mix_requests(api.port, accounts, 60_000, seed)
     return await closed_loop(
-        api.port, requests, concurrency=64, duration_s=duration_s, warmup_s=warmup_s,
+        api.port,
+        requests,
+        concurrency=64,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
         on_progress=progress,  # type: ignore[arg-type]
     )
 
 
-def py_spy() -> str | None:
-    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return found if Path(found).exists() else None
+async def metrics(port: int) -> dict[str, float]:
+    """Sums and counts of the service's Prometheus metrics, labels added up."""
+    from bench.load import Client
+
+    client = Client(port)
+    try:
+        status, body = await client.request(build_request("GET", "/metrics", port), timeout_s=5)
+    finally:
+        client.close()
+    if status != 200:
+        return {}
+    out: dict[str, float] = {}
+    for line in body.decode(errors="replace").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        name = name.split("{", 1)[0]
+        if name.endswith(("_sum", "_count", "_total")):
+            try:
+                out[name] = out.get(name, 0.0) + float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float], commands: int) -> dict[str, float]:
+    """What the server says about a run: group-commit batches and its own latency."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    out: dict[str, float] = {}
+    batches, batched = (
+        d.get("eventfold_commit_batch_size_count", 0.0),
+        d.get("eventfold_commit_batch_size_sum", 0.0),
+    )
+    if batches:
+        out["commit_transactions"] = batches
+        out["mean_commands_per_commit"] = round(batched / batches, 2)
+    n, secs = d.get("eventfold_command_seconds_count", 0.0), d.get("eventfold_command_seconds_sum", 0.0)
+    if n:
+        out["server_mean_command_ms"] = round(1000 * secs / n, 2)
+    if "eventfold_publish_failures_total" in d:
+        out["publish_failures"] = d["eventfold_publish_failures_total"]
+    out["client_commands"] = commands
+    return out
 
 
 async def profile(api: CommandApi, duration_s: int, progress: object = None) -> dict[str, object]:
     """py-spy on the server during an unmeasured mix run: a flame graph and the hot spots."""
-    exe = py_spy()
-    if exe is None:
-        return {"error": "py-spy is not installed (pip install py-spy)"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    svg = RESULTS / "profile-command-api.svg"
-    raw = RESULTS / "profile-command-api.txt"
-    common = ["record", "--pid", str(api.child.pid), "--duration", str(duration_s), "--rate", "100"]
-    procs = [
-        subprocess.Popen([exe, *common, "-o", str(svg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
-        subprocess.Popen(
-            [exe, *common, "--format", "raw", "-o", str(raw)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        ),
-    ]
-    await asyncio.sleep(0.5)
-    load = asyncio.create_task(
-        mix_run(api, api.accounts, duration_s=duration_s + 1, warmup_s=0, seed=99, progress=progress)
-    )
-    codes = [await asyncio.to_thread(p.wait) for p in procs]
-    res = await load
-    out: dict[str, object] = {"flamegraph": str(svg.relative_to(RESULTS.parent.parent)), "rps_while_profiled": round(res.rps, 1)}
-    if any(codes):
-        errs = [p.stderr.read().decode(errors="replace")[-500:] for p in procs if p.stderr]
-        out["error"] = f"py-spy exited {codes}: {errs}"
-        return out
-    from bench.profile import hot_spots
+    from bench.profile import Recording
 
-    out.update(hot_spots(raw))
+    rec = Recording(api.child.pid, "command-api", duration_s)
+    await asyncio.sleep(0.5)
+    res = await mix_run(api, api.accounts, duration_s=duration_s + 1, warmup_s=0, seed=99, progress=progress)
+    out = await rec.finish()
+    out["rps_while_profiled"] = round(res.rps, 1)
     return out

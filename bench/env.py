@@ -78,12 +78,12 @@ class Child:
         return self.proc.returncode
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM (peak resident set) of a live process, in MB."""
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """VmHWM (peak resident set) of a live process, in MB; `field="VmRSS"` for the current one."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         return None
@@ -227,9 +227,7 @@ class BenchEnv:
         last = "no answer"
         while time.monotonic() < deadline:
             if not child.alive():
-                raise RuntimeError(
-                    f"{child.name} exited with {child.proc.returncode}:\n{child.log_tail()}"
-                )
+                raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.log_tail()}")
             client = Client(port)
             try:
                 status, body = await client.request(raw, timeout_s=2.0)
@@ -241,7 +239,9 @@ class BenchEnv:
             finally:
                 client.close()
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"{child.name} not ready on :{port}{path} in {timeout_s}s ({last}):\n{child.log_tail()}")
+        raise RuntimeError(
+            f"{child.name} not ready on :{port}{path} in {timeout_s}s ({last}):\n{child.log_tail()}"
+        )
 
 
 def _api_key() -> tuple[str | None, dict[str, str]]:

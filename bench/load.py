@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from array import array
 from collections import Counter
@@ -152,7 +153,7 @@ class Client:
 @dataclass
 class LoadResult:
     duration_s: float
-    latencies_ms: array = field(default_factory=lambda: array("d"))
+    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -190,7 +191,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (0.0 when empty)."""
     if not sorted_values:
         return 0.0
-    rank = max(1, int(round(q / 100.0 * len(sorted_values) + 0.4999)))
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
     return float(sorted_values[min(rank, len(sorted_values)) - 1])
 
 

@@ -47,7 +47,9 @@ def create_app() -> FastAPI:
         row_id = uuid.uuid4()
         await pool.execute(
             "INSERT INTO bench_minimal (id, stream_id, amount) VALUES ($1, $2, $3)",
-            row_id, stream_id, item.amount,
+            row_id,
+            stream_id,
+            item.amount,
         )
         return {"id": str(row_id), "stream_id": stream_id, "amount": item.amount}
 

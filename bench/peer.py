@@ -36,7 +36,7 @@ def _app_class() -> Any:
     from eventsourcing.application import Application
     from eventsourcing.domain import Aggregate, event
 
-    class BankAccount(Aggregate):  # type: ignore[misc]
+    class BankAccount(Aggregate):
         @event("Opened")
         def __init__(self, owner: str) -> None:
             self.owner = owner
@@ -50,19 +50,19 @@ def _app_class() -> Any:
         def withdraw(self, amount: int) -> None:
             self.balance -= amount
 
-    class Bank(Application[UUID]):  # type: ignore[misc]
+    class Bank(Application[UUID]):
         def open_account(self, owner: str) -> UUID:
             account = BankAccount(owner)
             self.save(account)
-            return account.id  # type: ignore[no-any-return]
+            return account.id
 
         def deposit(self, account_id: UUID, amount: int) -> None:
-            account = self.repository.get(account_id)
+            account: BankAccount = self.repository.get(account_id)
             account.deposit(amount)
             self.save(account)
 
         def withdraw(self, account_id: UUID, amount: int) -> None:
-            account = self.repository.get(account_id)
+            account: BankAccount = self.repository.get(account_id)
             if amount <= account.balance:
                 account.withdraw(amount)
                 self.save(account)

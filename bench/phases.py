@@ -77,8 +77,20 @@ async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
     (port,) = free_ports(1)
     child = env.spawn(
         "minimal",
-        [sys.executable, "-m", "uvicorn", "--factory", "bench.minimal_app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench.minimal_app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         {**env.service_env("benchraw", urls["scratch"], urls["scratch"]), "BENCH_DB_URL": urls["scratch"]},
     )
     try:
@@ -92,7 +104,11 @@ async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
 
         async def one(i: int, advance: Any) -> None:
             res = await closed_loop(
-                port, requests, concurrency=64, duration_s=plan.http_s, warmup_s=plan.warmup_s,
+                port,
+                requests,
+                concurrency=64,
+                duration_s=plan.http_s,
+                warmup_s=plan.warmup_s,
                 on_progress=advance,
             )
             rps.append(res.ok_rps())
@@ -122,36 +138,13 @@ async def command_api(r: Runner, env: BenchEnv, urls: dict[str, str], profile: b
         r.done(t)
     rep.note("command_api", "pid", api.child.pid)
     task = r.progress.add_task(f"opening {plan.accounts:,} accounts and depositing", total=2 * plan.accounts)
-    opened = await cmd.open_accounts(
-        api, plan.accounts, lambda n: r.progress.update(task, completed=n)
-    )
+    opened = await cmd.open_accounts(api, plan.accounts, lambda n: r.progress.update(task, completed=n))
     r.done(task)
     rep.note("command_api", "accounts", plan.accounts)
     rep.note("command_api", "setup_statuses", opened)
 
-    for label, key, accounts in (
-        ("uniform", "", api.accounts),
-        ("hot", "hot_", api.accounts[: plan.hot_accounts]),
-    ):
-        rates, p50, p95, p99, details = [], [], [], [], []
-
-        async def one(i: int, advance: Any, accounts: list[str] = accounts) -> None:
-            res = await cmd.mix_run(
-                api, accounts, duration_s=plan.http_s, warmup_s=plan.warmup_s, seed=i, progress=advance
-            )
-            rates.append(res.ok_rps())
-            p50.append(res.percentile(50))
-            p95.append(res.percentile(95))
-            p99.append(res.percentile(99))
-            details.append({**res.summary(), "status_counts": cmd.status_counts(res)})
-
-        await r.repeat("command_api", f"commands {label}", None, one)
-        rep.figure("command_api", f"{key}commands_per_s", rates, "2xx/s")
-        rep.figure("command_api", f"{key}p50_ms", p50, "ms")
-        rep.figure("command_api", f"{key}p95_ms", p95, "ms")
-        rep.figure("command_api", f"{key}p99_ms", p99, "ms")
-        rep.note("command_api", f"{key}runs_detail", details)
-        rep.note("command_api", f"{key}status_counts", _sum_counts([d["status_counts"] for d in details]))
+    await _mix(r, api, "uniform", "", api.accounts)
+    await _mix(r, api, "hot", "hot_", api.accounts[: plan.hot_accounts])
     if profile:
         t = r.progress.add_task("py-spy on the command API (unmeasured run)", total=None)
         try:
@@ -159,6 +152,50 @@ async def command_api(r: Runner, env: BenchEnv, urls: dict[str, str], profile: b
         finally:
             r.done(t)
     return api
+
+
+async def _mix(r: Runner, api: cmd.CommandApi, label: str, key: str, accounts: list[str]) -> None:
+    """Deposits and withdrawals over `accounts`: commands/s and latency, runs repeated."""
+    plan, rep = r.plan, r.report
+    rates: list[float] = []
+    p50: list[float] = []
+    p95: list[float] = []
+    p99: list[float] = []
+    details: list[dict[str, Any]] = []
+
+    async def one(i: int, advance: Any) -> None:
+        before = await _metrics(api.port)
+        res = await cmd.mix_run(
+            api, accounts, duration_s=plan.http_s, warmup_s=plan.warmup_s, seed=i, progress=advance
+        )
+        after = await _metrics(api.port)
+        rates.append(res.ok_rps())
+        p50.append(res.percentile(50))
+        p95.append(res.percentile(95))
+        p99.append(res.percentile(99))
+        details.append(
+            {
+                **res.summary(),
+                "status_counts": cmd.status_counts(res),
+                # Includes the warm-up: the server cannot tell it apart.
+                "server": cmd.metrics_delta(before, after, res.count) if before and after else {},
+            }
+        )
+
+    await r.repeat("command_api", f"commands {label}", None, one)
+    rep.figure("command_api", f"{key}commands_per_s", rates, "2xx/s")
+    rep.figure("command_api", f"{key}p50_ms", p50, "ms")
+    rep.figure("command_api", f"{key}p95_ms", p95, "ms")
+    rep.figure("command_api", f"{key}p99_ms", p99, "ms")
+    rep.note("command_api", f"{key}runs_detail", details)
+    rep.note("command_api", f"{key}status_counts", _sum_counts([d["status_counts"] for d in details]))
+
+
+async def _metrics(port: int) -> dict[str, float]:
+    try:
+        return await cmd.metrics(port)
+    except Exception:  # metrics are a bonus; the figures do not depend on them
+        return {}
 
 
 def _sum_counts(items: list[dict[str, int]]) -> dict[str, int]:
@@ -172,7 +209,7 @@ def _sum_counts(items: list[dict[str, int]]) -> dict[str, int]:
 # -- 3. projector catch-up and replay ----------------------------------------
 
 
-async def projector(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
+async def projector(r: Runner, env: BenchEnv, urls: dict[str, str], profile: bool = False) -> None:
     plan, rep = r.plan, r.report
     kafka = env.kafka(PREFIX_FILL)
     task = r.progress.add_task(f"filling the topic with {plan.events:,} events", total=plan.events)
@@ -188,8 +225,13 @@ async def projector(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
 
     async def one(i: int, advance: Any) -> None:
         res = await proj.catch_up_run(
-            env, PREFIX_FILL, urls["fill"], urls["write"], ends,
-            timeout_s=plan.catchup_timeout_s, progress=advance,
+            env,
+            PREFIX_FILL,
+            urls["fill"],
+            urls["write"],
+            ends,
+            timeout_s=plan.catchup_timeout_s,
+            progress=advance,
             partial_ok=plan.budget_s is not None,
         )
         rates.append(res.events_per_s)
@@ -206,10 +248,31 @@ async def projector(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
         rep.figure("projector", "events_per_s", rates, "ev/s")
         rep.figure("projector", "wall_s", walls, "s")
         rep.figure("projector", "peak_rss_mb", rss, "MB")
-    await replay(r, env, urls, ends)
+    if profile:
+        t = r.step("py-spy on the projector (unmeasured catch-up)")
+        found: dict[str, object] = {}
+        try:
+            await proj.catch_up_run(
+                env,
+                PREFIX_FILL,
+                urls["fill"],
+                urls["write"],
+                ends,
+                timeout_s=plan.catchup_timeout_s * 3,
+                partial_ok=True,
+                profile=found,
+            )
+        except Exception as exc:
+            found["error"] = repr(exc)
+        finally:
+            r.done(t)
+        rep.note("projector", "profile", found)
+    await replay(r, env, urls, ends, profile)
 
 
-async def replay(r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int, int]) -> None:
+async def replay(
+    r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int, int], profile: bool = False
+) -> None:
     plan, rep = r.plan, r.report
     total = sum(ends.values())
     rates: list[float] = []
@@ -218,8 +281,15 @@ async def replay(r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int,
 
     async def one(i: int, advance: Any) -> None:
         res = await proj.replay_run(
-            env, PREFIX_FILL, urls["fill"], urls["write"], ends, projection=PROJECTION,
-            timeout_s=plan.replay_timeout_s, tick=advance, partial_ok=plan.budget_s is not None,
+            env,
+            PREFIX_FILL,
+            urls["fill"],
+            urls["write"],
+            ends,
+            projection=PROJECTION,
+            timeout_s=plan.replay_timeout_s,
+            tick=advance,
+            partial_ok=plan.budget_s is not None,
         )
         rates.append(res.events / res.seconds)
         secs.append(res.seconds)
@@ -227,6 +297,8 @@ async def replay(r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int,
             rss.append(res.peak_rss_mb)
         if res.partial:
             rep.note("replay", "partial", res.partial)
+        if i == 0 and res.rss_timeline:
+            rep.note("replay", "rss_timeline_mb", res.rss_timeline)
 
     try:
         await r.repeat("replay", "replay", None, one)
@@ -235,11 +307,29 @@ async def replay(r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int,
     rep.note("replay", "events", total)
     rep.figure("replay", "events_per_s", rates, "ev/s")
     rep.figure("replay", "seconds", secs, "s")
-    rep.value(
-        "replay", "seconds_per_1m_events",
-        1_000_000 / rep.get("replay.events_per_s") if rep.get("replay.events_per_s") else None, "s",
-    )
+    rate = rep.get("replay.events_per_s")
+    rep.value("replay", "seconds_per_1m_events", 1_000_000 / rate if rate else None, "s")
     rep.figure("replay", "peak_rss_mb", rss, "MB")
+    if profile:
+        t = r.step("py-spy on the replay (unmeasured)")
+        found: dict[str, object] = {}
+        try:
+            await proj.replay_run(
+                env,
+                PREFIX_FILL,
+                urls["fill"],
+                urls["write"],
+                ends,
+                projection=PROJECTION,
+                timeout_s=plan.replay_timeout_s * 3,
+                partial_ok=True,
+                profile=found,
+            )
+        except Exception as exc:
+            found["error"] = repr(exc)
+        finally:
+            r.done(t)
+        rep.note("replay", "profile", found)
 
 
 # -- 4. end to end -----------------------------------------------------------
@@ -262,10 +352,17 @@ async def e2e(
     kafka = env.kafka(PREFIX_LIVE)
     topic = kafka.topic("account")
     hw = await readside.high_watermarks(kafka, topic)
-    task = r.progress.add_task(f"projector catching up {sum(hw.values()):,} command events", total=sum(hw.values()))
+    task = r.progress.add_task(
+        f"projector catching up {sum(hw.values()):,} command events", total=sum(hw.values())
+    )
     try:
         caught = await proj.wait_caught_up(
-            env, children["projector"], urls["read"], topic, hw, timeout_s=max(60.0, plan.catchup_timeout_s),
+            env,
+            children["projector"],
+            urls["read"],
+            topic,
+            hw,
+            timeout_s=max(60.0, plan.catchup_timeout_s),
             progress=lambda n: r.progress.update(task, completed=n),
         )
         rep.note("e2e", "catch_up_before_s", round(caught.wall_s, 2))
@@ -278,12 +375,18 @@ async def e2e(
 
     async def one(i: int, advance: Any) -> None:
         res = await readside.e2e_run(
-            api.port, qport, api.accounts, rate=plan.e2e_rate, duration_s=plan.e2e_s, seed=100 + i,
+            api.port,
+            qport,
+            api.accounts,
+            rate=plan.e2e_rate,
+            duration_s=plan.e2e_s,
+            seed=100 + i,
             progress=advance,
+            drain_s=plan.drain_s,
         )
         s = res.summary()
         details.append(s)
-        if s["visible"]:
+        if s["visible"] or s["unanswered_counted_as_lower_bound"]:
             p50.append(s["p50_ms"])
             p99.append(s["p99_ms"])
 
@@ -300,7 +403,12 @@ async def e2e(
 
 
 async def query_api(
-    r: Runner, env: BenchEnv, urls: dict[str, str], api: cmd.CommandApi | None, children: dict[str, Any]
+    r: Runner,
+    env: BenchEnv,
+    urls: dict[str, str],
+    api: cmd.CommandApi | None,
+    children: dict[str, Any],
+    profile: bool = False,
 ) -> None:
     plan, rep = r.plan, r.report
     if "query_port" not in children:
@@ -327,6 +435,19 @@ async def query_api(
     rep.figure("query_api", "p50_ms", p50, "ms")
     rep.figure("query_api", "p99_ms", p99, "ms")
     rep.note("query_api", "runs_detail", details)
+    if profile:
+        from bench.profile import Recording
+
+        t = r.step("py-spy on the query API (unmeasured run)")
+        try:
+            rec = Recording(children["query"].pid, "query-api", 10)
+            await asyncio.sleep(0.5)
+            res = await readside.query_run(port, accounts, duration_s=11, warmup_s=0, seed=99)
+            found = await rec.finish()
+            found["rps_while_profiled"] = round(res.rps, 1)
+            rep.note("query_api", "profile", found)
+        finally:
+            r.done(t)
 
 
 # -- 7. peer -----------------------------------------------------------------
@@ -394,8 +515,11 @@ def ratios(rep: Any) -> None:
     consume, upsert = rep.get("raw.consume_msgs_per_s"), rep.get("raw.upsert_rows_per_s")
     if consume is not None and upsert is not None:
         raw_min = min(consume, upsert)
-    rep.value("ratios", "command_vs_minimal",
-              div(rep.get("command_api.commands_per_s"), rep.get("raw.minimal_endpoint_rps")))
+    rep.value(
+        "ratios",
+        "command_vs_minimal",
+        div(rep.get("command_api.commands_per_s"), rep.get("raw.minimal_endpoint_rps")),
+    )
     rep.value("ratios", "projector_vs_raw", div(rep.get("projector.events_per_s"), raw_min))
     rep.value("ratios", "replay_vs_raw", div(rep.get("replay.events_per_s"), raw_min))
     rep.note("ratios", "raw_min_consume_upsert", raw_min)

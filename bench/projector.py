@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bench.env import BenchEnv, Child
+from bench.env import BenchEnv, Child, peak_rss_mb
 from bench.raw import send_partitioned
 from eventfold.kafka import create_topics, new_producer, partition_for
 from eventfold.settings import KafkaSettings
@@ -49,6 +49,7 @@ def account_events(
             for sid, key, part in zip(ids, keys, parts, strict=True):
                 if emitted >= n:
                     return
+                data: dict[str, object]
                 if version == 1:
                     etype, data = "AccountOpened", {"owner": f"owner of {sid}"}
                 elif version == 2 or version % 2 == 1:
@@ -56,15 +57,23 @@ def account_events(
                 else:
                     etype, data = "Withdrawn", {"amount": 50}
                 env = EventEnvelope(
-                    event_id=uuid.uuid4(), stream_type="account", stream_id=sid, version=version,
-                    type=etype, occurred_at=occurred, correlation_id=correlation, data=data,
+                    event_id=uuid.uuid4(),
+                    stream_type="account",
+                    stream_id=sid,
+                    version=version,
+                    type=etype,
+                    occurred_at=occurred,
+                    correlation_id=correlation,
+                    data=data,
                 )
                 yield part, key, encode_value(env), envelope_headers(env)
                 emitted += 1
     # fewer streams than blocks need: top up is not needed, n is a multiple of 10 in practice
 
 
-async def fill(kafka: KafkaSettings, n: int, progress: Progress | None = None) -> tuple[dict[int, int], float]:
+async def fill(
+    kafka: KafkaSettings, n: int, progress: Progress | None = None
+) -> tuple[dict[int, int], float]:
     """Write `n` events to the account topic; returns the end offsets and the fill rate."""
     topic = kafka.topic("account")
     await create_topics(kafka, [topic])
@@ -115,8 +124,15 @@ class CatchUp:
 
 
 async def wait_caught_up(
-    env: BenchEnv, child: Child | None, read_url: str, topic: str, ends: dict[int, int],
-    *, timeout_s: float, progress: Progress | None = None, poll_s: float = 0.05,
+    env: BenchEnv,
+    child: Child | None,
+    read_url: str,
+    topic: str,
+    ends: dict[int, int],
+    *,
+    timeout_s: float,
+    progress: Progress | None = None,
+    poll_s: float = 0.05,
     partial_ok: bool = False,
 ) -> CatchUp:
     total = sum(ends.values())
@@ -149,24 +165,48 @@ async def wait_caught_up(
                 rate = (p.applied - first[1]) / (now - first[0])
                 note = f"stopped after {timeout_s:.0f}s at {got}"
                 return CatchUp(rate, now - t_start, peak, p.projections, note)
-            raise TimeoutError(f"projection not caught up in {timeout_s:.0f}s ({got}, projections {p.projections})")
+            raise TimeoutError(
+                f"projection not caught up in {timeout_s:.0f}s ({got}, projections {p.projections})"
+            )
         await asyncio.sleep(poll_s)
 
 
 async def catch_up_run(
-    env: BenchEnv, prefix: str, read_url: str, write_url: str, ends: dict[int, int],
-    *, timeout_s: float, progress: Progress | None = None, partial_ok: bool = False,
+    env: BenchEnv,
+    prefix: str,
+    read_url: str,
+    write_url: str,
+    ends: dict[int, int],
+    *,
+    timeout_s: float,
+    progress: Progress | None = None,
+    partial_ok: bool = False,
+    profile: dict[str, object] | None = None,
 ) -> CatchUp:
-    """One run: empty read store, start `eventfold serve projector`, wait, stop."""
+    """One run: empty read store, start `eventfold serve projector`, wait, stop.
+
+    With `profile` (a dict to fill), py-spy records the projector for the run.
+    """
+    from bench.profile import Recording
+
     await env.truncate_all(read_url)
     child = env.eventfold("projector", ["serve", "projector"], env.service_env(prefix, write_url, read_url))
+    rec = Recording(child.pid, "projector", int(timeout_s) + 30) if profile is not None else None
     try:
         return await wait_caught_up(
-            env, child, read_url, env.kafka(prefix).topic("account"), ends,
-            timeout_s=timeout_s, progress=progress, partial_ok=partial_ok,
+            env,
+            child,
+            read_url,
+            env.kafka(prefix).topic("account"),
+            ends,
+            timeout_s=timeout_s,
+            progress=progress,
+            partial_ok=partial_ok,
         )
     finally:
         await env.stop_child(child)
+        if rec is not None and profile is not None:
+            profile.update(await rec.finish())
 
 
 @dataclass
@@ -176,12 +216,22 @@ class Replay:
     peak_rss_mb: float | None
     exit_code: int | None
     partial: str | None = None
+    # (seconds since start, resident MB), every half second: growth or a plateau?
+    rss_timeline: list[tuple[float, float]] | None = None
 
 
 async def replay_run(
-    env: BenchEnv, prefix: str, read_url: str, write_url: str, ends: dict[int, int], *,
-    projection: str, timeout_s: float, tick: Callable[[float], None] | None = None,
+    env: BenchEnv,
+    prefix: str,
+    read_url: str,
+    write_url: str,
+    ends: dict[int, int],
+    *,
+    projection: str,
+    timeout_s: float,
+    tick: Callable[[float], None] | None = None,
     partial_ok: bool = False,
+    profile: dict[str, object] | None = None,
 ) -> Replay:
     """`eventfold replay <projection>` as a process: its wall time and peak RSS.
 
@@ -189,35 +239,46 @@ async def replay_run(
     stopped and reported by the offsets it had stored (the replay stores them
     with its rows, as the live projector does).
     """
+    from bench.profile import Recording
+
     child = env.eventfold("replay", ["replay", projection], env.service_env(prefix, write_url, read_url))
+    rec = Recording(child.pid, "replay", int(timeout_s) + 30) if profile is not None else None
     peak: float | None = None
+    timeline: list[tuple[float, float]] = []
     total = sum(ends.values())
     topic = env.kafka(prefix).topic("account")
     try:
         deadline = time.perf_counter() + timeout_s
         while True:
             # wait4 reaps the child with its exact peak RSS (ru_maxrss, KB on Linux).
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
             if pid:
                 seconds = time.perf_counter() - child.started
                 child.proc.returncode = os.waitstatus_to_exitcode(status)
                 peak = usage.ru_maxrss / 1024.0
                 break
             peak = child.peak_rss_mb() or peak
+            elapsed = time.perf_counter() - child.started
+            if elapsed - (timeline[-1][0] if timeline else -1.0) >= 0.5:
+                rss = peak_rss_mb(child.pid, "VmRSS")
+                if rss is not None:
+                    timeline.append((round(elapsed, 1), round(rss, 1)))
             if tick is not None:
-                tick(time.perf_counter() - child.started)
+                tick(elapsed)
             if time.perf_counter() > deadline:
                 if partial_ok:
                     got = await stored_progress(env, read_url, topic, ends)
                     if got.applied > 0:
                         seconds = time.perf_counter() - child.started
                         note = f"stopped after {timeout_s:.0f}s at {got.applied} of {total} events"
-                        return Replay(got.applied, seconds, peak, None, note)
+                        return Replay(got.applied, seconds, peak, None, note, timeline)
                 raise TimeoutError(f"replay did not finish in {timeout_s:.0f}s:\n{child.log_tail()}")
             await asyncio.sleep(0.02)
         code = child.proc.returncode
         if code != 0:
             raise RuntimeError(f"replay exited with {code}:\n{child.log_tail()}")
-        return Replay(total, seconds, peak, code)
+        return Replay(total, seconds, peak, code, None, timeline)
     finally:
         await env.stop_child(child)
+        if rec is not None and profile is not None:
+            profile.update(await rec.finish())

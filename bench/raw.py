@@ -47,6 +47,9 @@ def sample_values(n: int = 1024) -> list[bytes]:
     return out
 
 
+Record = tuple[bytes, bytes, list[tuple[str, bytes]] | None]
+
+
 async def send_partitioned(
     producer: AIOKafkaProducer,
     topic: str,
@@ -58,33 +61,17 @@ async def send_partitioned(
 
     Returns, per partition, the offset after the last record written (the
     high-watermark this producer alone would leave). Records of a partition
-    keep their order: a partition's batches are sent one after another.
+    keep their order: one task per partition sends its batches in turn, with
+    a few in flight.
     """
-    queues: dict[int, asyncio.Queue[list[tuple[bytes, bytes, list[tuple[str, bytes]] | None]] | None]] = {}
+    queues: dict[int, asyncio.Queue[list[Record] | None]] = {}
+    tasks: dict[int, asyncio.Task[None]] = {}
     ends: dict[int, int] = {}
+    failures: list[BaseException] = []
     sent = 0
     ts = int(time.time() * 1000)
 
-    async def lane(partition: int, q: asyncio.Queue[list[tuple[bytes, bytes, list[tuple[str, bytes]] | None]] | None]) -> None:
-        nonlocal sent
-        pending: list[tuple[asyncio.Future[object], int]] = []
-        while True:
-            chunk = await q.get()
-            if chunk is None:
-                break
-            batch = producer.create_batch()
-            for key, value, headers in chunk:
-                if batch.append(key=key, value=value, timestamp=ts, headers=headers or []) is None:
-                    raise RuntimeError("a record did not fit in an empty batch")
-            batch.close()
-            fut = await producer.send_batch(batch, topic, partition=partition)
-            pending.append((fut, len(chunk)))
-            if len(pending) >= 4:
-                await _settle(pending[:2], partition)
-                del pending[:2]
-        await _settle(pending, partition)
-
-    async def _settle(items: list[tuple[asyncio.Future[object], int]], partition: int) -> None:
+    async def settle(items: list[tuple[asyncio.Future[object], int]], partition: int) -> None:
         nonlocal sent
         for fut, n in items:
             meta = await fut
@@ -93,26 +80,62 @@ async def send_partitioned(
             if progress is not None:
                 progress(sent)
 
-    tasks: dict[int, asyncio.Task[None]] = {}
-    buffers: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]] | None]]] = {}
+    async def send(
+        partition: int, chunk: list[Record], pending: list[tuple[asyncio.Future[object], int]]
+    ) -> None:
+        start = 0
+        while start < len(chunk):
+            batch = producer.create_batch()
+            n = 0
+            for key, value, headers in chunk[start:]:
+                if batch.append(key=key, value=value, timestamp=ts, headers=headers or []) is None:
+                    break  # full: send what it holds, the rest goes in the next batch
+                n += 1
+            if n == 0:
+                raise RuntimeError("a record does not fit in an empty batch")
+            batch.close()
+            pending.append((await producer.send_batch(batch, topic, partition=partition), n))
+            start += n
+            if len(pending) >= 4:
+                await settle(pending[:2], partition)
+                del pending[:2]
+
+    async def lane(partition: int, q: asyncio.Queue[list[Record] | None]) -> None:
+        pending: list[tuple[asyncio.Future[object], int]] = []
+        while (chunk := await q.get()) is not None:
+            if failures:
+                continue  # keep draining so the feeder never blocks on a dead lane
+            try:
+                await send(partition, chunk, pending)
+            except BaseException as exc:
+                failures.append(exc)
+        if not failures:
+            await settle(pending, partition)
+
+    async def put(partition: int, chunk: list[Record] | None) -> None:
+        if partition not in queues:
+            queues[partition] = asyncio.Queue(maxsize=8)
+            tasks[partition] = asyncio.create_task(lane(partition, queues[partition]))
+        await queues[partition].put(chunk)
+
+    buffers: dict[int, list[Record]] = {}
     for partition, key, value, headers in records:
         buf = buffers.setdefault(partition, [])
         buf.append((key, value, headers))
         if len(buf) >= BATCH_RECORDS:
-            if partition not in queues:
-                queues[partition] = asyncio.Queue(maxsize=8)
-                tasks[partition] = asyncio.create_task(lane(partition, queues[partition]))
-            await queues[partition].put(buf)
+            await put(partition, buf)
             buffers[partition] = []
+            await asyncio.sleep(0)  # let the lanes send while we build the next batches
+            if failures:
+                break
     for partition, buf in buffers.items():
-        if partition not in queues:
-            queues[partition] = asyncio.Queue(maxsize=8)
-            tasks[partition] = asyncio.create_task(lane(partition, queues[partition]))
-        if buf:
-            await queues[partition].put(buf)
-    for q in queues.values():
-        await q.put(None)
+        if buf and not failures:
+            await put(partition, buf)
+    for partition in list(queues):
+        await put(partition, None)
     await asyncio.gather(*tasks.values())
+    if failures:
+        raise failures[0]
     return ends
 
 
@@ -134,9 +157,7 @@ async def produce_rate(
         await producer.stop()
 
 
-async def consume_rate(
-    kafka: KafkaSettings, topic: str, n: int, progress: Progress | None = None
-) -> float:
+async def consume_rate(kafka: KafkaSettings, topic: str, n: int, progress: Progress | None = None) -> float:
     """Messages/s reading `n` records from offset 0 and `orjson.loads` of each value."""
     consumer = new_consumer(kafka, group_id=None)
     await consumer.start()
@@ -192,7 +213,9 @@ def upsert_rows(n: int, streams: int) -> list[tuple[str, str, int, str, int, dat
 
 
 async def upsert_rate(
-    conn: object, rows: list[tuple[str, str, int, str, int, datetime]], batch: int = 1000,
+    conn: object,
+    rows: list[tuple[str, str, int, str, int, datetime]],
+    batch: int = 1000,
     progress: Progress | None = None,
 ) -> float:
     """Rows/s upserted by `executemany` batches, one transaction per batch."""

@@ -53,7 +53,8 @@ class Report:
         self.order: list[tuple[str, str, str]] = []
 
     def section(self, name: str) -> dict[str, Any]:
-        return self.data.setdefault(name, {})
+        sec: dict[str, Any] = self.data.setdefault(name, {})
+        return sec
 
     def figure(self, section: str, name: str, values: list[float], unit: str = "") -> float | None:
         """Store the median of `values` with min, max and runs; returns the median."""
@@ -65,7 +66,8 @@ class Report:
         sec[f"{name}_runs"] = s["runs"]
         if (section, name, unit) not in self.order:
             self.order.append((section, name, unit))
-        return s["median"]
+        median: float | None = s["median"]
+        return median
 
     def value(self, section: str, name: str, value: float | None, unit: str = "") -> None:
         """A single derived value (a ratio), shown in the table without min/max."""
@@ -100,8 +102,12 @@ class Report:
     def table(self) -> Table:
         t = Table(title=f"eventfold benchmark ({self.data['mode']})", title_justify="left")
         for col, just in (
-            ("figure", "left"), ("median", "right"), ("min", "right"), ("max", "right"),
-            ("runs", "right"), ("target", "left"),
+            ("figure", "left"),
+            ("median", "right"),
+            ("min", "right"),
+            ("max", "right"),
+            ("runs", "right"),
+            ("target", "left"),
         ):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for section, name, unit in self.order:
@@ -122,7 +128,12 @@ class Report:
     def print(self, console: Console) -> None:
         console.print(self.table())
         for section, sec in self.data.items():
-            if isinstance(sec, dict) and sec.get("error"):
+            if not isinstance(sec, dict):
+                continue
+            for key, value in sec.items():
+                if key == "partial" or key.endswith("_note"):
+                    console.print(f"[cyan]{section}[/cyan]: {value}")
+            if sec.get("error"):
                 first = str(sec["error"]).splitlines()[0]
                 console.print(f"[yellow]{section}[/yellow]: not measured or partial: {first[:300]}")
 

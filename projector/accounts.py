@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from projector.projection import Change, Doc, Projection
 from projector.tables import account_transactions, accounts
@@ -10,10 +10,16 @@ from schemas.account import ACCOUNT, AccountClosed, AccountOpened, Deposited, Wi
 from schemas.base import Event
 from schemas.envelope import EventEnvelope
 
+_ZERO = timedelta(0)
+
 
 def _utc(ts: datetime) -> datetime:
     # SQLite keeps wall-clock time only, so every timestamp is stored in UTC.
-    return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+    # Most already are; converting those anyway costs more than the handler.
+    offset = ts.utcoffset()
+    if offset == _ZERO:
+        return ts
+    return ts.astimezone(UTC) if offset is not None else ts.replace(tzinfo=UTC)
 
 
 def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int, reference: str) -> Change:
@@ -34,9 +40,7 @@ def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int, reference: str)
 def opened(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
     assert isinstance(event, AccountOpened)
     at = _utc(env.occurred_at)
-    return Change(
-        {"owner": event.owner, "balance": 0, "status": "open", "opened_at": at, "updated_at": at}
-    )
+    return Change({"owner": event.owner, "balance": 0, "status": "open", "opened_at": at, "updated_at": at})
 
 
 def deposited(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:

@@ -56,15 +56,18 @@ async def apply_batch(
             await store.append_rows(conn, table, folded.appends.get(table.name, []))
         await store.record_failures(conn, projection.name, folded.failures)
         await store.save_offsets(conn, projection.name, next_offsets)
-        await store.count_applied(
-            conn, projection.name, folded.applied, folded.last_event_at, state_after
-        )
+        await store.count_applied(conn, projection.name, folded.applied, folded.last_event_at, state_after)
     for f in folded.failures:
         DEAD_LETTERS.labels(projection.name, f.reason).inc()
         log.warning(
-            "projection_failure", projection=projection.name, reason=f.reason,
+            "projection_failure",
+            projection=projection.name,
+            reason=f.reason,
             dead_lettered=f.dead_letter and dead_letter is not None,
-            topic=f.topic, partition=f.partition, offset=f.offset, detail=f.detail,
+            topic=f.topic,
+            partition=f.partition,
+            offset=f.offset,
+            detail=f.detail,
         )
     return BatchResult(True, folded)
 

@@ -75,8 +75,14 @@ def decode(projection: Projection, record: RecordLike) -> Decoded | Failure:
 
     def poison(reason: str, detail: str) -> Failure:
         return Failure(
-            record.topic, record.partition, record.offset, reason, detail[:1000],
-            record.key, record.value, tuple(record.headers or ()),
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            detail[:1000],
+            record.key,
+            record.value,
+            tuple(record.headers or ()),
         )
 
     try:
@@ -95,13 +101,33 @@ def decode(projection: Projection, record: RecordLike) -> Decoded | Failure:
     return Decoded(record.topic, record.partition, record.offset, env, event, record)
 
 
+def contiguous(
+    batch: Mapping[Any, Sequence[Any]], expected: Mapping[Any, tuple[int, bool]]
+) -> list[Any] | None:
+    """The records of a fetched batch that continue each partition where we left off.
+
+    `expected` maps a partition to the offset its next record must have and
+    whether a seek set it. Records before that offset were applied already
+    (a fetch that raced a seek can hand them over again) and are dropped. A
+    jump past it, other than right after a seek (where a fetch may start
+    later, e.g. over a transaction marker), means records were never handed
+    over: None tells the caller to seek back to the stored offsets.
+    """
+    out: list[Any] = []
+    for tp, msgs in batch.items():
+        want, after_seek = expected.get(tp, (None, True))
+        fresh = [m for m in msgs if want is None or m.offset >= want]
+        if fresh and want is not None and fresh[0].offset > want and not after_seek:
+            return None
+        out.extend(fresh)
+    return out
+
+
 def stream_ids(items: Iterable[Decoded | Failure]) -> list[str]:
     return sorted({i.envelope.stream_id for i in items if isinstance(i, Decoded)})
 
 
-def fold(
-    projection: Projection, docs: Mapping[str, Doc], items: Iterable[Decoded | Failure]
-) -> Folded:
+def fold(projection: Projection, docs: Mapping[str, Doc], items: Iterable[Decoded | Failure]) -> Folded:
     """Apply a batch in order to preloaded documents, with the version guard.
 
     An event at or below a document's version is a duplicate and does nothing;
@@ -123,7 +149,10 @@ def fold(
         if env.version != have + 1:
             out.failures.append(
                 Failure(
-                    item.topic, item.partition, item.offset, "version_gap",
+                    item.topic,
+                    item.partition,
+                    item.offset,
+                    "version_gap",
                     f"{env.stream_id}: got version {env.version}, expected {have + 1}",
                 )
             )
@@ -134,7 +163,10 @@ def fold(
             raw = item.raw
             out.failures.append(
                 Failure(
-                    item.topic, item.partition, item.offset, "handler_error",
+                    item.topic,
+                    item.partition,
+                    item.offset,
+                    "handler_error",
                     f"{type(exc).__name__}: {exc}"[:1000],
                     raw.key if raw else env.stream_id.encode(),
                     raw.value if raw else None,

@@ -59,7 +59,10 @@ async def replay_projection(
         async for records, total in _read_to_end(consumer, topic, settings.projector.projector_batch_max):
             items = [decode(projection, r) for r in records]
             result = await apply_batch(
-                engine, projection, items, next_offsets(items),
+                engine,
+                projection,
+                items,
+                next_offsets(items),
                 allowed_states=frozenset({store.REBUILDING}),
                 dead_letter=dead_letter,
                 state_after=store.REBUILDING,
@@ -175,8 +178,11 @@ async def _write_heads(engine: AsyncEngine, stream_type: str, states: dict[str, 
         ins = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(streams)
         stmt = ins.on_conflict_do_update(
             index_elements=[streams.c.stream_type, streams.c.stream_id],
-            set_={"version": ins.excluded.version, "state": ins.excluded.state,
-                  "updated_at": ins.excluded.updated_at},
+            set_={
+                "version": ins.excluded.version,
+                "state": ins.excluded.state,
+                "updated_at": ins.excluded.updated_at,
+            },
             where=streams.c.version < ins.excluded.version,
         )
         for start in range(0, len(rows), 1000):

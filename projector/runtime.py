@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -24,7 +25,7 @@ from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BAT
 from eventfold.settings import Settings
 from projector import store
 from projector.apply import apply_batch, next_offsets
-from projector.batch import Decoded, Failure, decode
+from projector.batch import Decoded, Failure, contiguous, decode
 from projector.deadletter import DeadLetterSink
 from projector.metrics import Counters
 from projector.projection import Projection
@@ -37,12 +38,15 @@ _FAILED_AFTER = 5  # consecutive failing batches before the status says `failed`
 
 async def seek_to_stored(
     consumer: AIOKafkaConsumer, engine: AsyncEngine, projection: str, tps: Sequence[TopicPartition]
-) -> None:
+) -> dict[TopicPartition, int]:
+    """Seek each partition to its stored next offset (0 if none); returns where."""
     if not tps:
-        return
+        return {}
     stored = await store.load_offsets(engine, projection, {tp.topic for tp in tps})
-    for tp in tps:
-        consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
+    out = {tp: stored.get((tp.topic, tp.partition), 0) for tp in tps}
+    for tp, offset in out.items():
+        consumer.seek(tp, offset)
+    return out
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -61,14 +65,15 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         async with rt.batch_lock:
             rt.generation += 1
             try:
-                await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned))
+                rt.expect(await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned)))
             except Exception as exc:
                 log.warning("cannot load stored offsets on assignment: %r", exc)
                 rt.needs_seek = True  # the loop applies nothing until a seek succeeds
             if rt.paused:
                 rt.consumer.pause(*assigned)
         log.info(
-            "projection=%s assigned=%s", rt.projection.name,
+            "projection=%s assigned=%s",
+            rt.projection.name,
             sorted((tp.topic, tp.partition) for tp in assigned),
         )
 
@@ -98,6 +103,9 @@ class ProjectorRuntime:
         self.batch_lock = asyncio.Lock()
         self.generation = 0
         self.needs_seek = False
+        # Per partition: the offset the next record must have, and whether it
+        # was set by a seek (a fetch may then legitimately start further on).
+        self.expected: dict[TopicPartition, tuple[int, bool]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
@@ -129,7 +137,10 @@ class ProjectorRuntime:
             if self.paused:
                 await self._maybe_resume(stop)
                 continue
-            records = [r for msgs in batch.values() for r in msgs]
+            records = self._contiguous(batch)
+            if records is None:
+                self.needs_seek = True
+                continue
             if not records:
                 continue
             items = [decode(self.projection, r) for r in records]
@@ -142,8 +153,13 @@ class ProjectorRuntime:
                         self.needs_seek = True
                         continue
                     result = await apply_batch(
-                        self.engine, self.projection, items, next_offsets(items),
-                        allowed_states=_LIVE_STATES, dead_letter=sink, state_after=store.LIVE,
+                        self.engine,
+                        self.projection,
+                        items,
+                        next_offsets(items),
+                        allowed_states=_LIVE_STATES,
+                        dead_letter=sink,
+                        state_after=store.LIVE,
                     )
             except Exception as exc:
                 failing += 1
@@ -160,9 +176,21 @@ class ProjectorRuntime:
                 self._pause()
                 continue
             assert result.folded is not None
+            for (topic, partition), offset in next_offsets(items).items():
+                self.expected[TopicPartition(topic, partition)] = (offset, False)
             self.counters.add(result.folded)
             self._observe(items, result.folded.applied, time.perf_counter() - started)
             await self._commit_group(next_offsets(items))
+
+    def expect(self, positions: dict[TopicPartition, int]) -> None:
+        for tp, offset in positions.items():
+            self.expected[tp] = (offset, True)
+
+    def _contiguous(self, batch: dict[TopicPartition, list[Any]]) -> list[Any] | None:
+        records = contiguous(batch, self.expected)
+        if records is None:
+            log.warning("projection=%s: records were skipped; re-reading", self.projection.name)
+        return records
 
     def _observe(self, items: Sequence[Decoded | Failure], applied: int, seconds: float) -> None:
         name = self.projection.name
@@ -201,7 +229,7 @@ class ProjectorRuntime:
         async with self.batch_lock:
             try:
                 assigned = list(self.consumer.assignment())
-                await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned)
+                self.expect(await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned))
             except Exception as exc:
                 log.warning("cannot load stored offsets: %r", exc)
             else:
@@ -232,9 +260,7 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def run_projectors(
-    settings: Settings, projections: Sequence[Projection], stop: asyncio.Event
-) -> None:
+async def run_projectors(settings: Settings, projections: Sequence[Projection], stop: asyncio.Event) -> None:
     """Run one runtime per projection over one read-store engine until `stop`."""
     from eventfold.db import create_engine
 

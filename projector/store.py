@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -52,10 +52,41 @@ async def load_docs(conn: AsyncConnection, table: Table, ids: Sequence[str]) -> 
     return docs
 
 
+def _unnest_insert(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]], tail: str) -> Any:
+    """One `INSERT ... SELECT * FROM unnest(arrays)` for many rows (PostgreSQL).
+
+    A column per array parameter keeps the statement the same whatever the
+    batch size, so asyncpg prepares it once, and sends the rows in one go:
+    several times faster than an executemany of a VALUES insert.
+    """
+    prep = conn.dialect.identifier_preparer
+    names = [c.name for c in table.c if c.name in rows[0]]
+    arrays = ", ".join(
+        f"CAST(:p{i} AS {table.c[n].type.compile(dialect=conn.dialect)}[])" for i, n in enumerate(names)
+    )
+    sql = (
+        f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(n) for n in names)}) "
+        f"SELECT * FROM unnest({arrays}) {tail}"
+    )
+    params = {f"p{i}": [r.get(n) for r in rows] for i, n in enumerate(names)}
+    return conn.execute(text(sql), params)
+
+
 async def upsert_docs(conn: AsyncConnection, table: Table, docs: Iterable[Doc]) -> None:
     """Write final documents; a row already at a later version is left alone."""
     rows = list(docs)
     if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        prep = conn.dialect.identifier_preparer
+        sets = ", ".join(
+            f"{prep.quote(c.name)} = EXCLUDED.{prep.quote(c.name)}" for c in table.c if c.name != "id"
+        )
+        tail = (
+            f"ON CONFLICT (id) DO UPDATE SET {sets} "
+            f"WHERE {prep.format_table(table)}.version < EXCLUDED.version"
+        )
+        await _unnest_insert(conn, table, rows, tail)
         return
     ins = _insert(conn, table)
     cols = [c.name for c in table.c if c.name != "id"]
@@ -69,7 +100,11 @@ async def upsert_docs(conn: AsyncConnection, table: Table, docs: Iterable[Doc]) 
 
 async def append_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Child rows are keyed by (stream, version), so a repeat does nothing."""
-    if rows:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        await _unnest_insert(conn, table, rows, "ON CONFLICT DO NOTHING")
+    else:
         await conn.execute(_insert(conn, table).on_conflict_do_nothing(), rows)
 
 
@@ -133,7 +168,8 @@ async def count_applied(
     if last_event_at is not None:
         ts = last_event_at.timestamp()
         values["last_event_at"] = func.coalesce(
-            func.max(c.last_event_at, ts) if conn.dialect.name == "sqlite"
+            func.max(c.last_event_at, ts)
+            if conn.dialect.name == "sqlite"
             else func.greatest(c.last_event_at, ts),
             ts,
         )
@@ -201,8 +237,12 @@ async def start_rebuild(engine: AsyncEngine, projection: Projection) -> None:
             update(projection_status)
             .where(projection_status.c.projection == projection.name)
             .values(
-                state=REBUILDING, events_applied=0, last_event_at=None, detail=None,
-                version=projection.version, updated_at=time.time(),
+                state=REBUILDING,
+                events_applied=0,
+                last_event_at=None,
+                detail=None,
+                version=projection.version,
+                updated_at=time.time(),
             )
         )
         for table in reversed(projection.tables):

@@ -34,17 +34,14 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
     """Open the read store for reading; close it when the app stops."""
     engine = create_engine(settings.db.read_db_url, pool_size=settings.db.db_pool_size, writer=False)
     try:
-        yield QuerySide(
-            settings, projections, engine, OffsetWatcher(engine), WatermarkCache(settings.kafka)
-        )
+        yield QuerySide(settings, projections, engine, OffsetWatcher(engine), WatermarkCache(settings.kafka))
     finally:
         await engine.dispose()
 
 
-def create_app(
-    settings: Settings | None = None, projections: Sequence[Projection] | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None, projections: Sequence[Projection] | None = None) -> FastAPI:
     from eventfold import problems
+    from eventfold.auth import Authenticator
     from eventfold.settings import get_settings
     from eventfold.wiring import projections as default_projections
     from query_api.routes import router
@@ -65,5 +62,6 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
+    app.state.authenticator = Authenticator(cfg.auth, service="query API")
     app.include_router(router)
     return app

@@ -34,7 +34,8 @@ def _waiter(projection: str):  # type: ignore[no-untyped-def]
         qcfg = side.settings.query_api
         if wait_timeout is not None and wait_timeout > qcfg.wait_timeout_max_s:
             raise Problem(
-                422, "invalid_wait_timeout",
+                422,
+                "invalid_wait_timeout",
                 f"wait_timeout may be at most {qcfg.wait_timeout_max_s:g} seconds",
             )
         if wait_for is None:
@@ -46,13 +47,15 @@ def _waiter(projection: str):  # type: ignore[no-untyped-def]
         topics = {p.topic(side.settings.kafka) for p in side.projections if p.name == projection}
         if pos.topic not in topics:
             raise Problem(
-                400, "invalid_position",
+                400,
+                "invalid_position",
                 f"the position is on {pos.topic!r}, which projection {projection!r} does not read",
             )
         timeout = wait_timeout if wait_timeout is not None else qcfg.wait_timeout_default_s
         if not await side.watcher.wait((projection, pos.topic, pos.partition), pos.offset, timeout):
             raise Problem(
-                504, "projection_lagging",
+                504,
+                "projection_lagging",
                 f"projection {projection!r} has not applied the position within {timeout:g}s",
                 headers={"Retry-After": "1"},
             )

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from eventfold import jsonutil
+from eventfold.auth import require
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 from query_api import cursor, views
 from query_api.deps import AccountsCaughtUp, SideDep
 
 router = APIRouter()
+# Authentication comes before waiting: a caller without the scope is refused at once.
+CanRead = Depends(require("read"))
 
 STREAM_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[str | None, Query(max_length=1024, description="`next_cursor` of the last page.")]
-_WAIT = {k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 404, 422, 504)}
+_WAIT: dict[int | str, dict[str, Any]] = {
+    k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 404, 422, 504)
+}
 
 
 class AccountView(BaseModel):
@@ -72,7 +77,9 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @router.get(
-    "/accounts/{account_id}", response_model=AccountView, dependencies=[AccountsCaughtUp],
+    "/accounts/{account_id}",
+    response_model=AccountView,
+    dependencies=[CanRead, AccountsCaughtUp],
     responses={304: {"description": "Not modified"}, **_WAIT},
 )
 async def read_account(
@@ -91,7 +98,7 @@ async def read_account(
 
 
 @router.get(
-    "/accounts", response_model=AccountPage, dependencies=[AccountsCaughtUp], responses=_WAIT
+    "/accounts", response_model=AccountPage, dependencies=[CanRead, AccountsCaughtUp], responses=_WAIT
 )
 async def read_accounts(
     side: SideDep,
@@ -110,8 +117,10 @@ async def read_accounts(
 
 
 @router.get(
-    "/accounts/{account_id}/transactions", response_model=TransactionPage,
-    dependencies=[AccountsCaughtUp], responses=_WAIT,
+    "/accounts/{account_id}/transactions",
+    response_model=TransactionPage,
+    dependencies=[CanRead, AccountsCaughtUp],
+    responses=_WAIT,
 )
 async def read_transactions(
     side: SideDep,
@@ -130,7 +139,7 @@ async def read_transactions(
     return _json({"items": items, "next_cursor": nxt})
 
 
-@router.get("/projections")
+@router.get("/projections", dependencies=[CanRead])
 async def read_projections(side: SideDep) -> Response:
     """Each projection's state, offsets, lag, events applied and dead letters."""
     names = [p.name for p in side.projections]
@@ -150,25 +159,32 @@ async def read_projections(side: SideDep) -> Response:
         for part in parts:
             stored = row["offsets"].get((topic, part), 0)
             hw = marks.get((topic, part)) if marks is not None else None
-            partitions.append({
-                "topic": topic, "partition": part, "offset": stored, "high_watermark": hw,
-                "lag": None if hw is None else max(hw - stored, 0),
-            })
+            partitions.append(
+                {
+                    "topic": topic,
+                    "partition": part,
+                    "offset": stored,
+                    "high_watermark": hw,
+                    "lag": None if hw is None else max(hw - stored, 0),
+                }
+            )
         lags = [x["lag"] for x in partitions]
         failures = row["failures"]
-        out.append({
-            "name": p.name,
-            "state": row["state"],
-            "detail": row["detail"],
-            "topic": topic,
-            "partitions": partitions,
-            "lag": None if any(x is None for x in lags) else sum(lags),  # type: ignore[arg-type]
-            "events_applied": row["events_applied"],
-            "dead_letters": sum(n for r, n in failures.items() if r != "version_gap"),
-            "version_gaps": failures.get("version_gap", 0),
-            "failures_by_reason": failures,
-            "last_event_at": row["last_event_at"],
-        })
+        out.append(
+            {
+                "name": p.name,
+                "state": row["state"],
+                "detail": row["detail"],
+                "topic": topic,
+                "partitions": partitions,
+                "lag": None if any(x is None for x in lags) else sum(lags),
+                "events_applied": row["events_applied"],
+                "dead_letters": sum(n for r, n in failures.items() if r != "version_gap"),
+                "version_gaps": failures.get("version_gap", 0),
+                "failures_by_reason": failures,
+                "last_event_at": row["last_event_at"],
+            }
+        )
     return _json({"projections": out})
 
 
@@ -185,7 +201,9 @@ async def readyz(side: SideDep) -> Response:
         await views.ping(side.engine)
     except Exception as exc:
         raise Problem(
-            503, "not_ready", f"the read store is unreachable: {type(exc).__name__}",
+            503,
+            "not_ready",
+            f"the read store is unreachable: {type(exc).__name__}",
             headers={"Retry-After": "2"},
         ) from None
     return _json({"status": "ready", "checks": {"database": "ok"}})

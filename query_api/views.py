@@ -86,8 +86,14 @@ async def list_transactions(
 async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, dict[str, Any]]:
     """Status, stored offsets and failure counts of each projection."""
     out: dict[str, dict[str, Any]] = {
-        n: {"state": "unknown", "events_applied": 0, "last_event_at": None, "detail": None,
-            "offsets": {}, "failures": {}}
+        n: {
+            "state": "unknown",
+            "events_applied": 0,
+            "last_event_at": None,
+            "detail": None,
+            "offsets": {},
+            "failures": {},
+        }
         for n in names
     }
     s, o, f = projection_status.c, projection_offsets.c, projection_failures.c

@@ -53,9 +53,7 @@ class OffsetWatcher:
         c = projection_offsets.c
         async with self.engine.connect() as conn:
             found = await conn.execute(
-                select(c.next_offset).where(
-                    c.projection == key[0], c.topic == key[1], c.partition == key[2]
-                )
+                select(c.next_offset).where(c.projection == key[0], c.topic == key[1], c.partition == key[2])
             )
             value = found.scalar_one_or_none()
         return -1 if value is None else int(value)

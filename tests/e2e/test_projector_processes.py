@@ -50,9 +50,7 @@ async def _events_applied(url: str) -> int:
     engine = create_engine(url, writer=False)
     try:
         async with engine.connect() as conn:
-            return int(
-                (await conn.execute(select(projection_status.c.events_applied))).scalar_one()
-            )
+            return int((await conn.execute(select(projection_status.c.events_applied))).scalar_one())
     finally:
         await engine.dispose()
 
@@ -95,7 +93,9 @@ async def test_projector_killed_five_times_applies_exactly_once(
         try:
             await wait_until(
                 lambda t=threshold: _reached(own_pg.read_db_url, t),
-                timeout=40, interval=0.005, what=f"{threshold} applied",
+                timeout=40,
+                interval=0.005,
+                what=f"{threshold} applied",
             )
             await asyncio.sleep(rng.uniform(0, 0.05))  # land anywhere in the next batch
         finally:
@@ -127,13 +127,13 @@ async def test_survivor_takes_over_when_one_of_two_projectors_dies(
     procs = [processes.start(["serve", "projector"], env, log) for log in logs]
     try:
         # Both members hold partitions before the stream starts.
-        await wait_until(
-            lambda: _both_assigned(logs), timeout=30, interval=0.1, what="two members"
-        )
+        await wait_until(lambda: _both_assigned(logs), timeout=30, interval=0.1, what="two members")
         half = len(events) // 2
         await produce_envelopes(settings.kafka, topic, events[:half])
         await wait_until(
-            lambda: _reached(own_pg.read_db_url, half // 3), timeout=30, interval=0.005,
+            lambda: _reached(own_pg.read_db_url, half // 3),
+            timeout=30,
+            interval=0.005,
             what="some applied",
         )
         processes.kill(procs[0])

@@ -67,7 +67,8 @@ async def test_counter_projection_needs_no_runtime_change(
         async with command_client(settings, with_counter()) as cmd, running_projector(settings, [COUNTERS]):
             for n, sid in enumerate(ids):
                 for by in (5, 7, 11)[: n + 1]:
-                    r = await cmd.post(f"/commands/counter/{sid}", json={"type": "Increment", "data": {"by": by}})
+                    body = {"type": "Increment", "data": {"by": by}}
+                    r = await cmd.post(f"/commands/counter/{sid}", json=body)
                     assert r.status_code == 200, r.text
             r = await cmd.post(f"/commands/counter/{ids[3]}", json={"type": "Reset", "data": {}})
             assert r.status_code == 200, r.text

@@ -38,9 +38,7 @@ async def _setup(make_settings: Any, db: DatabaseSettings) -> Any:
 
 async def _wait_caught_up(settings: Any, topic: str) -> list[Any]:
     records = await read_topic(settings.kafka, topic)
-    await wait_until(
-        lambda: caught_up(settings.db.read_db_url, records, topic), timeout=30, what="projector"
-    )
+    await wait_until(lambda: caught_up(settings.db.read_db_url, records, topic), timeout=30, what="projector")
     return records
 
 
@@ -53,7 +51,8 @@ async def test_redelivered_events_change_nothing(make_settings, own_db: Database
         assert await read_tables(own_db.read_db_url) == fold_accounts(records)
         # Copies of earlier records, as a retried publisher batch would produce.
         await produce(
-            settings.kafka, topic,
+            settings.kafka,
+            topic,
             [(r.key, r.value, list(r.headers.items())) for r in records[::3]],
         )
         await _wait_caught_up(settings, topic)

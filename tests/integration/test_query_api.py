@@ -37,7 +37,8 @@ async def test_query_api_answers_and_refuses_as_documented(
         if tx_cursor:  # a cursor of one listing is refused by another
             problem(
                 await q.get(f"/accounts/{sid}/transactions", params={"cursor": tx_cursor}),
-                400, "invalid_cursor",
+                400,
+                "invalid_cursor",
             )
         problem(await q.get("/accounts", params={"limit": 0}), 422, "invalid_request")
         problem(await q.get("/accounts", params={"limit": 501}), 422, "invalid_request")
@@ -47,11 +48,13 @@ async def test_query_api_answers_and_refuses_as_documented(
         far = Position(topic, 0, 10**9).token()
         problem(
             await q.get(f"/accounts/{sid}", params={"wait_for": far, "wait_timeout": 31}),
-            422, "invalid_wait_timeout",
+            422,
+            "invalid_wait_timeout",
         )
         problem(
             await q.get("/accounts", params={"wait_for": far, "wait_timeout": 0.2}),
-            504, "projection_lagging",
+            504,
+            "projection_lagging",
         )
         assert (await q.get("/healthz")).json() == {"status": "ok"}
         assert (await q.get("/readyz")).status_code == 200

@@ -105,8 +105,7 @@ async def test_scripted_session_reads_your_writes_and_matches_the_fold(
             params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
             page = (await q.get(f"/accounts/{sid}/transactions", params=params)).json()
             got += [
-                (t["account_id"], t["version"], t["type"], t["amount"], t["balance_after"],
-                 t["reference"])
+                (t["account_id"], t["version"], t["type"], t["amount"], t["balance_after"], t["reference"])
                 for t in page["items"]
             ]
             cursor = page["next_cursor"]

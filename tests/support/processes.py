@@ -25,7 +25,11 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "eventfold.cli", *args],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
 

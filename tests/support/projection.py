@@ -63,8 +63,14 @@ def fold_accounts(records: list[Record]) -> tuple[dict[str, dict[str, Any]], lis
             sign = 1 if env.type == "Deposited" else -1
             doc = {**doc, "balance": doc["balance"] + sign * env.data["amount"]}
             ledger.append(
-                (env.stream_id, env.version, "deposit" if sign > 0 else "withdrawal",
-                 env.data["amount"], doc["balance"], env.data.get("reference", ""))
+                (
+                    env.stream_id,
+                    env.version,
+                    "deposit" if sign > 0 else "withdrawal",
+                    env.data["amount"],
+                    doc["balance"],
+                    env.data.get("reference", ""),
+                )
             )
         elif env.type == "AccountClosed":
             assert doc is not None
@@ -83,13 +89,15 @@ async def read_tables(url: str) -> tuple[dict[str, dict[str, Any]], list[tuple[A
     finally:
         await engine.dispose()
     docs = {
-        r["id"]: {"owner": r["owner"], "balance": r["balance"], "status": r["status"],
-                  "version": r["version"]}
+        r["id"]: {
+            "owner": r["owner"],
+            "balance": r["balance"],
+            "status": r["status"],
+            "version": r["version"],
+        }
         for r in rows
     }
-    ledger = sorted(
-        (t.account_id, t.version, t.type, t.amount, t.balance_after, t.reference) for t in tx
-    )
+    ledger = sorted((t.account_id, t.version, t.type, t.amount, t.balance_after, t.reference) for t in tx)
     return docs, ledger
 
 
@@ -168,8 +176,13 @@ def account_events(n_accounts: int, per_account: int, seed: int = 1) -> list[Any
                 balance += data["amount"]
             out.append(
                 EventEnvelope(
-                    event_id=uuid.uuid4(), stream_type="account", stream_id=sid, version=v,
-                    type=type_, occurred_at=base + timedelta(seconds=a * per_account + v), data=data,
+                    event_id=uuid.uuid4(),
+                    stream_type="account",
+                    stream_id=sid,
+                    version=v,
+                    type=type_,
+                    occurred_at=base + timedelta(seconds=a * per_account + v),
+                    data=data,
                 )
             )
     rng.shuffle(out)
@@ -198,7 +211,10 @@ async def produce(kafka: Any, topic: str, items: list[tuple[bytes | None, bytes 
         parts = len(await producer.partitions_for(topic))
         futures = [
             await producer.send(
-                topic, key=k, value=v, headers=h,
+                topic,
+                key=k,
+                value=v,
+                headers=h,
                 partition=partition_for(k, parts) if k is not None else 0,
             )
             for k, v, h in items
@@ -212,6 +228,7 @@ async def produce_envelopes(kafka: Any, topic: str, envelopes: list[Any]) -> Non
     from schemas.mapper import encode_value, envelope_headers
 
     await produce(
-        kafka, topic,
+        kafka,
+        topic,
         [(e.stream_id.encode(), encode_value(e), envelope_headers(e)) for e in envelopes],
     )

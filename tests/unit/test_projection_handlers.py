@@ -12,7 +12,7 @@ import pytest
 
 from projector.accounts import ACCOUNTS, closed, deposited, opened, withdrawn
 from projector.apply import next_offsets
-from projector.batch import Decoded, Failure, decode, fold
+from projector.batch import Decoded, Failure, contiguous, decode, fold
 from projector.projection import Projection
 from projector.tables import account_transactions
 from query_api import cursor
@@ -25,8 +25,13 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def env(version: int, type_: str, data: dict[str, Any], sid: str = "a1", at: datetime = T0) -> EventEnvelope:
     return EventEnvelope(
-        event_id=uuid.uuid4(), stream_type="account", stream_id=sid, version=version,
-        type=type_, occurred_at=at, data=data,
+        event_id=uuid.uuid4(),
+        stream_type="account",
+        stream_id=sid,
+        version=version,
+        type=type_,
+        occurred_at=at,
+        data=data,
     )
 
 
@@ -37,18 +42,36 @@ def test_opened_starts_an_empty_open_account() -> None:
 
 
 def test_deposit_and_withdrawal_move_the_balance_and_append_a_ledger_row() -> None:
-    doc = {"id": "a1", "owner": "o", "balance": 10, "status": "open", "version": 1,
-           "opened_at": T0, "updated_at": T0}
+    doc = {
+        "id": "a1",
+        "owner": "o",
+        "balance": 10,
+        "status": "open",
+        "version": 1,
+        "opened_at": T0,
+        "updated_at": T0,
+    }
     later = T0 + timedelta(minutes=1)
     dep = deposited(
-        doc, env(2, "Deposited", {"amount": 5, "reference": "r1"}, at=later),
+        doc,
+        env(2, "Deposited", {"amount": 5, "reference": "r1"}, at=later),
         Deposited(amount=5, reference="r1"),
     )
     assert dep.doc["balance"] == 15 and dep.doc["updated_at"] == later
-    assert dep.appends == [(account_transactions, {
-        "account_id": "a1", "version": 2, "type": "deposit", "amount": 5,
-        "balance_after": 15, "occurred_at": later, "reference": "r1",
-    })]
+    assert dep.appends == [
+        (
+            account_transactions,
+            {
+                "account_id": "a1",
+                "version": 2,
+                "type": "deposit",
+                "amount": 5,
+                "balance_after": 15,
+                "occurred_at": later,
+                "reference": "r1",
+            },
+        )
+    ]
     wd = withdrawn(dep.doc, env(3, "Withdrawn", {"amount": 15}), Withdrawn(amount=15, reference=""))
     assert wd.doc["balance"] == 0
     assert wd.appends[0][1]["type"] == "withdrawal" and wd.appends[0][1]["amount"] == 15
@@ -57,7 +80,8 @@ def test_deposit_and_withdrawal_move_the_balance_and_append_a_ledger_row() -> No
 
 def test_timestamps_are_stored_in_utc() -> None:
     cet = timezone(timedelta(hours=1))
-    change = opened(None, env(1, "AccountOpened", {"owner": "o"}, at=T0.astimezone(cet)), AccountOpened(owner="o"))
+    at = T0.astimezone(cet)
+    change = opened(None, env(1, "AccountOpened", {"owner": "o"}, at=at), AccountOpened(owner="o"))
     assert change.doc["opened_at"].utcoffset() == timedelta(0) and change.doc["opened_at"] == T0
 
 
@@ -84,10 +108,22 @@ def test_fold_applies_in_order_skips_duplicates_and_reports_gaps() -> None:
 
 
 def test_fold_starts_from_preloaded_documents_and_ignores_older_versions() -> None:
-    stored = {"a1": {"id": "a1", "owner": "o", "balance": 100, "status": "open", "version": 5,
-                     "opened_at": T0, "updated_at": T0}}
-    out = fold(ACCOUNTS, stored, [decoded(env(5, "Deposited", {"amount": 1}), 0),
-                                  decoded(env(6, "Deposited", {"amount": 1}), 1)])
+    stored = {
+        "a1": {
+            "id": "a1",
+            "owner": "o",
+            "balance": 100,
+            "status": "open",
+            "version": 5,
+            "opened_at": T0,
+            "updated_at": T0,
+        }
+    }
+    out = fold(
+        ACCOUNTS,
+        stored,
+        [decoded(env(5, "Deposited", {"amount": 1}), 0), decoded(env(6, "Deposited", {"amount": 1}), 1)],
+    )
     assert out.docs["a1"]["balance"] == 101 and out.docs["a1"]["version"] == 6
     assert out.duplicates == 1
 
@@ -118,8 +154,10 @@ class Rec:
         (orjson.dumps({"type": "Deposited"}), "invalid_envelope"),
         (encode_value(env(1, "AccountFrozen", {})), "unknown_type"),
         (encode_value(env(1, "Deposited", {"amount": "x"})), "invalid_data"),
-        (encode_value(env(1, "Deposited", {"amount": 1}).model_copy(update={"stream_type": "x"})),
-         "unknown_stream_type"),
+        (
+            encode_value(env(1, "Deposited", {"amount": 1}).model_copy(update={"stream_type": "x"})),
+            "unknown_stream_type",
+        ),
     ],
 )
 def test_decode_names_the_reason_a_record_is_poison(value: bytes | None, reason: str) -> None:
@@ -150,3 +188,17 @@ def test_cursors_round_trip_and_refuse_tampering() -> None:
     for bad in ("", "!!", cursor.encode("tx:a", [3]), cursor.encode("accounts", [3])):
         with pytest.raises(cursor.InvalidCursor):
             cursor.decode("accounts", bad, (str,))
+
+
+@dataclass
+class Msg:
+    offset: int
+
+
+def test_contiguous_drops_records_already_applied_and_refuses_a_skip() -> None:
+    batch = {"p0": [Msg(3), Msg(4), Msg(5)], "p1": [Msg(7)]}
+    kept = contiguous(batch, {"p0": (4, False), "p1": (7, False)})
+    assert [m.offset for m in kept or []] == [4, 5, 7]
+    assert contiguous(batch, {"p0": (1, False)}) is None  # 1 and 2 were never handed over
+    after_seek = contiguous(batch, {"p0": (1, True)})  # a fetch may start past a seek
+    assert [m.offset for m in after_seek or []] == [3, 4, 5, 7]

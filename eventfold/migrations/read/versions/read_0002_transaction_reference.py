@@ -17,9 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("account_transactions", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("reference", sa.String(length=200), nullable=False, server_default="")
-        )
+        batch_op.add_column(sa.Column("reference", sa.String(length=200), nullable=False, server_default=""))
 
 
 def downgrade() -> None:

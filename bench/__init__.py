@@ -1,0 +1,1 @@
+"""The eventfold benchmark harness: `python -m bench --help`."""

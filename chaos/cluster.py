@@ -1,0 +1,233 @@
+"""The system under test, started on loopback: broker, database, service processes.
+
+Everything here is owned by the harness: a broker on a free port, a PostgreSQL
+database of its own (created and dropped), and `eventfold serve ...` child
+processes it can SIGKILL and start again on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+from sqlalchemy.engine import make_url
+
+from eventfold.broker import EmbeddedBroker, free_port
+from eventfold.kafka import create_topics
+from eventfold.migrate import upgrade_all
+from eventfold.settings import (
+    AuthSettings,
+    CommandApiSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    ProjectorSettings,
+    Settings,
+)
+from eventfold.wiring import all_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("EVENTFOLD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_database(admin_url: str) -> str:
+    """A new, migrated database named `eventfold_chaos_<hex>`; returns its URL."""
+    name = f"eventfold_chaos_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = make_url(_dsn(admin_url)).set(database=name).render_as_string(hide_password=False)
+    await upgrade_all(url, url)
+    return url
+
+
+async def drop_database(admin_url: str, url: str) -> None:
+    conn = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def restart_postgres() -> None:
+    """Restart the local cluster (needs root); every connection breaks."""
+    versions = sorted(os.listdir("/etc/postgresql"))
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def chaos_settings(bootstrap: str, db_url: str, prefix: str) -> Settings:
+    """Short timeouts everywhere, so faults are noticed and healed quickly."""
+    return Settings(
+        kafka=KafkaSettings(
+            kafka_bootstrap=bootstrap,
+            kafka_idempotence=False,
+            topic_prefix=prefix,
+            partitions=4,
+            publish_timeout_s=2.0,
+            request_timeout_ms=2000,
+        ),
+        db=DatabaseSettings(write_db_url=db_url, read_db_url=db_url, db_pool_size=10),
+        command_api=CommandApiSettings(relay_interval_s=0.5, relay_grace_s=2.0),
+        projector=ProjectorSettings(
+            projector_session_timeout_ms=6000, projector_poll_ms=50, projector_batch_max=500
+        ),
+        auth=AuthSettings(auth_disabled=True),
+    )
+
+
+@dataclass
+class Service:
+    """One `eventfold serve <kind>` process, restartable on the same port."""
+
+    name: str
+    kind: str  # command-api | publisher | projector
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    _log_size: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "eventfold.cli", "serve", self.kind, "--port", str(self.port)]
+        self._log_size = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.starts += 1
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        """Command APIs answer /healthz; projectors log an assignment; the publisher runs."""
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient() as http:
+            while True:
+                if not self.alive:
+                    raise RuntimeError(f"{self.name} exited with {self.proc and self.proc.returncode}")
+                if self.kind == "command-api":
+                    try:
+                        if (await http.get(f"{self.url}/healthz", timeout=1)).status_code == 200:
+                            return
+                    except httpx.HTTPError:
+                        pass
+                elif self.kind != "projector" or self.log.stat().st_size > self._log_size:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} not ready after {timeout_s}s; see {self.log}")
+                await asyncio.sleep(0.1)
+
+
+class Cluster:
+    """Broker, database, 2 command APIs, 1 publisher, 2 projectors."""
+
+    def __init__(self, workdir: Path, *, command_apis: int = 2, projectors: int = 2) -> None:
+        self.workdir = workdir
+        self.broker = EmbeddedBroker(log_path=workdir / "broker.log")
+        self.db_url = ""
+        self.settings: Settings | None = None
+        self.n_command_apis = command_apis
+        self.n_projectors = projectors
+        self.services: list[Service] = []
+
+    def by_kind(self, kind: str) -> list[Service]:
+        return [s for s in self.services if s.kind == kind]
+
+    @property
+    def command_urls(self) -> list[str]:
+        return [s.url for s in self.by_kind("command-api")]
+
+    async def start(self) -> Settings:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await self.broker.astart()
+        self.db_url = await create_database(PG_ADMIN_URL)
+        prefix = f"chaos{uuid.uuid4().hex[:8]}"
+        self.settings = settings = chaos_settings(self.broker.bootstrap, self.db_url, prefix)
+        await create_topics(settings.kafka, all_topics(settings))
+        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "EVENTFOLD_LOG_LEVEL": "WARNING"}
+        for i in range(self.n_command_apis):
+            self.services.append(
+                Service(f"command-api-{i}", "command-api", env, self.workdir / f"command-api-{i}.log")
+            )
+        self.services.append(Service("publisher", "publisher", env, self.workdir / "publisher.log"))
+        for i in range(self.n_projectors):
+            # INFO, so the assignments show in the log (and the log shows life).
+            penv = {**env, "EVENTFOLD_LOG_LEVEL": "INFO"}
+            self.services.append(
+                Service(f"projector-{i}", "projector", penv, self.workdir / f"projector-{i}.log")
+            )
+        for s in self.services:
+            s.start()
+        await asyncio.gather(*(s.ready() for s in self.services))
+        return settings
+
+    async def revive(self) -> list[str]:
+        """Start again every service that is not running; returns their names."""
+        dead = [s for s in self.services if not s.alive]
+        for s in dead:
+            s.start()
+        await asyncio.gather(*(s.ready() for s in dead))
+        return [s.name for s in dead]
+
+    async def stop(self, *, keep_db: bool = False) -> dict[str, int | None]:
+        """SIGTERM every service (their exit codes), stop the broker, drop the database."""
+        codes = dict(
+            zip(
+                [s.name for s in self.services],
+                await asyncio.gather(*(asyncio.to_thread(s.terminate) for s in self.services)),
+                strict=True,
+            )
+        )
+        self.broker.stop()
+        if self.db_url and not keep_db:
+            await drop_database(PG_ADMIN_URL, self.db_url)
+        return codes

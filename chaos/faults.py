@@ -1,0 +1,154 @@
+"""The fault injector: seeded, bounded in count and time, stops by itself.
+
+The schedule starts with one fault of every kind in a shuffled order, so even
+a short run injects each kind at least once, then draws kinds at random.
+Killed processes are started again after a short random delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from chaos.cluster import Cluster, restart_postgres
+
+log = logging.getLogger("chaos.faults")
+
+KINDS = ("kill_command_api", "kill_publisher", "kill_projector", "pause_broker", "restart_postgres")
+
+
+@dataclass
+class FaultLog:
+    injected: Counter[str] = field(default_factory=Counter)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (t, kind, detail)
+    errors: list[str] = field(default_factory=list)
+    # Processes that died without being killed (a supervisor would restart them too).
+    unexpected_exits: list[str] = field(default_factory=list)
+
+
+class FaultInjector:
+    def __init__(
+        self,
+        cluster: Cluster,
+        rng: random.Random,
+        *,
+        window_s: float,
+        pg_restart: bool = True,
+        max_faults: int = 500,
+    ) -> None:
+        self.cluster = cluster
+        self.rng = rng
+        self.window_s = window_s
+        self.kinds = [k for k in KINDS if pg_restart or k != "restart_postgres"]
+        self.max_faults = max_faults
+        self.log = FaultLog()
+        self._started = 0.0
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._killed: set[str] = set()  # killed by us, restart pending
+
+    def schedule(self) -> list[tuple[float, str]]:
+        """(offset in seconds, kind): a first round of every kind, then random ones."""
+        first = list(self.kinds)
+        self.rng.shuffle(first)
+        # The first round fits into the first 70% of the window, whatever its length.
+        gap = min(12.0, 0.7 * self.window_s / (len(first) + 1))
+        out: list[tuple[float, str]] = []
+        t = 0.0
+        for kind in first:
+            t += self.rng.uniform(0.6 * gap, 1.0 * gap)
+            out.append((t, kind))
+        while len(out) < self.max_faults:
+            t += self.rng.uniform(2.0, 12.0)
+            if t > self.window_s:
+                break
+            out.append((t, self.rng.choice(self.kinds)))
+        return out
+
+    async def run(self) -> FaultLog:
+        self._started = time.monotonic()
+        supervisor = asyncio.create_task(self._supervise())
+        try:
+            await self._run_schedule()
+        finally:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+        return self.log
+
+    async def _supervise(self) -> None:
+        """Restart processes that died on their own, and say so: that is a finding."""
+        while True:
+            await asyncio.sleep(0.5)
+            for s in self.cluster.services:
+                if s.proc is None or s.alive or s.name in self._killed:
+                    continue
+                tail = s.log.read_text(errors="replace").strip().splitlines()[-1:] if s.log.exists() else []
+                self._note_exit(f"{s.name} exited with {s.proc.returncode}: {tail[0][:300] if tail else ''}")
+                s.start()
+
+    def _note_exit(self, detail: str) -> None:
+        self.log.unexpected_exits.append(f"[{time.monotonic() - self._started:.1f}s] {detail}")
+        print(f"  [{time.monotonic() - self._started:7.1f}s] UNEXPECTED EXIT {detail}", flush=True)
+
+    async def _run_schedule(self) -> None:
+        for at, kind in self.schedule():
+            delay = self._started + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await self._inject(kind)
+            except Exception as exc:  # a fault that failed to happen is reported, not fatal
+                self.log.errors.append(f"{kind}: {exc!r}")
+                log.warning("fault %s failed: %r", kind, exc)
+        if self._restarts:
+            await asyncio.gather(*self._restarts, return_exceptions=True)
+
+    def _note(self, kind: str, detail: str) -> None:
+        self.log.injected[kind] += 1
+        self.log.events.append((round(time.monotonic() - self._started, 2), kind, detail))
+        print(f"  [{time.monotonic() - self._started:7.1f}s] fault {kind}: {detail}", flush=True)
+
+    async def _inject(self, kind: str) -> None:
+        if kind == "pause_broker":
+            seconds = self.rng.uniform(1.0, 5.0)
+            self._note(kind, f"SIGSTOP for {seconds:.1f}s")
+            self.cluster.broker.pause()
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                self.cluster.broker.resume()
+            return
+        if kind == "restart_postgres":
+            self._note(kind, "pg_ctlcluster restart")
+            await asyncio.to_thread(restart_postgres)
+            return
+        role = {
+            "kill_command_api": "command-api",
+            "kill_publisher": "publisher",
+            "kill_projector": "projector",
+        }[kind]
+        candidates = [s for s in self.cluster.by_kind(role) if s.alive]
+        if not candidates:
+            self._note(kind, "skipped: none alive")
+            self.log.injected[kind] -= 1
+            return
+        victim = self.rng.choice(candidates)
+        after = self.rng.uniform(0.5, 3.0)
+        self._note(kind, f"SIGKILL {victim.name}, restart in {after:.1f}s")
+        self._killed.add(victim.name)
+        victim.kill()
+
+        async def restart() -> None:
+            await asyncio.sleep(after)
+            if not victim.alive:
+                victim.start()
+            self._killed.discard(victim.name)
+
+        task = asyncio.create_task(restart())
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)

@@ -1,0 +1,114 @@
+"""Property-based tests of both OpenAPI documents with schemathesis, over ASGI.
+
+Each operation gets up to 25 generated requests (valid and invalid data); every
+answer must not be a 5xx and must match the documented status codes, content
+types and response schemas. The apps run in-process with their real lifespan,
+against the session's broker and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from eventfold.kafka import create_topics
+from eventfold.wiring import all_topics
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+BOUNDED = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+
+
+def _settings(make_settings: Any) -> Any:
+    cfg = make_settings()
+    asyncio.run(create_topics(cfg.kafka, all_topics(cfg)))
+    return cfg
+
+
+@pytest.fixture
+def command_schema(make_settings: Any) -> Any:
+    from command_api.bootstrap import create_app
+
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(_settings(make_settings)))
+
+
+@pytest.fixture
+def query_schema(make_settings: Any) -> Any:
+    from query_api.bootstrap import create_app
+
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(_settings(make_settings)))
+
+
+# Failures found and reported, not yet fixed: operation -> a fragment of the failure.
+# Listed ones are tolerated as long as they fail that way; once fixed, the entry must go.
+KNOWN: dict[str, str] = {
+    # FastAPI documents its own 422 (application/json, HTTPValidationError) for a bad
+    # path parameter, but problems.install answers application/problem+json; the route
+    # lists no 422 of its own (command_api/routes.py, read_stream's `responses`).
+    "GET /streams/{stream_type}/{stream_id}": "Undocumented Content-Type",
+}
+
+
+def _run_every_operation(schema: Any) -> None:
+    """Each operation under its own hypothesis run; failures are collected, then reported.
+
+    (schemathesis' `from_fixture` breaks on pytest 9, which dropped `Node._nodeid`.)
+    """
+    failures: list[str] = []
+    operations = calls = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+
+        @given(
+            case=st.one_of(
+                operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)
+            )
+        )
+        @BOUNDED
+        def check(case: Any) -> None:
+            nonlocal calls
+            calls += 1
+            case.call_and_validate(checks=CHECKS)
+
+        name = f"{operation.method.upper()} {operation.path}"
+        try:
+            check()
+        except (Exception, FailureGroup) as exc:  # FailureGroup is a BaseExceptionGroup
+            if KNOWN.get(name, "\0") not in str(exc):
+                failures.append(f"{name}:\n{exc}")
+        else:
+            if name in KNOWN:
+                failures.append(f"{name} passes now: remove it from KNOWN")
+    print(f"{operations} operations, {calls} requests")
+    assert operations > 0
+    assert not failures, "\n\n".join(failures)
+
+
+def test_command_api_conforms_to_its_openapi(command_schema: Any) -> None:
+    _run_every_operation(command_schema)
+
+
+def test_query_api_conforms_to_its_openapi(query_schema: Any) -> None:
+    _run_every_operation(query_schema)
