@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
     from command_api.routes import router
     from eventfold import problems
     from eventfold.auth import Authenticator
-    from eventfold.limits import BodySizeLimit
+    from eventfold.limits import BodySizeLimit, HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware
     from eventfold.settings import get_settings
 
@@ -83,5 +83,6 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
     problems.install(app)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes)
+    app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)
     return app

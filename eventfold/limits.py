@@ -62,3 +62,25 @@ class BodySizeLimit:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+class HeaderSizeLimit:
+    """Refuse requests whose headers exceed a limit with a 431 problem+json."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = 16 * 1024) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+            if size > self.max_bytes:
+                response = problem_response(
+                    431,
+                    "headers_too_large",
+                    f"the request headers exceed {self.max_bytes} bytes",
+                    instance=scope.get("path"),
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

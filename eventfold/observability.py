@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -67,6 +68,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """Route stdlib and structlog records through one JSON renderer on stderr."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        structlog.stdlib.ExtraAdder(),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -119,3 +121,31 @@ class CorrelationMiddleware:
 
         with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
             await self.app(scope, receive, tagged_send)
+
+
+class QueryTiming:
+    """Time every request into `eventfold_query_seconds`, labelled by route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            if path not in ("/metrics", "/healthz", "/readyz"):
+                QUERY_SECONDS.labels(path, str(status)).observe(time.perf_counter() - started)

@@ -82,7 +82,9 @@ class ProjectorSettings(BaseSettings):
     projector_poll_ms: int = Field(default=200, ge=1)
     projector_session_timeout_ms: int = Field(default=10_000, ge=1000)
     projector_heartbeat_ms: int = Field(default=1_000, ge=100)
+    # 0: no HTTP port. Otherwise /healthz, /readyz and /metrics on host:port.
     projector_metrics_port: int = Field(default=0, ge=0, le=65535)
+    host: str = "127.0.0.1"
 
 
 class AuthSettings(BaseSettings):

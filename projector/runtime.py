@@ -194,6 +194,24 @@ class ProjectorRuntime:
 
     def _observe(self, items: Sequence[Decoded | Failure], applied: int, seconds: float) -> None:
         name = self.projection.name
+        if log.isEnabledFor(logging.DEBUG):
+            # One line per event, carrying the correlation id of the command behind it.
+            for item in items:
+                if isinstance(item, Decoded):
+                    env = item.envelope
+                    log.debug(
+                        "event handled",
+                        extra={
+                            "projection": name,
+                            "stream_id": env.stream_id,
+                            "version": env.version,
+                            "type": env.type,
+                            "partition": item.partition,
+                            "offset": item.offset,
+                            "correlation_id": env.correlation_id,
+                            "causation_id": env.causation_id,
+                        },
+                    )
         EVENTS_APPLIED.labels(name).inc(applied)
         PROJECTOR_BATCH.labels(name).observe(len(items))
         PROJECTOR_BATCH_SECONDS.labels(name).observe(seconds)
@@ -264,13 +282,17 @@ async def run_projectors(settings: Settings, projections: Sequence[Projection], 
     """Run one runtime per projection over one read-store engine until `stop`."""
     from eventfold.db import create_engine
 
-    if settings.projector.projector_metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.projector.projector_metrics_port)
     engine = create_engine(settings.db.read_db_url, pool_size=max(2, len(projections) + 1))
     try:
         runtimes = [ProjectorRuntime(settings, p, engine) for p in projections]
-        await asyncio.gather(*(rt.run(stop) for rt in runtimes))
+        work = [asyncio.create_task(rt.run(stop)) for rt in runtimes]
+        if settings.projector.projector_metrics_port:
+            from eventfold.runner import http_server, run_servers
+            from projector.health import health_app
+
+            cfg = settings.projector
+            server = http_server(health_app(engine, runtimes), cfg.host, cfg.projector_metrics_port)
+            work.append(asyncio.create_task(run_servers([server], stop)))
+        await asyncio.gather(*work)
     finally:
         await engine.dispose()

@@ -42,6 +42,8 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
 def create_app(settings: Settings | None = None, projections: Sequence[Projection] | None = None) -> FastAPI:
     from eventfold import problems
     from eventfold.auth import Authenticator
+    from eventfold.limits import HeaderSizeLimit
+    from eventfold.observability import CorrelationMiddleware, QueryTiming
     from eventfold.settings import get_settings
     from eventfold.wiring import projections as default_projections
     from query_api.routes import router
@@ -64,4 +66,7 @@ def create_app(settings: Settings | None = None, projections: Sequence[Projectio
     problems.install(app)
     app.state.authenticator = Authenticator(cfg.auth, service="query API")
     app.include_router(router)
+    app.add_middleware(QueryTiming)
+    app.add_middleware(HeaderSizeLimit)
+    app.add_middleware(CorrelationMiddleware)
     return app

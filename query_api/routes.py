@@ -188,6 +188,14 @@ async def read_projections(side: SideDep) -> Response:
     return _json({"projections": out})
 
 
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics of this process."""
+    from eventfold.observability import metrics_response
+
+    return metrics_response()
+
+
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """Liveness: the process is up and serving."""

@@ -26,8 +26,15 @@ class ServiceProcess:
     live: ClassVar[list[ServiceProcess]] = []
 
     def __init__(
-        self, settings: Settings, service: str, *, module: str | None = None, log: Path | None = None
+        self,
+        settings: Settings,
+        service: str,
+        *,
+        module: str | None = None,
+        log: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        self.extra_env = extra_env or {}
         self.settings = settings
         self.service = service
         self.module = module
@@ -40,7 +47,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1", **self.extra_env}
         if self.module:
             argv = [sys.executable, "-m", self.module, str(self.port)]
         else:

@@ -21,7 +21,7 @@ from eventfold.settings import DatabaseSettings
 from projector.tables import projection_status
 from tests.conftest import create_database, drop_database
 from tests.e2e.processes import ServiceProcess, started
-from tests.helpers import Record, first_versions, read_topic, uid, wait_until
+from tests.helpers import first_versions, read_topic, uid, wait_until
 from tests.support import processes
 from tests.support.projection import (
     account_events,
@@ -53,11 +53,13 @@ def _frozen_broker_settings(make_settings: Any, broker: EmbeddedBroker, db: Data
     )
 
 
-async def _outbox_count(url: str) -> int:
+async def _in_outbox(url: str, sids: list[str], version: int) -> int:
+    """How many of these streams have `version` committed and not yet acknowledged by Kafka."""
     engine = create_engine(url, writer=False)
     try:
         async with engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
+            stmt = select(func.count()).where(outbox.c.stream_id.in_(sids), outbox.c.version == version)
+            return int((await conn.execute(stmt)).scalar_one())
     finally:
         await engine.dispose()
 
@@ -86,7 +88,7 @@ async def test_sigterm_lets_in_flight_commands_finish(
                 for sid in sids
             ]
             await wait_until(
-                lambda: _async(_outbox_count(own_pg.write_db_url), len(sids)),
+                lambda: _async(_in_outbox(own_pg.write_db_url, sids, 2), len(sids)),
                 timeout=15,
                 what="the burst committed and waiting for Kafka",
             )
@@ -198,6 +200,3 @@ async def test_readyz_names_the_broker_while_it_is_paused(
             return (await http.get("/readyz")).status_code == 200
 
         await wait_until(ready_again, timeout=30, interval=0.2, what="/readyz after the broker resumed")
-
-
-__all__ = ["Record"]
