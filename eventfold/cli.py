@@ -120,6 +120,29 @@ def schemas_check() -> None:
 
 
 @app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Every projection's state, offsets, lag and dead letters (as GET /projections)."""
+    import logging
+
+    from eventfold.status_cli import gather, render
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # an unreachable broker shows as "?" lag
+    settings = get_settings()
+    try:
+        report = asyncio.run(gather(settings))
+    except (OSError, ConnectionError) as exc:
+        raise _fail(f"cannot reach the read store: {exc}") from None
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(report, Console())
+
+
+@app.command()
 def asyncapi(
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:

@@ -13,6 +13,7 @@ from eventfold.auth import require
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 from query_api import cursor, views
 from query_api.deps import AccountsCaughtUp, SideDep
+from query_api.status import projection_report
 
 router = APIRouter()
 # Authentication comes before waiting: a caller without the scope is refused at once.
@@ -142,50 +143,8 @@ async def read_transactions(
 @router.get("/projections", dependencies=[CanRead])
 async def read_projections(side: SideDep) -> Response:
     """Each projection's state, offsets, lag, events applied and dead letters."""
-    names = [p.name for p in side.projections]
-    rows = await views.projection_rows(side.engine, names)
-    topics = sorted({p.topic(side.settings.kafka) for p in side.projections})
-    stored_all = {k: v for r in rows.values() for k, v in r["offsets"].items()}
-    marks = await side.watermarks.get(topics, stored_all)
-    out = []
-    for p in side.projections:
-        row = rows[p.name]
-        topic = p.topic(side.settings.kafka)
-        parts = sorted(
-            {part for t, part in row["offsets"] if t == topic}
-            | {part for t, part in (marks or {}) if t == topic}
-        )
-        partitions = []
-        for part in parts:
-            stored = row["offsets"].get((topic, part), 0)
-            hw = marks.get((topic, part)) if marks is not None else None
-            partitions.append(
-                {
-                    "topic": topic,
-                    "partition": part,
-                    "offset": stored,
-                    "high_watermark": hw,
-                    "lag": None if hw is None else max(hw - stored, 0),
-                }
-            )
-        lags = [x["lag"] for x in partitions]
-        failures = row["failures"]
-        out.append(
-            {
-                "name": p.name,
-                "state": row["state"],
-                "detail": row["detail"],
-                "topic": topic,
-                "partitions": partitions,
-                "lag": None if any(x is None for x in lags) else sum(lags),
-                "events_applied": row["events_applied"],
-                "dead_letters": sum(n for r, n in failures.items() if r != "version_gap"),
-                "version_gaps": failures.get("version_gap", 0),
-                "failures_by_reason": failures,
-                "last_event_at": row["last_event_at"],
-            }
-        )
-    return _json({"projections": out})
+    report = await projection_report(side.engine, side.projections, side.settings.kafka, side.watermarks)
+    return _json({"projections": report})
 
 
 @router.get("/metrics", include_in_schema=False)

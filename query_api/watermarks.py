@@ -25,8 +25,8 @@ async def fetch_highwaters(
     kafka: KafkaSettings, topics: list[str], start: Mapping[tuple[str, int], int], timeout_s: float
 ) -> Watermarks:
     consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
-    await asyncio.wait_for(consumer.start(), timeout_s)
     try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
         await consumer.topics()
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -54,6 +58,31 @@ async def test_projector_port_and_correlation_from_http_to_projector_logs(
         assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
         query_metrics = (await http.get(f"{queries.url}/metrics")).text
         assert 'eventfold_query_seconds_count{route="/accounts/{account_id}",status="200"}' in query_metrics
+        # `eventfold status` reads what GET /projections reads.
+        api = (await http.get(f"{queries.url}/projections")).json()["projections"]
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "eventfold.cli", "status", "--json"],
+            env={**os.environ, **settings.to_env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        shown = orjson.loads(cli.stdout)
+        assert [(p["name"], p["state"], p["events_applied"], p["partitions"]) for p in shown] == [
+            (p["name"], p["state"], p["events_applied"], p["partitions"]) for p in api
+        ]
+        assert shown[0]["events_applied"] == 1 and shown[0]["lag"] == 0
+        table = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "eventfold.cli", "status"],
+            env={**os.environ, **settings.to_env(), "COLUMNS": "120"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "accounts" in table.stdout and "live" in table.stdout
         too_big = await http.get(f"{queries.url}/accounts/{sid}", headers={"X-Padding": "x" * 20_000})
         assert (too_big.status_code, too_big.json()["code"]) == (431, "headers_too_large")
 

@@ -1,0 +1,62 @@
+"""The state of every projection: what `GET /projections` and `eventfold status` show."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from eventfold.settings import KafkaSettings
+from projector.projection import Projection
+from query_api import views
+from query_api.watermarks import WatermarkCache
+
+
+async def projection_report(
+    engine: AsyncEngine, projections: Sequence[Projection], kafka: KafkaSettings, watermarks: WatermarkCache
+) -> list[dict[str, Any]]:
+    """Stored state and offsets from the read store, high-watermarks from Kafka."""
+    rows = await views.projection_rows(engine, [p.name for p in projections])
+    topics = sorted({p.topic(kafka) for p in projections})
+    stored_all = {k: v for r in rows.values() for k, v in r["offsets"].items()}
+    marks = await watermarks.get(topics, stored_all)
+    out = []
+    for p in projections:
+        row = rows[p.name]
+        topic = p.topic(kafka)
+        parts = sorted(
+            {part for t, part in row["offsets"] if t == topic}
+            | {part for t, part in (marks or {}) if t == topic}
+        )
+        partitions = []
+        for part in parts:
+            stored = row["offsets"].get((topic, part), 0)
+            hw = marks.get((topic, part)) if marks is not None else None
+            partitions.append(
+                {
+                    "topic": topic,
+                    "partition": part,
+                    "offset": stored,
+                    "high_watermark": hw,
+                    "lag": None if hw is None else max(hw - stored, 0),
+                }
+            )
+        lags = [x["lag"] for x in partitions]
+        failures = row["failures"]
+        out.append(
+            {
+                "name": p.name,
+                "state": row["state"],
+                "detail": row["detail"],
+                "topic": topic,
+                "partitions": partitions,
+                "lag": None if any(x is None for x in lags) else sum(lags),
+                "events_applied": row["events_applied"],
+                "dead_letters": sum(n for r, n in failures.items() if r != "version_gap"),
+                "version_gaps": failures.get("version_gap", 0),
+                "failures_by_reason": failures,
+                "last_event_at": row["last_event_at"],
+            }
+        )
+    return out
