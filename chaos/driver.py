@@ -10,10 +10,12 @@ every command it sent has a definite answer (2xx or 4xx), or is `unresolved`.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -188,8 +190,16 @@ class Driver:
                 if first.type not in ("Deposit", "Withdraw"):
                     return None
                 data["amount"] += 1
+            # The same request (If-Match included: it is part of the request's hash).
             return CommandRecord(
-                first.key, first.stream_id, first.type, data, repeat_of=first, repeat=step.special, n=self._n
+                first.key,
+                first.stream_id,
+                first.type,
+                data,
+                if_match=first.if_match,
+                repeat_of=first,
+                repeat=step.special,
+                n=self._n,
             )
         rec = CommandRecord(key, step.stream_id, step.type, step.data, n=self._n)
         if step.special == "if_match":
@@ -245,6 +255,24 @@ def _json(resp: httpx.Response) -> Any:
         return resp.json()
     except ValueError:
         return None
+
+
+def dump(records: list[CommandRecord], path: Path) -> None:
+    """Every command and its attempts, one JSON object a line, to debug a violation."""
+    with open(path, "w") as out:
+        for r in records:
+            row = {
+                "key": r.key,
+                "n": r.n,
+                "stream_id": r.stream_id,
+                "type": r.type,
+                "data": r.data,
+                "if_match": r.if_match,
+                "repeat": r.repeat,
+                "attempts": [[a.correlation_id, a.status, a.code, round(a.seconds, 3)] for a in r.attempts],
+                "events": (r.body or {}).get("events"),
+            }
+            out.write(json.dumps(row) + "\n")
 
 
 def tally(records: list[CommandRecord]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chaos.cluster import Cluster
-from chaos.driver import Driver, Workload, tally
+from chaos.driver import Driver, Workload, dump, tally
 from chaos.faults import FaultInjector
 from chaos.oracle import Docs, Ledger, Verdict, check
 from chaos.topic import TopicSnapshot, read_topic
@@ -85,6 +85,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
             heads = await _heads(engine)
         finally:
             await engine.dispose()
+        dump(driver.records, workdir / "commands.jsonl")
         verdict = check(driver.records, snapshot.records, tables, heads, driver.server_errors)
         exit_codes = await cluster.stop(keep_db=cfg.keep)
     except BaseException:

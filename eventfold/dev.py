@@ -29,6 +29,21 @@ def dev_settings(data_dir: Path, bootstrap: str, embedded: bool) -> Settings:
     return Settings(data_dir=data_dir, kafka=kafka, db=db, auth=dev_auth(data_dir))
 
 
+def write_env_file(settings: Settings) -> Path:
+    """The settings other commands (status, replay, ...) need to reach this system."""
+    names = (
+        "EVENTFOLD_KAFKA_BOOTSTRAP",
+        "EVENTFOLD_KAFKA_IDEMPOTENCE",
+        "EVENTFOLD_TOPIC_PREFIX",
+        "EVENTFOLD_WRITE_DB_URL",
+        "EVENTFOLD_READ_DB_URL",
+    )
+    env = settings.to_env()
+    path = settings.data_dir / "dev.env"
+    path.write_text("".join(f"{n}={env[n]}\n" for n in names))
+    return path
+
+
 def dev_key(data_dir: Path) -> str:
     """The development key: made once, kept in the data dir (mode 600)."""
     path = data_dir / "dev.key"
@@ -71,6 +86,7 @@ async def run_dev(
     try:
         settings = dev_settings(data_dir, external or broker.bootstrap, embedded=broker is not None)  # type: ignore[union-attr]
         await upgrade_all(settings.db.write_db_url, settings.db.read_db_url)
+        env_file = write_env_file(settings)
         await create_topics(settings.kafka, all_topics(settings))
         stop = asyncio.Event()
         install_stop_signals(stop)
@@ -83,6 +99,9 @@ async def run_dev(
         console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
         console.print(f"[green]projector[/green]    {', '.join(p.name for p in projections())}")
         console.print(f"[green]stores[/green]       {settings.data_dir}/write.db, read.db")
+        console.print(
+            f"[green]settings[/green]     {env_file} (`set -a; . {env_file}; set +a` for other commands)"
+        )
         body = '{"type": "OpenAccount", "data": {"owner": "Alice"}}'
         if settings.auth.auth_disabled:
             console.print("[red]authentication is DISABLED (EVENTFOLD_AUTH_DISABLED=true)[/red]")

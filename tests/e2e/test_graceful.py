@@ -47,9 +47,10 @@ async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
 
 
 def _frozen_broker_settings(make_settings: Any, broker: EmbeddedBroker, db: DatabaseSettings) -> Any:
-    # Always the embedded broker: it is the one that can be frozen.
+    # Always the embedded broker: it is the one that can be frozen. A long publish
+    # timeout keeps the burst in flight well past the SIGTERM, even on a slow machine.
     return make_settings(
-        db, kafka={"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False, "publish_timeout_s": 3.0}
+        db, kafka={"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False, "publish_timeout_s": 8.0}
     )
 
 
