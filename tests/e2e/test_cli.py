@@ -100,6 +100,9 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
             r = await c.post(f"/commands/account/{sid}", json={"type": "OpenAccount", "data": {"owner": "D"}})
             assert r.status_code == 200 and r.json()["published"] is True
         assert (tmp_path / "data" / "write.db").exists()
+        dev_env = (tmp_path / "data" / "dev.env").read_text()
+        assert f"EVENTFOLD_KAFKA_BOOTSTRAP=127.0.0.1:{ports['kafka']}" in dev_env
+        assert "EVENTFOLD_KAFKA_IDEMPOTENCE=false" in dev_env
         from eventfold.settings import KafkaSettings
 
         records = await read_topic(
