@@ -138,11 +138,14 @@ class Runner:
                 await asyncio.wait_for(run(i, advance), self.plan.run_timeout_s)
             except Exception as exc:
                 # Keep the runs that worked; the section says why the rest are missing.
-                self.report.error(section, f"{label} run {i + 1}: {type(exc).__name__}: {exc}")
-                self.log(
-                    f"[yellow]{label} run {i + 1} failed:[/yellow] {type(exc).__name__}: {str(exc)[:300]}"
-                )
-                break
+                # A shared machine has transient failures (a database restarted by
+                # someone's test), so the next run is tried, unless this one timed out.
+                text = f"{type(exc).__name__}: {str(exc)[:2000]}"
+                self.report.error(section, f"{label} run {i + 1}: {text}")
+                self.log(f"[yellow]{label} run {i + 1} failed:[/yellow] {text[:300]}")
+                if isinstance(exc, TimeoutError):
+                    break
+                continue
             finally:
                 self.progress.update(task, visible=False)
             done += 1
@@ -167,8 +170,9 @@ class Runner:
         try:
             await fn()
         except Exception as exc:  # fail soft: report and go on
-            self.report.error(section, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}")
-            self.log(f"[yellow]{section} failed:[/yellow] {type(exc).__name__}: {str(exc)[:300]}")
+            text = f"{type(exc).__name__}: {str(exc)[:2000]}"
+            self.report.error(section, f"{text}\n{traceback.format_exc(limit=6)[-2000:]}")
+            self.log(f"[yellow]{section} failed:[/yellow] {text[:300]}")
         finally:
             took = time.perf_counter() - t0
             self.report.note(section, "phase_seconds", round(took, 1))
@@ -296,7 +300,9 @@ def cli(argv: list[str] | None = None) -> int:
         # Nothing was measured: keep the last good results where they are.
         console.print("[red]setup failed; bench/results/ left as it was[/red]")
         return 1
-    for path in report.write():
+    partial = None if only == set(PHASES) else "-".join(p for p in PHASES if p in only)
+    report.note("config", "phases", sorted(only))
+    for path in report.write(partial):
         console.print(f"wrote {path}")
     # Slow is reported, never failed. Failing means nothing could be measured at
     # all: no broker or database to start, or the raw limits (which need only

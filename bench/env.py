@@ -59,11 +59,13 @@ class Child:
     def peak_rss_mb(self) -> float | None:
         return peak_rss_mb(self.pid)
 
-    def log_tail(self, lines: int = 25) -> str:
+    def log_tail(self, lines: int = 25, chars: int = 3000) -> str:
+        """The end of the child's log; long lines (SQL parameters) are cut."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            tail = self.log.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return ""
+        return "\n".join(line[:300] for line in tail)[-chars:]
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         if self.proc.poll() is None:

@@ -89,12 +89,18 @@ class Report:
 
     # -- output ------------------------------------------------------------
 
-    def write(self) -> list[Path]:
+    def write(self, only: str | None = None) -> list[Path]:
+        """`<date>.json` (`-quick`) and `latest.json`; a partial run (`only`) writes its own file."""
         RESULTS.mkdir(parents=True, exist_ok=True)
         today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-        name = f"{today}-quick.json" if self.data["mode"] == "quick" else f"{today}.json"
+        name = f"{today}-quick" if self.data["mode"] == "quick" else today
         body = orjson.dumps(self.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-        paths = [RESULTS / name, RESULTS / "latest.json"]
+        if only:
+            # Some phases only: never replace the results of a whole run.
+            path = RESULTS / f"{name}-only-{only}.json"
+            path.write_bytes(body + b"\n")
+            return [path]
+        paths = [RESULTS / f"{name}.json", RESULTS / "latest.json"]
         for p in paths:
             p.write_bytes(body + b"\n")
         return paths

@@ -194,6 +194,37 @@ def replay(
         raise _fail(str(exc)) from None
 
 
+dlq_app = typer.Typer(help="Inspect and re-drive records a projection could not apply.")
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    projection: Annotated[str | None, typer.Option(help="Only this projection's failures.")] = None,
+) -> None:
+    """List recorded failures (poison records and version gaps) with their reasons."""
+    from eventfold.dlq_cli import run_list
+
+    asyncio.run(run_list(get_settings(), projection, console=console))
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Failure ids (see `dlq list`).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Retry every recorded failure.")] = False,
+    projection: Annotated[str | None, typer.Option(help="Only this projection's failures.")] = None,
+) -> None:
+    """Re-apply recorded failures once their cause is fixed; those that still fail stay."""
+    from eventfold.dlq_cli import run_retry
+
+    if not ids and not all_:
+        raise _fail("give failure ids or --all")
+    try:
+        asyncio.run(run_retry(get_settings(), projection, None if all_ else list(ids or []), console=console))
+    except (ValueError, LookupError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command()
 def dev(
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite stores live.")] = Path(".eventfold"),

@@ -79,6 +79,8 @@ class ProjectorSettings(BaseSettings):
     model_config = _ENV
 
     projector_batch_max: int = Field(default=5000, ge=1)
+    # Replays and rebuilds own their tables, so bigger transactions only help.
+    projector_replay_batch_max: int = Field(default=10_000, ge=1)
     projector_poll_ms: int = Field(default=200, ge=1)
     projector_session_timeout_ms: int = Field(default=10_000, ge=1000)
     projector_heartbeat_ms: int = Field(default=1_000, ge=100)

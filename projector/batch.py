@@ -70,34 +70,36 @@ class Folded:
     last_event_at: datetime | None = None
 
 
+def _poison(record: RecordLike, reason: str, detail: str) -> Failure:
+    return Failure(
+        record.topic,
+        record.partition,
+        record.offset,
+        reason,
+        detail[:1000],
+        record.key,
+        record.value,
+        tuple(record.headers or ()),
+    )
+
+
 def decode(projection: Projection, record: RecordLike) -> Decoded | Failure:
     """Read one record as an event of the projection's stream type, or say why not."""
-
-    def poison(reason: str, detail: str) -> Failure:
-        return Failure(
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-            detail[:1000],
-            record.key,
-            record.value,
-            tuple(record.headers or ()),
-        )
-
     try:
         env = decode_value(record.value)
     except PoisonRecord as exc:
-        return poison(exc.reason, exc.detail)
+        return _poison(record, exc.reason, exc.detail)
     if env.stream_type != projection.stream_type:
-        return poison("unknown_stream_type", f"{env.stream_type!r} on a {projection.stream_type} topic")
+        return _poison(
+            record, "unknown_stream_type", f"{env.stream_type!r} on a {projection.stream_type} topic"
+        )
     try:
         event = projection.contract.load_event(env.type, env.schema_version, env.data)
     except (UnknownEventType, MissingUpcaster) as exc:
-        return poison("unknown_type", f"{env.type} v{env.schema_version}: {exc}")
+        return _poison(record, "unknown_type", f"{env.type} v{env.schema_version}: {exc}")
     except ValidationError as exc:
         err = exc.errors()[0]
-        return poison("invalid_data", f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+        return _poison(record, "invalid_data", f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
     return Decoded(record.topic, record.partition, record.offset, env, event, record)
 
 
@@ -147,6 +149,9 @@ def fold(projection: Projection, docs: Mapping[str, Doc], items: Iterable[Decode
             out.duplicates += 1
             continue
         if env.version != have + 1:
+            # The record is kept so `eventfold dlq retry` can apply it once
+            # the poison record that blocks its stream has been re-driven.
+            raw = item.raw
             out.failures.append(
                 Failure(
                     item.topic,
@@ -154,6 +159,9 @@ def fold(projection: Projection, docs: Mapping[str, Doc], items: Iterable[Decode
                     item.offset,
                     "version_gap",
                     f"{env.stream_id}: got version {env.version}, expected {have + 1}",
+                    raw.key if raw else env.stream_id.encode(),
+                    raw.value if raw else None,
+                    tuple(raw.headers or ()) if raw else (),
                 )
             )
             continue

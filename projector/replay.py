@@ -10,8 +10,10 @@ the offsets the replay stored.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +26,8 @@ from eventfold import jsonutil
 from eventfold.kafka import new_consumer
 from eventfold.settings import KafkaSettings, Settings
 from projector import store
-from projector.apply import DeadLetter, apply_batch, next_offsets
-from projector.batch import decode
+from projector.apply import DeadLetter, DocCache, apply_batch, next_offsets
+from projector.batch import Decoded, Failure, decode
 from projector.projection import Projection
 from schemas.mapper import PoisonRecord, decode_value
 
@@ -55,9 +57,10 @@ async def replay_projection(
     consumer = _consumer(settings.kafka)
     await consumer.start()
     read = applied = failures = 0
+    cache = DocCache()  # start_rebuild emptied the tables and we are their only writer
     try:
-        async for records, total in _read_to_end(consumer, topic, settings.projector.projector_batch_max):
-            items = [decode(projection, r) for r in records]
+        batches = _read_to_end(consumer, topic, settings.projector.projector_replay_batch_max)
+        async for items, total in decoded_ahead(projection, batches):
             result = await apply_batch(
                 engine,
                 projection,
@@ -66,10 +69,11 @@ async def replay_projection(
                 allowed_states=frozenset({store.REBUILDING}),
                 dead_letter=dead_letter,
                 state_after=store.REBUILDING,
+                cache=cache,
             )
             if not result.allowed or result.folded is None:
                 raise RuntimeError(f"projection {projection.name} left `rebuilding` during the replay")
-            read += len(records)
+            read += len(items)
             applied += result.folded.applied
             failures += len(result.folded.failures)
             if progress is not None:
@@ -78,6 +82,32 @@ async def replay_projection(
         await consumer.stop()
     await store.finish_rebuild(engine, projection.name)
     return ReplayResult(read, applied, failures, time.monotonic() - started)
+
+
+async def decoded_ahead(
+    projection: Projection, batches: AsyncIterator[tuple[list[Any], int]]
+) -> AsyncIterator[tuple[list[Decoded | Failure], int]]:
+    """Fetch and decode the next batch while the current one is being written.
+
+    Decoding is the projector's main CPU cost and the write mostly waits on
+    the database, so a one-batch lookahead task keeps both busy (issue 4).
+    """
+    queue: asyncio.Queue[tuple[list[Decoded | Failure], int] | None] = asyncio.Queue(maxsize=1)
+
+    async def read() -> None:
+        async for records, total in batches:
+            await queue.put(([decode(projection, r) for r in records], total))
+        await queue.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (batch := await queue.get()) is not None:
+            yield batch
+        await reader  # re-raise what ended it, if anything
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
@@ -103,6 +133,16 @@ async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, batch_max: int) -
     position = {tp: 0 for tp in tps}
     while True:
         batch = await consumer.getmany(timeout_ms=200, max_records=batch_max)
+        got = sum(map(len, batch.values()))
+        while 0 < got < batch_max:
+            # Top the batch up with what has been fetched meanwhile: fewer,
+            # larger transactions (a fetch brings ~1 MB per partition).
+            more = await consumer.getmany(timeout_ms=0, max_records=batch_max - got)
+            if not more:
+                break
+            for tp, msgs in more.items():
+                batch.setdefault(tp, []).extend(msgs)
+            got += sum(map(len, more.values()))
         for tp in tps:
             hw = consumer.highwater(tp)
             if tp not in ends and hw is not None:

@@ -44,10 +44,19 @@ async def lock_state(conn: AsyncConnection, projection: str) -> str | None:
 
 
 async def load_docs(conn: AsyncConnection, table: Table, ids: Sequence[str]) -> dict[str, Doc]:
+    if not ids:
+        return {}
+    if conn.dialect.name == "postgresql":
+        # One array parameter: one prepared statement whatever the batch size
+        # (an IN list of n binds is a new statement for every n).
+        prep = conn.dialect.identifier_preparer
+        sql = text(f"SELECT * FROM {prep.format_table(table)} WHERE id = ANY(CAST(:ids AS text[]))")
+        rows = await conn.execute(sql, {"ids": list(ids)})
+        return {row["id"]: dict(row) for row in rows.mappings()}
     docs: dict[str, Doc] = {}
     for start in range(0, len(ids), _CHUNK):
-        rows = await conn.execute(select(table).where(table.c.id.in_(ids[start : start + _CHUNK])))
-        for row in rows.mappings():
+        found = await conn.execute(select(table).where(table.c.id.in_(ids[start : start + _CHUNK])))
+        for row in found.mappings():
             docs[row["id"]] = dict(row)
     return docs
 

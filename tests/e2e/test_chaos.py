@@ -21,16 +21,20 @@ PG_RESTART = os.environ.get("EVENTFOLD_CHAOS_NO_PG_RESTART") != "1"
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("EVENTFOLD_TEST_DOCKER") == "1",
+    reason="the harness restarts the local PostgreSQL cluster; containers are not it",
+)
 async def test_chaos_short_run_has_no_violations(tmp_path: Path) -> None:
     cfg = RunConfig(duration_s=45, seed=SEED, pg_restart=PG_RESTART, workdir=tmp_path)
     result = await run(cfg)
     print_summary(result.summary)
     summary = result.summary
     wanted = [k for k in KINDS if PG_RESTART or k != "restart_postgres"]
-    assert {k: summary["faults"].get(k, 0) for k in wanted} == {
-        k: max(1, summary["faults"].get(k, 0)) for k in wanted
-    }, summary["faults"]
+    missing = [k for k in wanted if summary["faults"].get(k, 0) < 1]
+    assert not missing, summary["faults"]
     assert not summary["fault_errors"]
     assert summary["commands"]["acknowledged"] > 100
     assert summary["commands"]["unknown_then_retried"] > 0  # the kills were felt
     assert result.verdict.total == 0, summary["violation_examples"]
+    assert set(summary["exit_codes_on_sigterm"].values()) == {0}, summary["exit_codes_on_sigterm"]
