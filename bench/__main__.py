@@ -95,13 +95,14 @@ QUICK = Plan(
         "command_api": 16,
         "projector": 12,
         "replay": 12,
-        "e2e": 10,
+        "e2e": 6,
+        "e2e_sustainable": 6,
         "query_api": 7,
         "peer": 7,
     },
     catchup_timeout_s=12,
     replay_timeout_s=12,
-    drain_s=3,
+    drain_s=2,
     run_timeout_s=60,
 )
 

@@ -135,11 +135,13 @@ class Client:
         self._conn: _Conn | None = None
 
     async def request(self, raw: bytes, timeout_s: float = 30.0) -> tuple[int, bytes]:
-        if self._conn is None or self._conn.closed:
+        conn = self._conn
+        if conn is None or conn.closed:
             loop = asyncio.get_running_loop()
-            _, self._conn = await loop.create_connection(_Conn, self.host, self.port)
+            made = await asyncio.wait_for(loop.create_connection(_Conn, self.host, self.port), timeout_s)
+            conn = self._conn = made[1]
         try:
-            return await asyncio.wait_for(self._conn.request(raw), timeout_s)
+            return await asyncio.wait_for(conn.request(raw), timeout_s)
         except BaseException:
             self.close()  # a half-read response would poison the next one
             raise

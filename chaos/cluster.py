@@ -65,6 +65,30 @@ async def drop_database(admin_url: str, url: str) -> None:
         await conn.close()
 
 
+async def database_outage(admin_url: str, url: str, seconds: float) -> int:
+    """Refuse connections to one database and drop the open ones, for `seconds`.
+
+    What the services see of a PostgreSQL restart, without touching the other
+    databases of a shared server. Returns how many connections were dropped.
+    """
+    name = make_url(url).database
+    conn = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            rows = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            await asyncio.sleep(seconds)
+        finally:
+            await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        await conn.close()
+    return sum(1 for r in rows if r[0])
+
+
 def restart_postgres() -> None:
     """Restart the local cluster (needs root); every connection breaks."""
     versions = sorted(os.listdir("/etc/postgresql"))

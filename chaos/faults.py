@@ -15,11 +15,20 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from chaos.cluster import Cluster, restart_postgres
+from chaos.cluster import PG_ADMIN_URL, Cluster, database_outage, restart_postgres
 
 log = logging.getLogger("chaos.faults")
 
-KINDS = ("kill_command_api", "kill_publisher", "kill_projector", "pause_broker", "restart_postgres")
+KINDS = (
+    "kill_command_api",
+    "kill_publisher",
+    "kill_projector",
+    "pause_broker",
+    # The run's own database refuses connections for a few seconds and drops the open
+    # ones: a PostgreSQL restart as the services see it, without touching other databases.
+    "database_outage",
+    "restart_postgres",
+)
 
 
 @dataclass
@@ -126,6 +135,11 @@ class FaultInjector:
         if kind == "restart_postgres":
             self._note(kind, "pg_ctlcluster restart")
             await asyncio.to_thread(restart_postgres)
+            return
+        if kind == "database_outage":
+            seconds = self.rng.uniform(1.0, 4.0)
+            self._note(kind, f"connections refused and dropped for {seconds:.1f}s")
+            await database_outage(PG_ADMIN_URL, self.cluster.db_url, seconds)
             return
         role = {
             "kill_command_api": "command-api",
