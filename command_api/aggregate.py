@@ -18,6 +18,15 @@ from schemas.registry import Registry, StreamContract, UnknownStreamType
 S = TypeVar("S", bound=BaseModel)
 
 
+def replace(state: S, **changes: Any) -> S:
+    """A changed copy of a frozen state.
+
+    `evolve` applies events that `decide` already checked, so the copy skips
+    validation (pydantic's `model_copy` costs several times more, per event).
+    """
+    return type(state).model_construct(**{**state.__dict__, **changes})
+
+
 class Rejected(Exception):
     """A command broke a domain rule; `code` is stable and machine-readable."""
 

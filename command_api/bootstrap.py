@@ -40,7 +40,7 @@ async def _noop_ack(_: object) -> None:
 @asynccontextmanager
 async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncIterator[CommandSide]:
     """Open the write store and the producer, run the service, close them all."""
-    engine = create_engine(settings.db.write_db_url, pool_size=settings.db.db_pool_size)
+    engine = create_engine(settings.db.write_db_url, pool_size=settings.db.db_pool_size, pre_ping=False)
     store = WriteStore(engine, aggregates, settings.kafka)
     publisher = Publisher(
         new_producer(settings.kafka),

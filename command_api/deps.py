@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from command_api.bootstrap import CommandSide
 
 
-def get_side(request: Request) -> CommandSide:
+async def get_side(request: Request) -> CommandSide:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
     side: CommandSide = request.app.state.side
     return side
 

@@ -10,6 +10,7 @@ retry can duplicate a version but never put a later one before an earlier one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -60,7 +61,10 @@ class Publisher:
         self.publish_timeout_s = publish_timeout_s
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._partitions: dict[str, int] = {}
-        self._route_q: asyncio.Queue[tuple[OutboxRecord, Ticket | None]] = asyncio.Queue()
+        # Records waiting for a partition count (the broker was unreachable);
+        # while any wait, later records queue behind them to keep commit order.
+        self._unrouted: collections.deque[tuple[OutboxRecord, Ticket | None]] = collections.deque()
+        self._route_wake = asyncio.Event()
         self._router: asyncio.Task[None] | None = None
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -92,13 +96,19 @@ class Publisher:
         for i, rec in enumerate(items):
             self.known.add(rec.natural_key)
             last = ticket if ticket is not None and i == len(items) - 1 else None
-            self._route_q.put_nowait((rec, last))
+            if not self._unrouted and self._started and rec.topic in self._partitions:
+                # The common case, synchronous: a whole commit batch reaches its
+                # lanes before any lane sends, so lanes send batches, not records.
+                self._place(rec, last)
+            else:
+                self._unrouted.append((rec, last))
+                self._route_wake.set()
 
     def forget(self, keys: Iterable[tuple[str, str, int]]) -> None:
         self.known.difference_update(keys)
 
     def backlog(self) -> int:
-        return self._route_q.qsize() + sum(len(lane.pending) for lane in self._lanes.values())
+        return len(self._unrouted) + sum(len(lane.pending) for lane in self._lanes.values())
 
     async def _ensure_started(self) -> None:
         async with self._start_lock:
@@ -115,25 +125,31 @@ class Publisher:
         return self._partitions[topic]
 
     async def _route(self) -> None:
-        """Assign records to partition lanes in the order they were committed."""
+        """Place queued records in lanes, in commit order, once Kafka tells partition counts."""
         backoff = 0.05
         while True:
-            rec, ticket = await self._route_q.get()
-            while True:
+            await self._route_wake.wait()
+            self._route_wake.clear()
+            while self._unrouted:
+                rec, _ = self._unrouted[0]
                 try:
                     await asyncio.wait_for(self._ensure_started(), self.publish_timeout_s)
-                    n = await asyncio.wait_for(self._partition_count(rec.topic), self.publish_timeout_s)
-                    break
+                    await asyncio.wait_for(self._partition_count(rec.topic), self.publish_timeout_s)
                 except Exception as exc:  # broker unreachable: keep order; waiters time out
                     self.failures += 1
                     PUBLISH_FAILURES.inc()
                     log.warning("publisher cannot reach Kafka: %r", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
-            backoff = 0.05
-            lane = self._lane(rec.topic, partition_for(rec.key, n))
-            lane.pending.append((rec, ticket))
-            lane.wake.set()
+                    continue
+                backoff = 0.05
+                while self._unrouted and self._unrouted[0][0].topic in self._partitions:
+                    self._place(*self._unrouted.popleft())
+
+    def _place(self, rec: OutboxRecord, ticket: Ticket | None) -> None:
+        lane = self._lane(rec.topic, partition_for(rec.key, self._partitions[rec.topic]))
+        lane.pending.append((rec, ticket))
+        lane.wake.set()
 
     def _lane(self, topic: str, partition: int) -> _Lane:
         key = (topic, partition)

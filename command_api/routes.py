@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from typing import Annotated, Any
 
 import orjson
@@ -165,8 +164,8 @@ async def _send_command(
         expected_version=expected,
         idempotency_key=idempotency_key,
         request_hash=jsonutil.canonical_hash([stream_type, stream_id, command_type, data, expected]),
-        correlation_id=getattr(request.state, "correlation_id", None) or str(uuid.uuid4()),
-        command_id=str(uuid.uuid4()),
+        correlation_id=getattr(request.state, "correlation_id", None) or jsonutil.new_id(),
+        command_id=jsonutil.new_id(),
         future=asyncio.get_running_loop().create_future(),
         traceparent=getattr(request.state, "traceparent", None),
     )

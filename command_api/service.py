@@ -31,6 +31,7 @@ from eventfold.settings import CommandApiSettings
 from schemas.position import Position
 
 log = logging.getLogger(__name__)
+NaturalKey = tuple[str, str, int]
 
 
 class CommandService:
@@ -56,13 +57,16 @@ class CommandService:
         self.last_relay_error: str | None = None
         # Keys acknowledged and deleted while a commit was reading the outbox:
         # that commit may still see them as predecessors, and must not resend them.
-        self._forgotten_during_commit: set[tuple[str, str, int]] = set()
+        self._forgotten_during_commit: list[set[NaturalKey]] = []
 
     async def start(self) -> None:
         self.publisher.on_ack = self._on_ack
         self.publisher.start()
         self._tasks = [
-            asyncio.create_task(self._commit_loop(), name="commit-loop"),
+            *(
+                asyncio.create_task(self._commit_loop(), name=f"commit-loop-{n}")
+                for n in range(self.store.commit_concurrency(self.settings.commit_concurrency))
+            ),
             asyncio.create_task(self._finalize_loop(), name="finalize-loop"),
             asyncio.create_task(self._relay_loop(), name="relay-loop"),
         ]
@@ -154,7 +158,14 @@ class CommandService:
                         cmd.future.set_result(Unavailable(f"internal error: {exc!r}"))
 
     async def _commit(self, batch: list[PendingCommand]) -> None:
-        self._forgotten_during_commit = set()
+        forgotten: set[NaturalKey] = set()
+        self._forgotten_during_commit.append(forgotten)
+        try:
+            await self._commit_tracked(batch, forgotten)
+        finally:
+            self._forgotten_during_commit.remove(forgotten)
+
+    async def _commit_tracked(self, batch: list[PendingCommand], forgotten: set[NaturalKey]) -> None:
         for attempt in range(self.settings.commit_retries):
             try:
                 result = await self.store.commit(batch)
@@ -173,7 +184,7 @@ class CommandService:
         COMMIT_BATCH.observe(len(batch))
         loop = asyncio.get_running_loop()
         # Unacknowledged events of these streams left by another process go first.
-        skip = self.publisher.known | self._forgotten_during_commit
+        skip = self.publisher.known | forgotten
         self.publisher.submit(r for r in result.predecessors if r.natural_key not in skip)
         for cmd, outcome in zip(batch, result.outcomes, strict=True):
             if isinstance(outcome, int):
@@ -216,7 +227,8 @@ class CommandService:
                 fut.set_result(None)
         keys = [r.natural_key for r in acked]
         self.publisher.forget(keys)
-        self._forgotten_during_commit.update(keys)
+        for forgotten in self._forgotten_during_commit:
+            forgotten.update(keys)
 
     async def _relay_loop(self) -> None:
         grace = 0.0  # at start, whatever is in the outbox was left by a dead process

@@ -10,7 +10,6 @@ processes queue on a hot stream instead of failing their compare-and-set.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ from sqlalchemy import (
     update,
     values,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from command_api.aggregate import Aggregates, Rejected
@@ -47,8 +46,7 @@ from command_api.outcomes import (
 from command_api.tables import idempotency_keys, outbox, streams
 from eventfold import jsonutil
 from eventfold.settings import KafkaSettings
-from schemas.envelope import EventEnvelope
-from schemas.mapper import encode_value, envelope_headers
+from schemas.mapper import encode_envelope
 
 StreamKey = tuple[str, str]
 # Commands are processed in one transaction in chunks of this many keys, so
@@ -81,8 +79,21 @@ class WriteStore:
         self.kafka = kafka
         self._pg = engine.dialect.name == "postgresql"
 
+    def commit_concurrency(self, wanted: int) -> int:
+        """Transactions in flight at once: SQLite has one writer, so one."""
+        return wanted if self._pg else 1
+
     async def commit(self, batch: Sequence[PendingCommand]) -> CommitResult:
         """Decide and persist a batch; raises CommitConflict if a head moved under us."""
+        try:
+            return await self._commit(batch)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # A pooled connection died with its server (a restart): once more, fresh.
+            return await self._commit(batch)
+
+    async def _commit(self, batch: Sequence[PendingCommand]) -> CommitResult:
         keys = sorted({(c.stream_type, c.stream_id) for c in batch})
         idem_keys = sorted({c.idempotency_key for c in batch if c.idempotency_key})
         try:
@@ -185,27 +196,29 @@ class WriteStore:
             for event in events:
                 state = aggregate.evolve(state, event)
                 version += 1
-                env = EventEnvelope(
-                    event_id=uuid.uuid4(),
+                event_id = jsonutil.new_id()
+                name = type(event).__name__
+                value, headers = encode_envelope(
+                    event_id=event_id,
                     stream_type=cmd.stream_type,
                     stream_id=cmd.stream_id,
                     version=version,
-                    type=type(event).__name__,
+                    type=name,
                     schema_version=type(event).schema_version,
                     occurred_at=occurred,
                     correlation_id=cmd.correlation_id,
                     causation_id=cmd.command_id,
                     data=event.model_dump(mode="json"),
                 )
-                described.append({"event_id": str(env.event_id), "type": env.type, "version": version})
+                described.append({"event_id": event_id, "type": name, "version": version})
                 records.append(
                     OutboxRecord(
                         cmd.stream_type,
                         cmd.stream_id,
                         version,
                         topic,
-                        encode_value(env),
-                        _with_trace(envelope_headers(env), cmd.traceparent),
+                        value,
+                        _with_trace(headers, cmd.traceparent),
                     )
                 )
             head.state, head.version = state, version

@@ -173,7 +173,9 @@ def serve(
         from eventfold.observability import configure_logging
 
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "INFO"))
-        asyncio.run(serve_one(get_settings(), service, host=host, port=port, projection=projection))
+        from eventfold.runner import run_fast
+
+        run_fast(serve_one(get_settings(), service, host=host, port=port, projection=projection))
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -240,7 +242,9 @@ def dev(
         from eventfold.observability import configure_logging
 
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "WARNING"), json=False)
-        asyncio.run(run_dev(data_dir, command_port, query_port, kafka_port, external))
+        from eventfold.runner import run_fast
+
+        run_fast(run_dev(data_dir, command_port, query_port, kafka_port, external))
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:

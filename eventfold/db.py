@@ -20,10 +20,20 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 10, writer: bool = True) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, writer: bool = True, pre_ping: bool = True
+) -> AsyncEngine:
+    """An engine for PostgreSQL or SQLite.
+
+    `pre_ping=False` saves a round trip per transaction; the caller must then
+    retry once when a connection turns out dead (its error says
+    `connection_invalidated`), as the write store does.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_recycle=1800
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})

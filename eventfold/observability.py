@@ -10,13 +10,14 @@ import logging
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from eventfold.jsonutil import new_id
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -109,7 +110,7 @@ class CorrelationMiddleware:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         given = headers.get("x-correlation-id", "")
-        correlation_id = given if _SAFE_ID.match(given) else str(uuid.uuid4())
+        correlation_id = given if _SAFE_ID.match(given) else new_id()
         traceparent = headers.get("traceparent", "")
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         scope["state"]["traceparent"] = traceparent if _TRACEPARENT.match(traceparent) else None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
 
 from eventfold.settings import Settings
+
+T = TypeVar("T")
 
 
 class _Server(uvicorn.Server):
@@ -19,6 +22,15 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def run_fast(main: Coroutine[Any, Any, T]) -> T:
+    """Run a service's main coroutine on uvloop when it is installed (uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def http_server(app: FastAPI, host: str, port: int) -> _Server:

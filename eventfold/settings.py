@@ -59,6 +59,9 @@ class CommandApiSettings(BaseSettings):
     command_port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
     batch_max: int = Field(default=512, ge=1, le=10_000)
+    # Group-commit transactions in flight at once (PostgreSQL; SQLite uses one):
+    # while one waits on the database, the next batch is already being decided.
+    commit_concurrency: int = Field(default=2, ge=1, le=16)
     commit_retries: int = Field(default=8, ge=1)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     relay_interval_s: float = Field(default=1.0, gt=0)

@@ -24,7 +24,7 @@ from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
 from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BATCH, PROJECTOR_BATCH_SECONDS
 from eventfold.settings import Settings
 from projector import store
-from projector.apply import apply_batch, next_offsets
+from projector.apply import BatchResult, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode
 from projector.deadletter import DeadLetterSink
 from projector.metrics import Counters
@@ -127,13 +127,22 @@ class ProjectorRuntime:
         cfg = self.settings.projector
         sink = DeadLetterSink(self.producer)
         failing = 0
+        # A batch fetched and decoded while the previous one was being written
+        # (issue 4): (generation at fetch, the fetch, decoded records by id).
+        ahead: tuple[int, dict[TopicPartition, list[Any]], dict[int, Decoded | Failure]] | None = None
         while not stop.is_set():
             if self.needs_seek and not await self._seek_assigned(stop):
+                ahead = None
                 continue
-            generation = self.generation
-            batch = await self.consumer.getmany(
-                timeout_ms=cfg.projector_poll_ms, max_records=cfg.projector_batch_max
-            )
+            if ahead is None:
+                generation = self.generation
+                batch = await self.consumer.getmany(
+                    timeout_ms=cfg.projector_poll_ms, max_records=cfg.projector_batch_max
+                )
+                decoded: dict[int, Decoded | Failure] = {}
+            else:
+                generation, batch, decoded = ahead
+                ahead = None
             if self.paused:
                 await self._maybe_resume(stop)
                 continue
@@ -143,24 +152,23 @@ class ProjectorRuntime:
                 continue
             if not records:
                 continue
-            items = [decode(self.projection, r) for r in records]
+            items = [decoded.get(id(r)) or decode(self.projection, r) for r in records]
             started = time.perf_counter()
+            writing = asyncio.create_task(self._apply(items, generation, sink))
+            # Decoding is CPU and the write mostly waits on the database: fetch
+            # what is already buffered and decode it meanwhile. It goes through
+            # the same contiguity and generation checks when its turn comes.
+            next_generation = self.generation
             try:
-                async with self.batch_lock:
-                    if generation != self.generation:
-                        # An assignment moved positions while this batch was
-                        # fetched: drop it and read again from the stored offsets.
-                        self.needs_seek = True
-                        continue
-                    result = await apply_batch(
-                        self.engine,
-                        self.projection,
-                        items,
-                        next_offsets(items),
-                        allowed_states=_LIVE_STATES,
-                        dead_letter=sink,
-                        state_after=store.LIVE,
-                    )
+                upcoming = await self.consumer.getmany(timeout_ms=0, max_records=cfg.projector_batch_max)
+            except BaseException:
+                # Never leave a write running unowned; a cancelled transaction
+                # commits nothing, and its records are read again after a seek.
+                writing.cancel()
+                raise
+            upcoming_decoded = {id(r): decode(self.projection, r) for msgs in upcoming.values() for r in msgs}
+            try:
+                result = await writing
             except Exception as exc:
                 failing += 1
                 self.counters.errors += 1
@@ -172,15 +180,39 @@ class ProjectorRuntime:
                 await _sleep_unless(stop, min(0.2 * failing, 5.0))
                 continue
             failing = 0
+            if result is None:
+                # An assignment moved positions while this batch was fetched:
+                # drop it and read again from the stored offsets.
+                self.needs_seek = True
+                continue
             if not result.allowed:
                 self._pause()
                 continue
             assert result.folded is not None
             for (topic, partition), offset in next_offsets(items).items():
                 self.expected[TopicPartition(topic, partition)] = (offset, False)
+            if upcoming:
+                ahead = (next_generation, upcoming, upcoming_decoded)
             self.counters.add(result.folded)
             self._observe(items, result.folded.applied, time.perf_counter() - started)
             await self._commit_group(next_offsets(items))
+
+    async def _apply(
+        self, items: list[Decoded | Failure], generation: int, sink: DeadLetterSink
+    ) -> BatchResult | None:
+        """Apply one batch under the batch lock; None if an assignment intervened."""
+        async with self.batch_lock:
+            if generation != self.generation:
+                return None
+            return await apply_batch(
+                self.engine,
+                self.projection,
+                items,
+                next_offsets(items),
+                allowed_states=_LIVE_STATES,
+                dead_letter=sink,
+                state_after=store.LIVE,
+            )
 
     def expect(self, positions: dict[TopicPartition, int]) -> None:
         for tp, offset in positions.items():

@@ -11,7 +11,7 @@ from query_api.bootstrap import QuerySide
 from schemas.position import InvalidPosition, Position
 
 
-def get_side(request: Request) -> QuerySide:
+async def get_side(request: Request) -> QuerySide:
     side: QuerySide = request.app.state.side
     return side
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -32,6 +33,53 @@ def envelope_headers(env: EventEnvelope) -> Headers:
 
 def encode_value(env: EventEnvelope) -> bytes:
     return orjson.dumps(env.model_dump(mode="json"))
+
+
+def encode_envelope(
+    *,
+    event_id: str,
+    stream_type: str,
+    stream_id: str,
+    version: int,
+    type: str,
+    schema_version: int,
+    occurred_at: datetime,
+    correlation_id: str | None,
+    causation_id: str | None,
+    data: dict[str, Any],
+) -> tuple[bytes, Headers]:
+    """The record value and headers of a new event, without a model round trip.
+
+    This is the write path's hot loop; `decode_value` validates the same JSON
+    against `EventEnvelope`, and a unit test holds the two together.
+    """
+    value = orjson.dumps(
+        {
+            "event_id": event_id,
+            "stream_type": stream_type,
+            "stream_id": stream_id,
+            "version": version,
+            "type": type,
+            "schema_version": schema_version,
+            "occurred_at": occurred_at,
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+            "data": data,
+        }
+    )
+    headers: Headers = [
+        ("event_id", event_id.encode()),
+        ("stream_type", stream_type.encode()),
+        ("stream_id", stream_id.encode()),
+        ("version", str(version).encode()),
+        ("type", type.encode()),
+        ("schema_version", str(schema_version).encode()),
+    ]
+    if correlation_id is not None:
+        headers.append(("correlation_id", correlation_id.encode()))
+    if causation_id is not None:
+        headers.append(("causation_id", causation_id.encode()))
+    return value, headers
 
 
 def decode_value(value: bytes | None) -> EventEnvelope:

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from command_api.aggregate import Aggregate, Rejected
+from command_api.aggregate import Aggregate, Rejected, replace
 from schemas.account import (
     ACCOUNT,
     AccountClosed,
@@ -64,13 +64,13 @@ def decide(state: Account, command: Command) -> Sequence[Event]:
 def evolve(state: Account, event: Event) -> Account:
     match event:
         case AccountOpened(owner=owner):
-            return state.model_copy(update={"status": Status.OPEN, "owner": owner})
+            return replace(state, status=Status.OPEN, owner=owner)
         case Deposited(amount=amount):
-            return state.model_copy(update={"balance": state.balance + amount})
+            return replace(state, balance=state.balance + amount)
         case Withdrawn(amount=amount):
-            return state.model_copy(update={"balance": state.balance - amount})
+            return replace(state, balance=state.balance - amount)
         case AccountClosed():
-            return state.model_copy(update={"status": Status.CLOSED})
+            return replace(state, status=Status.CLOSED)
     raise TypeError(f"account does not apply {type(event).__name__}")
 
 

@@ -275,3 +275,32 @@ async def test_correlation_and_trace_context_reach_kafka_and_metrics_count(
     assert records[0].headers["traceparent"] == trace.encode()
     assert records[1].envelope().correlation_id == generated
     assert "traceparent" not in records[1].headers
+
+
+async def test_connections_killed_by_the_server_cost_no_command(
+    command_client, make_settings, pg_url
+) -> None:
+    """As after a PostgreSQL restart: pooled connections are dead; the next command still succeeds."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    settings = make_settings()
+    sid = uid("acct")
+    async with command_client(settings) as http:
+        assert (await send(http, sid, "OpenAccount", {"owner": "K"})).status_code == 200
+        url = make_url(pg_url)
+        admin = await asyncpg.connect(
+            url.set(drivername="postgresql", database="postgres").render_as_string(False)
+        )
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                url.database,
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        r = await send(http, sid, "Deposit", {"amount": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 2

@@ -17,7 +17,9 @@ CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.json"
 
 def test_checked_in_document_matches_the_registry() -> None:
     current = asyncapi_document(Settings(kafka={"topic_prefix": "eventfold"}))
-    assert CHECKED_IN.read_text().strip() == current, "run `eventfold asyncapi --output schemas/asyncapi.json`"
+    assert CHECKED_IN.read_text().strip() == current, (
+        "run `eventfold asyncapi --output schemas/asyncapi.json`"
+    )
 
 
 def test_every_stream_and_event_is_described() -> None:

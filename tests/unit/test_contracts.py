@@ -92,3 +92,33 @@ def test_position_token_round_trip() -> None:
 def test_invalid_position_tokens(token: str) -> None:
     with pytest.raises(InvalidPosition):
         Position.parse(token)
+
+
+def test_fast_encoder_agrees_with_the_envelope_model() -> None:
+    from schemas.mapper import encode_envelope
+
+    env = envelope(correlation_id="c-1", causation_id=None)
+    value, headers = encode_envelope(
+        event_id=str(env.event_id),
+        stream_type=env.stream_type,
+        stream_id=env.stream_id,
+        version=env.version,
+        type=env.type,
+        schema_version=env.schema_version,
+        occurred_at=env.occurred_at,
+        correlation_id=env.correlation_id,
+        causation_id=env.causation_id,
+        data=env.data,
+    )
+    assert decode_value(value) == env
+    assert headers == envelope_headers(env)
+
+
+def test_new_ids_are_version_4_uuids() -> None:
+    from eventfold.jsonutil import new_id
+
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for i in list(ids)[:50]:
+        u = uuid.UUID(i)
+        assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, i)
