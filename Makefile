@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration test-e2e lint typecheck bench bench-quick clean
+.PHONY: install run test test-unit test-integration test-e2e lint typecheck bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,7 @@ run: install ## the whole system on this machine: broker, SQLite stores, APIs, p
 
 test: install ## every tier, against the local PostgreSQL and an embedded broker
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/eventfold schemas check
 	$(BIN)/pytest -q tests/unit tests/integration tests/e2e
 
@@ -46,6 +47,9 @@ bench: install ## full benchmark (several minutes); figures in bench/results/
 bench-quick: install ## the short benchmark CI runs (under 2 minutes)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench --quick
+
+chaos: install ## ten minutes of faults under load, then the oracle (0 violations or exit 1)
+	$(BIN)/python -m chaos --duration 600
 
 clean:
 	rm -rf $(VENV) .eventfold .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,10 @@ console = Console()
 
 def dev_settings(data_dir: Path, bootstrap: str, embedded: bool) -> Settings:
     data_dir = data_dir.resolve()
-    kafka = KafkaSettings(kafka_bootstrap=bootstrap, **({"kafka_idempotence": False} if embedded else {}))
+    kafka = KafkaSettings(kafka_bootstrap=bootstrap)
+    if embedded:
+        # The embedded broker cannot grant producer ids (see README, quirks).
+        kafka = kafka.model_copy(update={"kafka_idempotence": False})
     db = DatabaseSettings(
         write_db_url=f"sqlite+aiosqlite:///{data_dir / 'write.db'}",
         read_db_url=f"sqlite+aiosqlite:///{data_dir / 'read.db'}",
