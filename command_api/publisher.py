@@ -86,9 +86,10 @@ class Publisher:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self._started:
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
+        # Unsent batches may be abandoned: their events are still in the outbox.
+        # Stopping a producer that never started is harmless and closes it cleanly.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.producer.stop(), 2.0)
 
     def submit(self, records: Iterable[OutboxRecord], ticket: Ticket | None = None) -> None:
         """Queue records in commit order; a ticket covers the records given with it."""

@@ -205,7 +205,7 @@ async def _send_command(
 @router.get(
     "/streams/{stream_type}/{stream_id}",
     response_model=StreamView,
-    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 404)},
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 404, 422)},
 )
 async def read_stream(
     side: SideDep,

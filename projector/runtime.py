@@ -109,8 +109,8 @@ class ProjectorRuntime:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
-        await create_topics(self.settings.kafka, [self.topic, dlq_topic(self.topic)])
-        await store.ensure_status(self.engine, self.projection)
+        if not await self._prepare(stop):
+            return
         await self.producer.start()
         try:
             self.consumer.subscribe([self.topic], listener=_SeekOnAssign(self))
@@ -213,6 +213,20 @@ class ProjectorRuntime:
                 dead_letter=sink,
                 state_after=store.LIVE,
             )
+
+    async def _prepare(self, stop: asyncio.Event) -> bool:
+        """Topics and status row, retried while Kafka or the database is down (no crash loop)."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await create_topics(self.settings.kafka, [self.topic, dlq_topic(self.topic)])
+                await store.ensure_status(self.engine, self.projection)
+                return True
+            except Exception as exc:
+                log.warning("projection=%s cannot start yet (retrying): %r", self.projection.name, exc)
+                await _sleep_unless(stop, delay)
+                delay = min(delay * 2, 5.0)
+        return False
 
     def expect(self, positions: dict[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
