@@ -250,12 +250,12 @@ async def replay_run(
     try:
         deadline = time.perf_counter() + timeout_s
         while True:
-            # wait4 reaps the child with its exact peak RSS (ru_maxrss, KB on Linux).
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
+            # Reap without blocking. Its rusage is no use for the peak: Linux counts
+            # in ru_maxrss the parent's resident set copied at fork, before exec.
+            pid, status, _ = os.wait4(child.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
             if pid:
                 seconds = time.perf_counter() - child.started
                 child.proc.returncode = os.waitstatus_to_exitcode(status)
-                peak = usage.ru_maxrss / 1024.0
                 break
             peak = child.peak_rss_mb() or peak
             elapsed = time.perf_counter() - child.started

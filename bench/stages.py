@@ -12,10 +12,11 @@ Stages of one command, in order:
 - `execute`: all of the above
 
 `--patch` tries a change without editing eventfold, to measure it before
-proposing it: `bulk-router` (the publisher routes every queued record at once,
-without `wait_for` per record; eventfold does so itself since 4f3e974), `async-deps` (the `get_side` dependency as
-`async def`, so FastAPI does not run it in a worker thread), `uvloop` (serve
-on uvloop instead of the stdlib loop that `asyncio.run` gives).
+proposing it: `bulk-router` (the publisher routes every queued record at
+once, without `wait_for` per record; eventfold does so itself since 4f3e974),
+`async-deps` (the `get_side` dependency as `async def`, so FastAPI does not
+run it in a worker thread), `uvloop` (serve on uvloop instead of the stdlib
+loop that `asyncio.run` gives).
 """
 
 from __future__ import annotations

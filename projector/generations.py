@@ -38,7 +38,9 @@ def _clone(table: Table, generation: int) -> Table:
     for index in list(clone.indexes):
         if index.name is not None and not index.name.endswith(f"__g{generation}"):
             clone.indexes.discard(index)
-            Index(f"{index.name}__g{generation}", *[clone.c[c.name] for c in index.columns], unique=index.unique)
+            Index(
+                f"{index.name}__g{generation}", *[clone.c[c.name] for c in index.columns], unique=index.unique
+            )
     for constraint in clone.constraints:
         if isinstance(constraint.name, str) and not constraint.name.endswith(f"__g{generation}"):
             constraint.name = f"{constraint.name}__g{generation}"

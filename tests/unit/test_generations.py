@@ -24,5 +24,8 @@ def test_generations_get_their_own_tables_indexes_and_offsets_key() -> None:
         "ix_accounts_owner_id__g3",
         "ix_accounts_status_id__g3",
     }
-    assert found.get_pk_constraint("account_transactions__g2")["constrained_columns"] == ["account_id", "version"]
+    assert found.get_pk_constraint("account_transactions__g2")["constrained_columns"] == [
+        "account_id",
+        "version",
+    ]
     assert offsets_key("accounts", 2) == "accounts@g2"
