@@ -16,6 +16,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
+def async_url(url: str) -> str:
+    """Give plain `postgresql://` and `sqlite://` URLs their async drivers."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -29,6 +39,7 @@ def create_engine(
     retry once when a connection turns out dead (its error says
     `connection_invalidated`), as the write store does.
     """
+    url = async_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(

@@ -44,12 +44,9 @@ class DatabaseSettings(BaseSettings):
     @classmethod
     def _async_driver(cls, url: str) -> str:
         """Accept plain `postgresql://` URLs and give them the async driver."""
-        for plain in ("postgresql://", "postgres://"):
-            if url.startswith(plain):
-                return "postgresql+asyncpg://" + url[len(plain) :]
-        if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
-            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-        return url
+        from eventfold.db import async_url
+
+        return async_url(url)
 
 
 class CommandApiSettings(BaseSettings):
