@@ -23,6 +23,8 @@ from projector.tables import projection_failures, projection_offsets, projection
 TopicPartitionKey = tuple[str, int]
 _CHUNK = 1000
 LIVE, REBUILDING, FAILED = "live", "rebuilding", "failed"
+# A blue/green rebuild is handing over (projector/rebuild.py): live batches wait.
+SWITCHING = "switching"
 
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:
@@ -215,7 +217,7 @@ async def mark_failed(engine: AsyncEngine, projection: str, detail: str) -> None
     async with engine.begin() as conn:
         await conn.execute(
             update(projection_status)
-            .where(c.projection == projection, c.state != REBUILDING)
+            .where(c.projection == projection, c.state.notin_([REBUILDING, SWITCHING]))
             .values(state=FAILED, detail=detail[:2000], updated_at=time.time())
         )
 

@@ -41,6 +41,11 @@ projection_status = Table(
     Column("last_event_at", Float),
     Column("detail", Text),
     Column("updated_at", Float, nullable=False),
+    # Added by read_0003: which generation of the tables is live, and how far
+    # a blue/green rebuild (projector/rebuild.py) has come.
+    Column("generation", Integer, nullable=False, server_default="1"),
+    Column("rebuild_progress", Float),
+    Column("rebuild_detail", Text),
 )
 
 projection_failures = Table(
