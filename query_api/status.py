@@ -57,6 +57,8 @@ async def projection_report(
                 "version_gaps": failures.get("version_gap", 0),
                 "failures_by_reason": failures,
                 "last_event_at": row["last_event_at"],
+                "generation": row["generation"],
+                "rebuild_progress": row["rebuild_progress"],
             }
         )
     return out

@@ -91,6 +91,8 @@ async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, di
             "events_applied": 0,
             "last_event_at": None,
             "detail": None,
+            "generation": 1,
+            "rebuild_progress": None,
             "offsets": {},
             "failures": {},
         }
@@ -103,6 +105,8 @@ async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, di
             entry["state"] = row.state
             entry["events_applied"] = int(row.events_applied)
             entry["detail"] = row.detail
+            entry["generation"] = int(row.generation)
+            entry["rebuild_progress"] = row.rebuild_progress
             if row.last_event_at is not None:
                 entry["last_event_at"] = datetime.fromtimestamp(row.last_event_at, UTC).isoformat()
         for p, t, part, off in await conn.execute(

@@ -36,7 +36,9 @@ class CloseAccount(Command):
 
 
 class AccountOpened(Event):
-    owner: str
+    # Bounded like the command (and the read column): a record in Kafka with a
+    # larger owner is poison and is dead-lettered, never a failing write.
+    owner: str = Field(max_length=200)
 
 
 class Deposited(Event):

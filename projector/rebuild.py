@@ -1,0 +1,409 @@
+"""Zero-downtime (blue/green) rebuild of a projection by renaming tables (issue 5).
+
+Generation g+1 of the projection's tables (`accounts__g2`, ...) is built from
+offset 0 under its own offsets key (`accounts@g2`) and status row, while the
+live projector keeps writing generation g (the tables named `accounts`, ...)
+and the query API keeps reading it. Catch-up rounds shrink the lag; then the
+handover sets the live state to `switching` (the live runtime pauses), catches
+the new generation up to the now frozen live offsets, and in ONE transaction
+renames the live tables away, renames the new ones into their place and moves
+the offsets, failures and status over. A reader sees the old tables or the new
+ones, never neither: on PostgreSQL a query waits on the rename's lock for the
+few milliseconds of the swap, then resolves the name again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import Table, delete, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from eventfold.kafka import new_consumer
+from eventfold.observability import REBUILD_PROGRESS
+from eventfold.settings import Settings
+from projector import store
+from projector.apply import DocCache, apply_batch, next_offsets
+from projector.batch import decode
+from projector.generations import offsets_key, tables_of
+from projector.projection import Change, Doc, Handler, Projection
+from projector.tables import projection_failures, projection_offsets, projection_status
+from schemas.base import Event
+from schemas.envelope import EventEnvelope
+
+log = structlog.get_logger("eventfold.rebuild")
+
+_SMALL_LAG = 2000  # events left for the handover, while the live projector is paused
+_ROUNDS = 3
+_BUSY_S = 30.0  # a generation's status row touched this recently belongs to a running rebuild
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildProgress:
+    generation: int
+    phase: str  # "catch-up <n>" or "handover"
+    done: int
+    total: int
+    rate: float  # events per second since the start
+    eta_s: float | None
+
+    @property
+    def ratio(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total else 0.0
+
+
+Progress = Callable[[RebuildProgress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    generation: int
+    records: int
+    rounds: int
+    seconds: float
+    switch_seconds: float  # how long the live projector was paused
+
+
+def generation_projection(projection: Projection, generation: int) -> Projection:
+    """The projection writing into one generation's tables, under its own name.
+
+    Handlers return rows for the declared (generation-agnostic) child tables;
+    a wrapper points those rows at the generation's tables instead.
+    """
+    tables = tables_of(projection, generation)
+    by_name = {orig.name: clone for orig, clone in zip(projection.tables, tables, strict=True)}
+    return dataclasses.replace(
+        projection,
+        name=offsets_key(projection.name, generation),
+        doc_table=tables[0],
+        child_tables=tuple(tables[1:]),
+        handlers={t: _remapped(h, by_name) for t, h in projection.handlers.items()},
+    )
+
+
+def _remapped(handler: Handler, tables: Mapping[str, Table]) -> Handler:
+    def remapped(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+        change = handler(doc, env, event)
+        if not change.appends:
+            return change
+        return Change(change.doc, [(tables.get(t.name, t), row) for t, row in change.appends])
+
+    return remapped
+
+
+def old_name(table: str, generation: int) -> str:
+    return f"{table}__old_g{generation}"
+
+
+async def rebuild_projection(
+    settings: Settings, projection: Projection, engine: AsyncEngine, progress: Progress | None = None
+) -> RebuildResult:
+    """Build the next generation beside the live one, then swap it in; returns what it did."""
+    started = time.monotonic()
+    await store.ensure_status(engine, projection)
+    current = await stored_generation(engine, projection.name)
+    g = current + 1
+    clone = generation_projection(projection, g)
+    await _prepare(engine, projection, clone, current)
+    topic = projection.topic(settings.kafka)
+    reporter = _Reporter(engine, projection.name, g, progress, started)
+    consumer = new_consumer(settings.kafka, group_id=None, fetch_max_wait_ms=50)
+    await consumer.start()
+    swapped = False
+    prior_state: str | None = None
+    try:
+        cache = DocCache()  # the generation's tables are new and we are their only writer
+        batch_max = settings.projector.projector_replay_batch_max
+        rounds = 0
+        while True:
+            rounds += 1
+            start = await store.load_offsets(engine, clone.name, [topic])
+            await _catch_up(consumer, topic, clone, engine, cache, start, None, batch_max, reporter, rounds)
+            lag = await _lag(engine, projection.name, clone.name, topic)
+            if lag < _SMALL_LAG or rounds >= _ROUNDS:
+                break
+        switch_started = time.monotonic()
+        prior_state = await _set_switching(engine, projection.name)
+        frozen = await store.load_offsets(engine, projection.name, [topic])
+        start = await store.load_offsets(engine, clone.name, [topic])
+        reporter.phase = "handover"
+        await _catch_up(consumer, topic, clone, engine, cache, start, frozen, batch_max, reporter, rounds)
+        await _swap(engine, projection, clone, current, g)
+        swapped = True
+        switch_seconds = time.monotonic() - switch_started
+    except BaseException:
+        await _abandon(engine, projection, clone, prior_state)
+        raise
+    finally:
+        await consumer.stop()
+        if not swapped:
+            REBUILD_PROGRESS.labels(projection.name).set(0)
+    REBUILD_PROGRESS.labels(projection.name).set(1)
+    try:
+        await _drop(engine, [old_name(t.name, current) for t in projection.tables])
+    except Exception as exc:  # the next rebuild drops them; the swap is done
+        log.warning("rebuild_drop_old_failed", projection=projection.name, error=repr(exc))
+    result = RebuildResult(g, reporter.done, rounds, time.monotonic() - started, switch_seconds)
+    log.info("rebuild_done", projection=projection.name, **dataclasses.asdict(result))
+    return result
+
+
+async def stored_generation(engine: AsyncEngine, projection: str) -> int:
+    c = projection_status.c
+    async with engine.connect() as conn:
+        found = (await conn.execute(select(c.generation).where(c.projection == projection))).scalar()
+    return int(found or 1)
+
+
+async def _prepare(engine: AsyncEngine, projection: Projection, clone: Projection, current: int) -> None:
+    """Refuse a second rebuild; clear leftovers of a failed one; create the new tables."""
+    s = projection_status.c
+    async with engine.begin() as conn:
+        live = (await conn.execute(select(s.state).where(s.projection == projection.name))).scalar()
+        if live not in (store.LIVE, store.FAILED):
+            raise RuntimeError(f"projection {projection.name} is {live}; cannot rebuild it now")
+        touched = (
+            await conn.execute(select(s.updated_at).where(s.projection == clone.name))
+        ).scalar_one_or_none()
+        if touched is not None and time.time() - touched < _BUSY_S:
+            raise RuntimeError(f"a rebuild of {projection.name} is already running")
+        await _forget(conn, clone.name)
+    leftovers = [t.name for t in clone.tables]
+    leftovers += [old_name(t.name, k) for t in projection.tables for k in (current - 1, current)]
+    await _drop(engine, leftovers)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: [t.create(sync) for t in clone.tables])
+        await conn.execute(
+            insert(projection_status).values(
+                projection=clone.name,
+                state=store.REBUILDING,
+                version=projection.version,
+                events_applied=0,
+                updated_at=time.time(),
+            )
+        )
+        await conn.execute(
+            update(projection_status)
+            .where(s.projection == projection.name)
+            .values(rebuild_progress=0.0, rebuild_detail=f"building generation {clone.name}")
+        )
+
+
+async def _forget(conn: AsyncConnection, name: str) -> None:
+    for table in (projection_status, projection_offsets, projection_failures):
+        await conn.execute(delete(table).where(table.c.projection == name))
+
+
+async def _drop(engine: AsyncEngine, names: list[str]) -> None:
+    async with engine.begin() as conn:
+        quote = conn.dialect.identifier_preparer.quote
+        for name in names:
+            await conn.execute(text(f"DROP TABLE IF EXISTS {quote(name)}"))
+
+
+async def _lag(engine: AsyncEngine, live: str, clone: str, topic: str) -> int:
+    ahead = await store.load_offsets(engine, live, [topic])
+    mine = await store.load_offsets(engine, clone, [topic])
+    return sum(max(o - mine.get(k, 0), 0) for k, o in ahead.items())
+
+
+async def _set_switching(engine: AsyncEngine, name: str) -> str:
+    """Stop the live runtime between two batches: it applies only while live or failed."""
+    async with engine.begin() as conn:
+        state = await store.lock_state(conn, name)
+        if state not in (store.LIVE, store.FAILED):
+            raise RuntimeError(f"projection {name} became {state} during the rebuild")
+        await conn.execute(
+            update(projection_status)
+            .where(projection_status.c.projection == name)
+            .values(state=store.SWITCHING, updated_at=time.time())
+        )
+    return state
+
+
+async def _catch_up(
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    clone: Projection,
+    engine: AsyncEngine,
+    cache: DocCache,
+    start: Mapping[tuple[str, int], int],
+    stop: Mapping[tuple[str, int], int] | None,
+    batch_max: int,
+    reporter: _Reporter,
+    round_: int,
+) -> None:
+    if reporter.phase != "handover":
+        reporter.phase = f"catch-up {round_}"
+    async for records, remaining in _read_range(consumer, topic, start, stop, batch_max):
+        items = [decode(clone, r) for r in records]
+        result = await apply_batch(
+            engine,
+            clone,
+            items,
+            next_offsets(items),
+            allowed_states=frozenset({store.REBUILDING}),
+            dead_letter=None,  # the live generation dead-lettered these records already
+            state_after=store.REBUILDING,
+            cache=cache,
+        )
+        if not result.allowed:
+            raise RuntimeError(f"{clone.name} is no longer rebuilding")
+        await reporter.advance(len(records), remaining)
+
+
+async def _read_range(
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    start: Mapping[tuple[str, int], int],
+    stop: Mapping[tuple[str, int], int] | None,
+    batch_max: int,
+) -> AsyncIterator[tuple[list[Any], int]]:
+    """Yield (records, records left) from `start` up to `stop`, or to the first high-watermarks seen."""
+    await consumer.topics()
+    parts = sorted(consumer.partitions_for_topic(topic) or ())
+    if not parts:
+        raise RuntimeError(f"topic {topic} does not exist")
+    tps = [TopicPartition(topic, p) for p in parts]
+    position = {tp: start.get((topic, tp.partition), 0) for tp in tps}
+    ends: dict[TopicPartition, int] = {}
+    if stop is not None:
+        ends = {tp: stop.get((topic, tp.partition), 0) for tp in tps}
+        if all(position[tp] >= ends[tp] for tp in tps):
+            return
+    consumer.assign(tps)
+    consumer.resume(*tps)
+    for tp in tps:
+        consumer.seek(tp, position[tp])
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=batch_max)
+            if stop is None:
+                for tp in tps:
+                    hw = consumer.highwater(tp)
+                    if tp not in ends and hw is not None:
+                        ends[tp] = hw
+            records = []
+            for tp, msgs in batch.items():
+                end = ends.get(tp)
+                for m in msgs:
+                    if m.offset >= position[tp] and (end is None or m.offset < end):
+                        records.append(m)
+                        position[tp] = m.offset + 1
+            known = len(ends) == len(tps)
+            left = sum(max(ends[tp] - position[tp], 0) for tp in ends)
+            if records:
+                yield records, left
+            if known and left == 0:
+                return
+    finally:
+        consumer.pause(*tps)
+
+
+async def _swap(engine: AsyncEngine, projection: Projection, clone: Projection, current: int, g: int) -> None:
+    """The rename swap and the bookkeeping move, in one transaction."""
+    s, o, f = projection_status.c, projection_offsets.c, projection_failures.c
+    async with engine.begin() as conn:
+        await store.lock_state(conn, projection.name)
+        quote = conn.dialect.identifier_preparer.quote
+        for live, built in zip(projection.tables, clone.tables, strict=True):
+            await conn.execute(
+                text(f"ALTER TABLE {quote(live.name)} RENAME TO {quote(old_name(live.name, current))}")
+            )
+            await conn.execute(text(f"ALTER TABLE {quote(built.name)} RENAME TO {quote(live.name)}"))
+        # The new generation read at least as far as the frozen live offsets,
+        # so its own offsets describe the renamed tables exactly.
+        await conn.execute(delete(projection_offsets).where(o.projection == projection.name))
+        await conn.execute(
+            update(projection_offsets).where(o.projection == clone.name).values(projection=projection.name)
+        )
+        await conn.execute(delete(projection_failures).where(f.projection == projection.name))
+        await conn.execute(
+            update(projection_failures).where(f.projection == clone.name).values(projection=projection.name)
+        )
+        built_status = (
+            await conn.execute(select(s.events_applied, s.last_event_at).where(s.projection == clone.name))
+        ).one()
+        await conn.execute(
+            update(projection_status)
+            .where(s.projection == projection.name)
+            .values(
+                state=store.LIVE,
+                generation=g,
+                version=projection.version,
+                events_applied=built_status.events_applied,
+                last_event_at=built_status.last_event_at,
+                rebuild_progress=None,
+                rebuild_detail=None,
+                detail=None,
+                updated_at=time.time(),
+            )
+        )
+        await conn.execute(delete(projection_status).where(s.projection == clone.name))
+
+
+async def _abandon(engine: AsyncEngine, projection: Projection, clone: Projection, prior: str | None) -> None:
+    """Undo a rebuild that did not swap: the live generation never noticed it."""
+    s = projection_status.c
+    try:
+        async with engine.begin() as conn:
+            await _forget(conn, clone.name)
+            values: dict[str, Any] = {"rebuild_progress": None, "rebuild_detail": None}
+            await conn.execute(
+                update(projection_status).where(s.projection == projection.name).values(**values)
+            )
+            if prior is not None:
+                await conn.execute(
+                    update(projection_status)
+                    .where(s.projection == projection.name, s.state == store.SWITCHING)
+                    .values(state=prior, updated_at=time.time())
+                )
+        await _drop(engine, [t.name for t in clone.tables])
+    except Exception as exc:
+        log.warning("rebuild_cleanup_failed", projection=projection.name, error=repr(exc))
+
+
+class _Reporter:
+    """Progress to the callback, the gauge and (at most once a second) the status row."""
+
+    def __init__(
+        self, engine: AsyncEngine, name: str, generation: int, callback: Progress | None, started: float
+    ) -> None:
+        self.engine, self.name, self.generation = engine, name, generation
+        self.callback = callback
+        self.started = started
+        self.done = 0
+        self.phase = "catch-up 1"
+        self.saved_at = 0.0
+
+    async def advance(self, records: int, left: int) -> None:
+        self.done += records
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        report = RebuildProgress(
+            self.generation,
+            self.phase,
+            self.done,
+            self.done + left,
+            rate,
+            left / rate if rate > 0 else None,
+        )
+        REBUILD_PROGRESS.labels(self.name).set(report.ratio)
+        if self.callback is not None:
+            self.callback(report)
+        now = time.monotonic()
+        if now - self.saved_at >= 1.0:
+            self.saved_at = now
+            detail = f"generation {self.generation}: {self.phase}, {rate:,.0f} ev/s"
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(projection_status)
+                    .where(projection_status.c.projection == self.name)
+                    .values(rebuild_progress=report.ratio, rebuild_detail=detail)
+                )
