@@ -141,7 +141,7 @@ async def test_rebuild_under_live_traffic(make_settings, rebuild_db: DatabaseSet
             await wait_until(lambda: caught_up(url, records, topic), timeout=180, what="live projector")
             stop = asyncio.Event()
             writer = asyncio.create_task(_write(settings, topic, heads, stop))
-            readers = [asyncio.create_task(_read(q, ids, seed, stop)) for seed in range(2)]
+            readers = [asyncio.create_task(_read(q, ids, seed, stop)) for seed in range(4)]
             reports: list[RebuildProgress] = []
             results = []
             timings = []

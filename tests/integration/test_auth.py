@@ -81,3 +81,33 @@ async def test_no_keys_configured_means_everything_is_refused(command_client, ma
             f"/commands/account/{uid()}", json={"type": "OpenAccount", "data": {"owner": "x"}}
         )
         assert r.status_code == 401
+
+
+QUERY_ROUTES = [
+    "/accounts/{sid}",
+    "/accounts?limit=5",
+    "/accounts/{sid}/transactions",
+    "/projections",
+]
+
+
+@pytest.mark.parametrize("path", QUERY_ROUTES)
+async def test_query_api_routes(make_settings, path: str) -> None:
+    from query_api.bootstrap import create_app
+    from tests.helpers import app_client
+
+    settings = make_settings(auth=auth_settings())
+    url = path.format(sid=uid("auth"))
+    forged = TOKENS["reader"][:-4] + "AAAA"
+    async with app_client(create_app(settings)) as http:
+        for label, headers in [*BAD.items(), ("forged", {"Authorization": f"Bearer {forged}"})]:
+            r = await http.get(url, headers=headers)
+            assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), label
+        r = await http.get(url, headers=bearer("expired"))
+        assert (r.status_code, r.json()["detail"]) == (401, "the token has expired")
+        r = await http.get(url, headers=bearer("writer"))
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+        for who in ("reader", "admin"):
+            r = await http.get(url, headers=bearer(who))
+            assert r.status_code not in (401, 403), (who, r.text)
+        assert (await http.get("/healthz")).status_code == 200
