@@ -196,6 +196,19 @@ def replay(
         raise _fail(str(exc)) from None
 
 
+@app.command()
+def rebuild(
+    name: Annotated[str, typer.Argument(help="The projection to rebuild.")],
+) -> None:
+    """Rebuild a projection beside the live one and swap it in (no downtime, issue 5)."""
+    from eventfold.rebuild_cli import run_rebuild
+
+    try:
+        asyncio.run(run_rebuild(get_settings(), name, console=console))
+    except (ValueError, LookupError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+
+
 dlq_app = typer.Typer(help="Inspect and re-drive records a projection could not apply.")
 app.add_typer(dlq_app, name="dlq")
 

@@ -16,7 +16,7 @@ from eventfold.runner import http_server, install_stop_signals, run_servers
 from eventfold.settings import AuthSettings, DatabaseSettings, KafkaSettings, Settings
 from eventfold.wiring import all_topics
 
-console = Console()
+console = Console(soft_wrap=True)  # long curl lines must stay copy-pasteable
 
 
 def dev_settings(data_dir: Path, bootstrap: str, embedded: bool) -> Settings:

@@ -1,8 +1,9 @@
 """Physical tables of a projection generation (groundwork for blue/green rebuilds).
 
-A zero-downtime rebuild (issue 5, not finished) builds generation n+1 of a
-projection's tables from offset 0 while generation n keeps serving, then
-switches the names the query API reads (views) to it in one transaction. The
+A zero-downtime rebuild (issue 5, projector/rebuild.py) builds generation n+1
+of a projection's tables from offset 0 while generation n keeps serving, then
+renames the tables of n away and those of n+1 into their place in one
+transaction. The
 `Projection` declaration stays generation-agnostic; this module derives the
 physical tables of a generation from it: the same columns and keys, the name
 suffixed `__g<n>`, and every index and constraint renamed too (PostgreSQL

@@ -178,7 +178,7 @@ async def _prepare(engine: AsyncEngine, projection: Projection, clone: Projectio
     leftovers += [old_name(t.name, k) for t in projection.tables for k in (current - 1, current)]
     await _drop(engine, leftovers)
     async with engine.begin() as conn:
-        await conn.run_sync(lambda sync: [t.create(sync) for t in clone.tables])
+        await conn.run_sync(_create_tables, clone.tables)
         await conn.execute(
             insert(projection_status).values(
                 projection=clone.name,
@@ -193,6 +193,11 @@ async def _prepare(engine: AsyncEngine, projection: Projection, clone: Projectio
             .where(s.projection == projection.name)
             .values(rebuild_progress=0.0, rebuild_detail=f"building generation {clone.name}")
         )
+
+
+def _create_tables(sync: Any, tables: list[Table]) -> None:
+    for table in tables:
+        table.create(sync)
 
 
 async def _forget(conn: AsyncConnection, name: str) -> None:
@@ -407,3 +412,23 @@ class _Reporter:
                     .where(projection_status.c.projection == self.name)
                     .values(rebuild_progress=report.ratio, rebuild_detail=detail)
                 )
+
+
+async def rebuild_if_outdated(
+    settings: Settings, projection: Projection, engine: AsyncEngine
+) -> RebuildResult | None:
+    """Rebuild when the declared version differs from the stored one (a deploy changed the handlers).
+
+    The old generation keeps serving meanwhile; the swap stores the new version.
+    """
+    c = projection_status.c
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(c.state, c.version).where(c.projection == projection.name))
+        ).one_or_none()
+    if row is None or row.state != store.LIVE or row.version == projection.version:
+        return None
+    log.info(
+        "rebuild_for_new_version", projection=projection.name, stored=row.version, declared=projection.version
+    )
+    return await rebuild_projection(settings, projection, engine)

@@ -111,6 +111,24 @@ class ProjectorRuntime:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
         if not await self._prepare(stop):
             return
+        rebuild = asyncio.create_task(self._rebuild_if_outdated())
+        try:
+            await self._run(stop)
+        finally:
+            rebuild.cancel()
+            with contextlib.suppress(BaseException):
+                await rebuild
+
+    async def _rebuild_if_outdated(self) -> None:
+        """A new declared version: build the next generation while this one serves (issue 5)."""
+        from projector.rebuild import rebuild_if_outdated
+
+        try:
+            await rebuild_if_outdated(self.settings, self.projection, self.engine)
+        except Exception:
+            log.exception("projection=%s rebuild for a new version failed", self.projection.name)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
         try:
             self.consumer.subscribe([self.topic], listener=_SeekOnAssign(self))

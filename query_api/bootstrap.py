@@ -6,9 +6,12 @@ tests can pass their own settings and projections.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,6 +30,9 @@ class QuerySide:
     engine: AsyncEngine
     watcher: OffsetWatcher
     watermarks: WatermarkCache
+    # Rebuilds started by POST /projections/{name}/rebuild, by projection name;
+    # cancelled when the app stops (an unfinished rebuild drops its tables).
+    rebuilds: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
 
 
 @asynccontextmanager
@@ -36,9 +42,15 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
     if engine.dialect.name == "postgresql":
         # Every query is one SELECT: autocommit spares a BEGIN and a ROLLBACK each.
         engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    side = QuerySide(settings, projections, engine, OffsetWatcher(engine), WatermarkCache(settings.kafka))
     try:
-        yield QuerySide(settings, projections, engine, OffsetWatcher(engine), WatermarkCache(settings.kafka))
+        yield side
     finally:
+        for task in side.rebuilds.values():
+            task.cancel()
+        for task in side.rebuilds.values():
+            with contextlib.suppress(BaseException):
+                await task
         await engine.dispose()
 
 

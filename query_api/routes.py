@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from eventfold import jsonutil
-from eventfold.auth import require
+from eventfold.auth import Admin, require
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 from query_api import cursor, views
 from query_api.deps import AccountsCaughtUp, SideDep
@@ -145,6 +145,27 @@ async def read_projections(side: SideDep) -> Response:
     """Each projection's state, offsets, lag, events applied and dead letters."""
     report = await projection_report(side.engine, side.projections, side.settings.kafka, side.watermarks)
     return _json({"projections": report})
+
+
+class RebuildStarted(BaseModel):
+    projection: str
+    generation: int
+
+
+@router.post(
+    "/projections/{name}/rebuild",
+    status_code=202,
+    response_model=RebuildStarted,
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 404, 409, 422)},
+)
+async def rebuild_projection(
+    side: SideDep, _admin: Admin, name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+) -> Response:
+    """Start a zero-downtime rebuild of a projection; GET /projections shows its progress."""
+    from query_api.rebuilds import start_rebuild
+
+    generation = await start_rebuild(side, name)
+    return _json({"projection": name, "generation": generation}, 202)
 
 
 @router.get("/metrics", include_in_schema=False)

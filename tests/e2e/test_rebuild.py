@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -18,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic, new_producer, partition_for
 from eventfold.settings import DatabaseSettings
 from projector.accounts import ACCOUNTS
 from projector.rebuild import RebuildProgress, rebuild_projection, stored_generation
+from projector.tables import projection_status
 from schemas.envelope import EventEnvelope
 from schemas.mapper import encode_value, envelope_headers
 from tests.conftest import create_database, drop_database, migrated_sqlite
@@ -205,3 +208,69 @@ async def _tables(url: str) -> list[str]:
             return await conn.run_sync(lambda sync: inspect(sync).get_table_names())
     finally:
         await engine.dispose()
+
+
+async def _status(q: Any) -> dict[str, Any]:
+    report: dict[str, Any] = (await q.get("/projections")).json()["projections"][0]
+    return report
+
+
+async def _at_generation(q: Any, n: int) -> bool:
+    s = await _status(q)
+    return bool(s["generation"] == n and s["state"] == "live" and s["rebuild_progress"] is None)
+
+
+async def test_rebuild_over_http_the_cli_and_on_a_new_version(make_settings, tmp_path: Path) -> None:
+    import dataclasses
+
+    from tests.integration.test_auth import auth_settings, bearer
+    from tests.support import processes
+    from tests.support.projection import checksum
+
+    db = await migrated_sqlite(tmp_path)
+    settings = make_settings(db, projector=fast_projector())
+    topic = settings.kafka.topic("account")
+    url = db.read_db_url
+    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    await produce_envelopes(settings.kafka, topic, account_events(100, 10, seed=32))
+    records = await read_topic(settings.kafka, topic)
+    async with running_projector(settings):
+        await wait_until(lambda: caught_up(url, records, topic), timeout=60, what="live projector")
+        async with query_client(settings) as q:
+            assert (await q.post("/projections/nope/rebuild")).status_code == 404
+            r = await q.post("/projections/accounts/rebuild")
+            assert (r.status_code, r.json()) == (202, {"projection": "accounts", "generation": 2})
+            again = await q.post("/projections/accounts/rebuild")
+            assert (again.status_code, again.json()["code"]) == (409, "rebuild_running")
+            await wait_until(lambda: _at_generation(q, 2), timeout=60, what="HTTP rebuild")
+        async with query_client(settings.model_copy(update={"auth": auth_settings()})) as q:
+            assert (await q.post("/projections/nope/rebuild", headers=bearer("reader"))).status_code == 403
+            assert (await q.post("/projections/nope/rebuild", headers=bearer("admin"))).status_code == 404
+        before = await checksum(url)
+        env = processes.settings_env(settings)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "eventfold.cli", "rebuild", "accounts"],
+            cwd=processes.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "rebuilt accounts as generation 3" in done.stderr
+        assert await checksum(url) == before
+    # A deploy that declares a new version rebuilds in the background at start.
+    bumped = dataclasses.replace(ACCOUNTS, version=ACCOUNTS.version + 1)
+    async with running_projector(settings, [bumped]), query_client(settings) as q:
+        await wait_until(lambda: _at_generation(q, 4), timeout=60, what="rebuild for the new version")
+    assert await read_tables(url) == fold_accounts(records)
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(projection_status))).mappings().all()
+    finally:
+        await engine.dispose()
+    assert [(r["projection"], r["version"], r["generation"]) for r in row] == [
+        ("accounts", ACCOUNTS.version + 1, 4)
+    ]
