@@ -59,7 +59,7 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
 def create_app(settings: Settings | None = None, aggregates: Aggregates | None = None) -> FastAPI:
     from command_api.routes import router
     from eventfold import problems
-    from eventfold.auth import Authenticator
+    from eventfold.auth import Authenticator, install_cors
     from eventfold.limits import BodySizeLimit, HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware
     from eventfold.settings import get_settings
@@ -85,4 +85,5 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)
+    install_cors(app, cfg.auth)
     return app

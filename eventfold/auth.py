@@ -125,3 +125,26 @@ CommandWriter = Annotated[Principal, Depends(require("commands:write"))]
 Reader = Annotated[Principal, Depends(require("read", "commands:write"))]
 QueryReader = Annotated[Principal, Depends(require("read"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+def install_cors(app: Any, settings: AuthSettings) -> None:
+    """CORS only for the origins configured; none by default."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "If-None-Match",
+                "Idempotency-Key",
+                "X-Correlation-ID",
+                "traceparent",
+            ],
+            expose_headers=["ETag", "X-Correlation-ID", "Idempotent-Replayed"],
+        )

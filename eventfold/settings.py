@@ -92,6 +92,9 @@ class ProjectorSettings(BaseSettings):
 class AuthSettings(BaseSettings):
     model_config = _ENV
 
+    # Browser origins allowed to call the APIs (comma-separated); empty: no CORS.
+    cors_origins: str = ""
+
     # Turning authentication off must be said out loud; the services warn at start.
     auth_disabled: bool = False
     # A JSON list of {"id", "sha256", "scopes", "expires_at"} entries, or a file of it

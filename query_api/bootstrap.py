@@ -56,7 +56,7 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
 
 def create_app(settings: Settings | None = None, projections: Sequence[Projection] | None = None) -> FastAPI:
     from eventfold import problems
-    from eventfold.auth import Authenticator
+    from eventfold.auth import Authenticator, install_cors
     from eventfold.limits import HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware, QueryTiming
     from eventfold.settings import get_settings
@@ -84,4 +84,5 @@ def create_app(settings: Settings | None = None, projections: Sequence[Projectio
     app.add_middleware(QueryTiming)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)
+    install_cors(app, cfg.auth)
     return app

@@ -111,3 +111,16 @@ async def test_query_api_routes(make_settings, path: str) -> None:
             r = await http.get(url, headers=bearer(who))
             assert r.status_code not in (401, 403), (who, r.text)
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_cors_is_off_unless_configured(command_client, make_settings) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    async with command_client(make_settings(auth=AuthSettings(auth_disabled=True))) as http:
+        r = await http.options("/commands/account/x", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+    configured = AuthSettings(auth_disabled=True, cors_origins="https://app.example")
+    async with command_client(make_settings(auth=configured)) as http:
+        r = await http.options("/commands/account/x", headers=preflight)
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        r = await http.options("/commands/account/x", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
