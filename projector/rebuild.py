@@ -166,13 +166,19 @@ async def _prepare(engine: AsyncEngine, projection: Projection, clone: Projectio
     s = projection_status.c
     async with engine.begin() as conn:
         live = (await conn.execute(select(s.state).where(s.projection == projection.name))).scalar()
-        if live not in (store.LIVE, store.FAILED):
-            raise RuntimeError(f"projection {projection.name} is {live}; cannot rebuild it now")
         touched = (
             await conn.execute(select(s.updated_at).where(s.projection == clone.name))
         ).scalar_one_or_none()
         if touched is not None and time.time() - touched < _BUSY_S:
             raise RuntimeError(f"a rebuild of {projection.name} is already running")
+        if live == store.SWITCHING:
+            # A rebuild died during its handover (the swap commits `live` with
+            # the renames, so it did not swap): let the live projector go on.
+            await conn.execute(
+                update(projection_status).where(s.projection == projection.name).values(state=store.LIVE)
+            )
+        elif live not in (store.LIVE, store.FAILED):
+            raise RuntimeError(f"projection {projection.name} is {live}; cannot rebuild it now")
         await _forget(conn, clone.name)
     leftovers = [t.name for t in clone.tables]
     leftovers += [old_name(t.name, k) for t in projection.tables for k in (current - 1, current)]

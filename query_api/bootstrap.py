@@ -39,9 +39,6 @@ class QuerySide:
 async def query_side(settings: Settings, projections: Sequence[Projection]) -> AsyncIterator[QuerySide]:
     """Open the read store for reading; close it when the app stops."""
     engine = create_engine(settings.db.read_db_url, pool_size=settings.db.db_pool_size, writer=False)
-    if engine.dialect.name == "postgresql":
-        # Every query is one SELECT: autocommit spares a BEGIN and a ROLLBACK each.
-        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     side = QuerySide(settings, projections, engine, OffsetWatcher(engine), WatermarkCache(settings.kafka))
     try:
         yield side
