@@ -46,16 +46,29 @@ def render(report: list[dict[str, Any]], console: Console) -> None:
         table.add_section()
     console.print(table)
     summary = Table(show_header=True)
-    for col in ("projection", "events applied", "dead letters", "version gaps", "total lag", "last event"):
+    for col in (
+        "projection",
+        "generation",
+        "events applied",
+        "dead letters",
+        "version gaps",
+        "total lag",
+        "last event",
+        "rebuild",
+    ):
         summary.add_column(col)
     for p in report:
+        progress = p.get("rebuild_progress")
+        rebuild = "-" if progress is None else f"{progress:.0%} {p.get('rebuild_detail') or ''}"
         summary.add_row(
             p["name"],
+            str(p.get("generation", 1)),
             str(p["events_applied"]),
             str(p["dead_letters"]),
             str(p["version_gaps"]),
             _n(p["lag"]),
             str(p["last_event_at"] or "-"),
+            rebuild,
         )
     console.print(summary)
 

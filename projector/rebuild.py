@@ -411,7 +411,8 @@ class _Reporter:
         now = time.monotonic()
         if now - self.saved_at >= 1.0:
             self.saved_at = now
-            detail = f"generation {self.generation}: {self.phase}, {rate:,.0f} ev/s"
+            eta = f", ETA {report.eta_s:,.0f} s" if report.eta_s is not None else ""
+            detail = f"generation {self.generation}: {self.phase}, {rate:,.0f} ev/s{eta}"
             async with self.engine.begin() as conn:
                 await conn.execute(
                     update(projection_status)

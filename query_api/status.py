@@ -59,6 +59,7 @@ async def projection_report(
                 "last_event_at": row["last_event_at"],
                 "generation": row["generation"],
                 "rebuild_progress": row["rebuild_progress"],
+                "rebuild_detail": row["rebuild_detail"],
             }
         )
     return out

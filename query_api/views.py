@@ -93,6 +93,7 @@ async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, di
             "detail": None,
             "generation": 1,
             "rebuild_progress": None,
+            "rebuild_detail": None,
             "offsets": {},
             "failures": {},
         }
@@ -107,6 +108,7 @@ async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, di
             entry["detail"] = row.detail
             entry["generation"] = int(row.generation)
             entry["rebuild_progress"] = row.rebuild_progress
+            entry["rebuild_detail"] = row.rebuild_detail
             if row.last_event_at is not None:
                 entry["last_event_at"] = datetime.fromtimestamp(row.last_event_at, UTC).isoformat()
         for p, t, part, off in await conn.execute(
