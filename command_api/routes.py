@@ -172,9 +172,13 @@ async def _send_command(
     outcome, published = await side.service.execute(pending)
     match outcome:
         case Accepted():
-            etag = {"ETag": f'"{outcome.version}"'}
+            headers = {"ETag": f'"{outcome.version}"'}
+            if not published:
+                # Durable, not yet in Kafka: the position (for wait_for) comes once
+                # it is published; a repeat with the same Idempotency-Key tells.
+                headers["Retry-After"] = "1"
             label = "accepted" if published else "accepted_unpublished"
-            return _json(200 if published else 202, outcome.body(published=published), etag), label
+            return _json(200 if published else 202, outcome.body(published=published), headers), label
         case Replayed(status=status, body=body):
             headers = {"ETag": f'"{body.get("version")}"', "Idempotent-Replayed": "true"}
             return _json(status, body, headers), "replayed"

@@ -42,6 +42,7 @@ async def test_broker_outage_gives_202_then_publishes(
         finally:
             broker.resume()
         assert (r.status_code, r.json()["published"], r.json()["version"]) == (202, False, 2)
+        assert r.headers["retry-after"] == "1"
         assert (r2.status_code, r2.json()["version"]) == (202, 3)
         assert elapsed < 2 * 2.0 + 3, f"202s took {elapsed:.1f}s"
         # Durable: the write side already counts them.
