@@ -33,6 +33,7 @@ from projector.apply import DocCache, apply_batch, next_offsets
 from projector.batch import decode
 from projector.generations import offsets_key, tables_of
 from projector.projection import Change, Doc, Handler, Projection
+from projector.replay import capture_ends, take_below
 from projector.tables import projection_failures, projection_offsets, projection_status
 from schemas.base import Event
 from schemas.envelope import EventEnvelope
@@ -296,17 +297,8 @@ async def _read_range(
         while True:
             batch = await consumer.getmany(timeout_ms=200, max_records=batch_max)
             if stop is None:
-                for tp in tps:
-                    hw = consumer.highwater(tp)
-                    if tp not in ends and hw is not None:
-                        ends[tp] = hw
-            records = []
-            for tp, msgs in batch.items():
-                end = ends.get(tp)
-                for m in msgs:
-                    if m.offset >= position[tp] and (end is None or m.offset < end):
-                        records.append(m)
-                        position[tp] = m.offset + 1
+                capture_ends(consumer, tps, ends)
+            records = take_below(batch, ends, position)
             known = len(ends) == len(tps)
             left = sum(max(ends[tp] - position[tp], 0) for tp in ends)
             if records:

@@ -114,6 +114,32 @@ def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
     return new_consumer(kafka, group_id=None, fetch_max_wait_ms=50)
 
 
+def capture_ends(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> None:
+    """Fix each partition's end at the first fetch high-watermark seen (never ListOffsets)."""
+    for tp in tps:
+        hw = consumer.highwater(tp)
+        if tp not in ends and hw is not None:
+            ends[tp] = hw
+
+
+def take_below(
+    batch: dict[TopicPartition, list[Any]],
+    ends: dict[TopicPartition, int],
+    position: dict[TopicPartition, int],
+) -> list[Any]:
+    """The fetched records not yet taken and below their partition's end; advances `position`."""
+    records = []
+    for tp, msgs in batch.items():
+        end = ends.get(tp)
+        for m in msgs:
+            if m.offset >= position[tp] and (end is None or m.offset < end):
+                records.append(m)
+                position[tp] = m.offset + 1
+    return records
+
+
 async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, batch_max: int) -> Any:
     """Yield (records, total) batches from offset 0 to the high-watermarks seen first.
 
@@ -143,17 +169,8 @@ async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, batch_max: int) -
             for tp, msgs in more.items():
                 batch.setdefault(tp, []).extend(msgs)
             got += sum(map(len, more.values()))
-        for tp in tps:
-            hw = consumer.highwater(tp)
-            if tp not in ends and hw is not None:
-                ends[tp] = hw
-        records = []
-        for tp, msgs in batch.items():
-            end = ends.get(tp)
-            for m in msgs:
-                if end is None or m.offset < end:
-                    records.append(m)
-                    position[tp] = m.offset + 1
+        capture_ends(consumer, tps, ends)
+        records = take_below(batch, ends, position)
         total = sum(ends.values())
         done = len(ends) == len(tps) and all(position[tp] >= ends[tp] for tp in tps)
         if records:
