@@ -21,8 +21,8 @@ from bench.env import BenchEnv, Child, peak_rss_mb
 from bench.raw import send_partitioned
 from eventfold.kafka import create_topics, new_producer, partition_for
 from eventfold.settings import KafkaSettings
-from schemas.envelope import EventEnvelope
-from schemas.mapper import encode_value, envelope_headers
+from schemas.account import ACCOUNT
+from schemas.mapper import encode_envelope
 
 EVENTS_PER_STREAM = 10
 Progress = Callable[[int], None]
@@ -53,20 +53,23 @@ def account_events(
                 if version == 1:
                     etype, data = "AccountOpened", {"owner": f"owner of {sid}"}
                 elif version == 2 or version % 2 == 1:
-                    etype, data = "Deposited", {"amount": 1000 if version == 2 else 100}
+                    etype, data = "Deposited", {"amount": 1000 if version == 2 else 100, "reference": ""}
                 else:
-                    etype, data = "Withdrawn", {"amount": 50}
-                env = EventEnvelope(
-                    event_id=uuid.uuid4(),
+                    etype, data = "Withdrawn", {"amount": 50, "reference": ""}
+                # What the command API writes today: each event at its current schema version.
+                value, headers = encode_envelope(
+                    event_id=str(uuid.uuid4()),
                     stream_type="account",
                     stream_id=sid,
                     version=version,
                     type=etype,
+                    schema_version=ACCOUNT.events[etype].schema_version,
                     occurred_at=occurred,
                     correlation_id=correlation,
+                    causation_id=None,
                     data=data,
                 )
-                yield part, key, encode_value(env), envelope_headers(env)
+                yield part, key, value, headers
                 emitted += 1
     # fewer streams than blocks need: top up is not needed, n is a multiple of 10 in practice
 

@@ -189,9 +189,10 @@ def replay(
 ) -> None:
     """Rebuild a projection from offset 0 (the live projector pauses meanwhile)."""
     from eventfold.replay_cli import run_replay
+    from eventfold.runner import run_fast
 
     try:
-        asyncio.run(run_replay(get_settings(), name, write_side=write_side, console=console))
+        run_fast(run_replay(get_settings(), name, write_side=write_side, console=console))
     except (ValueError, LookupError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
 
@@ -202,9 +203,10 @@ def rebuild(
 ) -> None:
     """Rebuild a projection beside the live one and swap it in (no downtime, issue 5)."""
     from eventfold.rebuild_cli import run_rebuild
+    from eventfold.runner import run_fast
 
     try:
-        asyncio.run(run_rebuild(get_settings(), name, console=console))
+        run_fast(run_rebuild(get_settings(), name, console=console))
     except (ValueError, LookupError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
 

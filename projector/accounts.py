@@ -8,7 +8,7 @@ from projector.projection import Change, Doc, Projection
 from projector.tables import account_transactions, accounts
 from schemas.account import ACCOUNT, AccountClosed, AccountOpened, Deposited, Withdrawn
 from schemas.base import Event
-from schemas.envelope import EventEnvelope
+from schemas.envelope import EnvelopeMeta
 
 _ZERO = timedelta(0)
 
@@ -22,7 +22,7 @@ def _utc(ts: datetime) -> datetime:
     return ts.astimezone(UTC) if offset is not None else ts.replace(tzinfo=UTC)
 
 
-def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int, reference: str) -> Change:
+def _entry(doc: Doc, env: EnvelopeMeta, kind: str, amount: int, reference: str) -> Change:
     at = _utc(env.occurred_at)
     new = {**doc, "balance": doc["balance"] + amount, "updated_at": at}
     row = {
@@ -37,23 +37,23 @@ def _entry(doc: Doc, env: EventEnvelope, kind: str, amount: int, reference: str)
     return Change(new, [(account_transactions, row)])
 
 
-def opened(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+def opened(doc: Doc | None, env: EnvelopeMeta, event: Event) -> Change:
     assert isinstance(event, AccountOpened)
     at = _utc(env.occurred_at)
     return Change({"owner": event.owner, "balance": 0, "status": "open", "opened_at": at, "updated_at": at})
 
 
-def deposited(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+def deposited(doc: Doc | None, env: EnvelopeMeta, event: Event) -> Change:
     assert isinstance(event, Deposited) and doc is not None
     return _entry(doc, env, "deposit", event.amount, event.reference)
 
 
-def withdrawn(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+def withdrawn(doc: Doc | None, env: EnvelopeMeta, event: Event) -> Change:
     assert isinstance(event, Withdrawn) and doc is not None
     return _entry(doc, env, "withdrawal", -event.amount, event.reference)
 
 
-def closed(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+def closed(doc: Doc | None, env: EnvelopeMeta, event: Event) -> Change:
     assert isinstance(event, AccountClosed) and doc is not None
     return Change({**doc, "status": "closed", "updated_at": _utc(env.occurred_at)})
 

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from projector.projection import Doc, Projection
 from schemas.base import Event
-from schemas.envelope import EventEnvelope
-from schemas.mapper import PoisonRecord, decode_value
+from schemas.envelope import EnvelopeMeta
+from schemas.mapper import PoisonRecord, decode_value, read_current
 from schemas.registry import MissingUpcaster, UnknownEventType
 
 
@@ -36,7 +36,7 @@ class Decoded:
     topic: str
     partition: int
     offset: int
-    envelope: EventEnvelope
+    envelope: EnvelopeMeta
     event: Event
     raw: RecordLike | None = None  # kept for the DLQ if a handler fails on it
 
@@ -85,6 +85,9 @@ def _poison(record: RecordLike, reason: str, detail: str) -> Failure:
 
 def decode(projection: Projection, record: RecordLike) -> Decoded | Failure:
     """Read one record as an event of the projection's stream type, or say why not."""
+    fast = read_current(projection.contract, record.value)
+    if fast is not None and fast.stream_type == projection.stream_type:
+        return Decoded(record.topic, record.partition, record.offset, fast, fast.data, record)
     try:
         env = decode_value(record.value)
     except PoisonRecord as exc:

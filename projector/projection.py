@@ -17,7 +17,7 @@ from sqlalchemy import Table
 
 from eventfold.settings import KafkaSettings
 from schemas.base import Event
-from schemas.envelope import EventEnvelope
+from schemas.envelope import EnvelopeMeta
 from schemas.registry import StreamContract
 
 Doc = dict[str, Any]
@@ -35,7 +35,7 @@ class Change:
     appends: Sequence[tuple[Table, dict[str, Any]]] = ()
 
 
-Handler = Callable[[Doc | None, EventEnvelope, Event], Change]
+Handler = Callable[[Doc | None, EnvelopeMeta, Event], Change]
 
 
 @dataclass(frozen=True)

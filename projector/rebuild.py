@@ -36,7 +36,7 @@ from projector.projection import Change, Doc, Handler, Projection
 from projector.replay import capture_ends, take_below
 from projector.tables import projection_failures, projection_offsets, projection_status
 from schemas.base import Event
-from schemas.envelope import EventEnvelope
+from schemas.envelope import EnvelopeMeta
 
 log = structlog.get_logger("eventfold.rebuild")
 
@@ -89,7 +89,7 @@ def generation_projection(projection: Projection, generation: int) -> Projection
 
 
 def _remapped(handler: Handler, tables: Mapping[str, Table]) -> Handler:
-    def remapped(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    def remapped(doc: Doc | None, env: EnvelopeMeta, event: Event) -> Change:
         change = handler(doc, env, event)
         if not change.appends:
             return change

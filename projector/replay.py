@@ -29,7 +29,7 @@ from projector import store
 from projector.apply import DeadLetter, DocCache, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, decode
 from projector.projection import Projection
-from schemas.mapper import PoisonRecord, decode_value
+from schemas.mapper import PoisonRecord, decode_event
 
 Progress = Callable[[int, int], None]  # (records read, records to read)
 
@@ -200,8 +200,7 @@ async def replay_write_side(
         ):
             for r in records:
                 try:
-                    env = decode_value(r.value)
-                    event = contract.load_event(env.type, env.schema_version, env.data)
+                    env, event = decode_event(contract, r.value)
                 except (PoisonRecord, LookupError, ValueError):
                     continue
                 version, state = states.get(env.stream_id, (0, aggregate.initial))

@@ -8,7 +8,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from schemas.envelope import HEADER_FIELDS, EventEnvelope
+from schemas.base import Event
+from schemas.envelope import HEADER_FIELDS, EnvelopeMeta, EventEnvelope, TypedEnvelope
+from schemas.registry import StreamContract
 
 Headers = list[tuple[str, bytes]]
 
@@ -95,6 +97,34 @@ def decode_value(value: bytes | None) -> EventEnvelope:
         return EventEnvelope.model_validate(raw)
     except ValidationError as exc:
         raise PoisonRecord("invalid_envelope", _first_error(exc)) from None
+
+
+def read_current(contract: StreamContract, value: bytes | None) -> TypedEnvelope | None:
+    """A record of one of the contract's events at its current version, read in one pass.
+
+    None means "take the general way" (`decode_value`, then `load_event`):
+    an older schema version to upcast, or input that is wrong somehow, which
+    the general way then names precisely.
+    """
+    if value is None:
+        return None
+    try:
+        return contract.current_records.validate_json(value)
+    except ValidationError:
+        return None
+
+
+def decode_event(contract: StreamContract, value: bytes | None) -> tuple[EnvelopeMeta, Event]:
+    """A record as its envelope and its event, upcast to the current schema version.
+
+    Raises PoisonRecord (not an envelope), UnknownEventType or MissingUpcaster
+    (a type or version this code cannot read), or ValidationError (bad data).
+    """
+    fast = read_current(contract, value)
+    if fast is not None:
+        return fast, fast.data
+    env = decode_value(value)
+    return env, contract.load_event(env.type, env.schema_version, env.data)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter
 
 from schemas.base import Command, Event
+from schemas.envelope import TypedEnvelope, typed_envelope
 
 # An upcaster turns the data of one schema version of an event into the next.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -63,6 +67,20 @@ class StreamContract:
             data = step(data)
             schema_version += 1
         return data
+
+    @cached_property
+    def current_records(self) -> TypeAdapter[TypedEnvelope]:
+        """Reads a record of any of the stream's events at its current version in one pass.
+
+        Anything it refuses (an older schema version, or bad input) goes the
+        general way, `decode_value` then `load_event`, which upcasts or says
+        precisely what is wrong.
+        """
+        models = tuple(typed_envelope(n, m, m.schema_version) for n, m in self.events.items())
+        if len(models) == 1:
+            return TypeAdapter(models[0])
+        union: Any = Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
+        return TypeAdapter(union)
 
     def load_event(self, name: str, schema_version: int, data: dict[str, Any]) -> Event:
         model = self.event_model(name)

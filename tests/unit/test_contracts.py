@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from command_api.domain import default_aggregates
@@ -122,3 +123,56 @@ def test_new_ids_are_version_4_uuids() -> None:
     for i in list(ids)[:50]:
         u = uuid.UUID(i)
         assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, i)
+
+
+def _record(**changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "stream_type": "account",
+        "stream_id": "acc-1",
+        "version": 3,
+        "type": "Deposited",
+        "schema_version": 2,
+        "occurred_at": "2026-11-23T10:00:00+01:00",
+        "correlation_id": "c-1",
+        "causation_id": None,
+        "data": {"amount": 5, "reference": "r-9"},
+    }
+    fields.update(changes)
+    return orjson.dumps(fields)
+
+
+def test_one_pass_read_agrees_with_the_general_way() -> None:
+    from schemas.mapper import decode_event, read_current
+
+    value = _record()
+    fast = read_current(ACCOUNT, value)
+    assert fast is not None
+    env = decode_value(value)
+    assert fast.model_dump(exclude={"data"}) == env.model_dump(exclude={"data"})
+    assert fast.data == Deposited(amount=5, reference="r-9")
+    assert decode_event(ACCOUNT, value) == (fast, fast.data)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"schema_version": 1, "data": {"amount": 5}},  # older shape: upcast the general way
+        {"data": {"amount": "lots", "reference": ""}},
+        {"type": "Teleported"},
+        {"schema_version": 3},
+        {"extra": 1},
+        {"version": 0},
+    ],
+)
+def test_one_pass_read_leaves_anything_else_to_the_general_way(changes: dict[str, object]) -> None:
+    from schemas.mapper import decode_event, read_current
+
+    value = _record(**changes)
+    assert read_current(ACCOUNT, value) is None
+    if changes.get("schema_version") == 1:
+        env, event = decode_event(ACCOUNT, value)
+        assert (env.schema_version, event) == (1, Deposited(amount=5, reference=""))
+    else:
+        with pytest.raises((PoisonRecord, LookupError, ValueError)):
+            decode_event(ACCOUNT, value)
