@@ -16,23 +16,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    Float,
-    Integer,
-    String,
-    Text,
     bindparam,
-    column,
     delete,
     func,
     insert,
     select,
     tuple_,
     update,
-    values,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from command_api import pg
 from command_api.aggregate import Aggregates, Rejected
 from command_api.outcomes import (
     Accepted,
@@ -109,17 +104,20 @@ class WriteStore:
 
     async def _load_heads(self, conn: AsyncConnection, keys: list[StreamKey]) -> dict[StreamKey, _Head]:
         heads: dict[StreamKey, _Head] = {}
-        for chunk in _chunks(keys):
+        rows: list[Any] = []
+        if self._pg and keys:
+            types, ids = zip(*keys, strict=True)
+            rows = list(await conn.execute(pg.HEADS, {"t": list(types), "i": list(ids)}))
+        for chunk in [] if self._pg else _chunks(keys):
             stmt = (
                 select(streams.c.stream_type, streams.c.stream_id, streams.c.version, streams.c.state)
                 .where(tuple_(streams.c.stream_type, streams.c.stream_id).in_(chunk))
                 .order_by(streams.c.stream_type, streams.c.stream_id)
             )
-            if self._pg:
-                stmt = stmt.with_for_update()
-            for t, i, v, s in (await conn.execute(stmt)).all():
-                state = self.aggregates.get(t).load_state(jsonutil.loads(s))
-                heads[(t, i)] = _Head(v, state, True, v)
+            rows.extend(await conn.execute(stmt))
+        for t, i, v, s in rows:
+            state = self.aggregates.get(t).load_state(jsonutil.loads(s))
+            heads[(t, i)] = _Head(v, state, True, v)
         for t, i in keys:
             if (t, i) not in heads:
                 heads[(t, i)] = _Head(0, self.aggregates.get(t).initial, False, 0)
@@ -129,6 +127,11 @@ class WriteStore:
         self, conn: AsyncConnection, keys: list[str]
     ) -> dict[str, tuple[str, int, bytes]]:
         out: dict[str, tuple[str, int, bytes]] = {}
+        if self._pg:
+            if keys:
+                for k, h, st, resp in await conn.execute(pg.IDEMPOTENCY, {"k": keys}):
+                    out[k] = (h, st, resp)
+            return out
         for chunk in _chunks(keys):
             rows = await conn.execute(
                 select(
@@ -145,6 +148,12 @@ class WriteStore:
     async def _load_outbox(self, conn: AsyncConnection, keys: list[StreamKey]) -> list[OutboxRecord]:
         """Unacknowledged events of these streams, which must be published first."""
         out: list[OutboxRecord] = []
+        if self._pg:
+            if keys:
+                types, ids = zip(*keys, strict=True)
+                found = await conn.execute(pg.OUTBOX, {"t": list(types), "i": list(ids)})
+                out.extend(_record(r) for r in found.mappings())
+            return out
         for chunk in _chunks(keys):
             rows = await conn.execute(
                 select(outbox)
@@ -266,6 +275,9 @@ class WriteStore:
                 "u": now,
             }
             (moved if h.exists else new_rows).append({**row, "expected": h.start_version})
+        if self._pg:
+            await self._write_pg(conn, new_rows, moved, records, idem_rows, now)
+            return
         if new_rows:
             await conn.execute(
                 insert(streams),
@@ -292,7 +304,7 @@ class WriteStore:
                         "version": rec.version,
                         "topic": rec.topic,
                         "value": rec.value,
-                        "headers": jsonutil.dumps([[k, v.decode()] for k, v in rec.headers]),
+                        "headers": _headers_json(rec),
                         "created_at": now,
                     }
                     for rec in records
@@ -301,43 +313,60 @@ class WriteStore:
         if idem_rows:
             await conn.execute(insert(idempotency_keys), idem_rows)
 
+    async def _write_pg(
+        self,
+        conn: AsyncConnection,
+        new_rows: list[dict[str, Any]],
+        moved: list[dict[str, Any]],
+        records: list[OutboxRecord],
+        idem_rows: list[dict[str, Any]],
+        now: float,
+    ) -> None:
+        """The same writes as `_write`, one fixed statement per table (command_api/pg.py)."""
+        if new_rows:
+            await conn.execute(pg.INSERT_HEADS, _arrays(new_rows, "tivsu"))
+        if moved:
+            params = _arrays(moved, "tivsu")
+            params["e"] = [r["expected"] for r in moved]
+            changed = len((await conn.execute(pg.MOVE_HEADS, params)).all())
+            _check_moved(changed, len(moved))
+        if records:
+            await conn.execute(
+                pg.INSERT_OUTBOX,
+                {
+                    "t": [r.stream_type for r in records],
+                    "i": [r.stream_id for r in records],
+                    "v": [r.version for r in records],
+                    "topic": [r.topic for r in records],
+                    "value": [r.value for r in records],
+                    "headers": [_headers_json(r) for r in records],
+                    "c": [now] * len(records),
+                },
+            )
+        if idem_rows:
+            await conn.execute(
+                pg.INSERT_IDEMPOTENCY,
+                {
+                    "k": [r["key"] for r in idem_rows],
+                    "h": [r["request_hash"] for r in idem_rows],
+                    "st": [r["status"] for r in idem_rows],
+                    "r": [r["response"] for r in idem_rows],
+                    "c": [r["created_at"] for r in idem_rows],
+                },
+            )
+
     async def _compare_and_set(self, conn: AsyncConnection, moved: list[dict[str, Any]]) -> None:
         """Move heads only from the version we read; any other head fails the batch."""
-        if self._pg:
-            # One statement for the whole batch: UPDATE ... FROM (VALUES ...).
-            v = values(
-                column("t", String),
-                column("i", String),
-                column("expected", Integer),
-                column("v", Integer),
-                column("s", Text),
-                column("u", Float),
-                name="v",
-            ).data([(r["t"], r["i"], r["expected"], r["v"], r["s"], r["u"]) for r in moved])
-            stmt = (
-                update(streams)
-                .where(
-                    streams.c.stream_type == v.c.t,
-                    streams.c.stream_id == v.c.i,
-                    streams.c.version == v.c.expected,
-                )
-                .values(version=v.c.v, state=v.c.s, updated_at=v.c.u)
-                .returning(streams.c.stream_id)
+        cas = (
+            update(streams)
+            .where(
+                streams.c.stream_type == bindparam("t"),
+                streams.c.stream_id == bindparam("i"),
+                streams.c.version == bindparam("expected"),
             )
-            changed = len((await conn.execute(stmt)).all())
-        else:
-            cas = (
-                update(streams)
-                .where(
-                    streams.c.stream_type == bindparam("t"),
-                    streams.c.stream_id == bindparam("i"),
-                    streams.c.version == bindparam("expected"),
-                )
-                .values(version=bindparam("v"), state=bindparam("s"), updated_at=bindparam("u"))
-            )
-            changed = (await conn.execute(cas, moved)).rowcount
-        if changed != len(moved):
-            raise CommitConflict(f"{len(moved) - changed} stream(s) moved since they were read")
+            .values(version=bindparam("v"), state=bindparam("s"), updated_at=bindparam("u"))
+        )
+        _check_moved((await conn.execute(cas, moved)).rowcount, len(moved))
 
     async def finalize(
         self, published: Iterable[OutboxRecord], responses: Iterable[tuple[str, int, bytes]]
@@ -348,6 +377,18 @@ class WriteStore:
         if not done and not responses:
             return
         async with self.engine.begin() as conn:
+            if self._pg:
+                if done:
+                    types, ids, versions = zip(*done, strict=True)
+                    await conn.execute(
+                        pg.DELETE_OUTBOX, {"t": list(types), "i": list(ids), "v": list(versions)}
+                    )
+                if responses:
+                    keys, statuses, bodies = zip(*responses, strict=True)
+                    await conn.execute(
+                        pg.SET_RESPONSES, {"k": list(keys), "st": list(statuses), "r": list(bodies)}
+                    )
+                return
             for chunk in _chunks(done):
                 await conn.execute(
                     delete(outbox).where(
@@ -400,6 +441,20 @@ class WriteStore:
 def _with_trace(headers: list[tuple[str, bytes]], traceparent: str | None) -> list[tuple[str, bytes]]:
     """W3C trace context rides in a Kafka header, next to the envelope's ids."""
     return [*headers, ("traceparent", traceparent.encode())] if traceparent else headers
+
+
+def _check_moved(changed: int, expected: int) -> None:
+    if changed != expected:
+        raise CommitConflict(f"{expected - changed} stream(s) moved since they were read")
+
+
+def _arrays(rows: list[dict[str, Any]], names: str) -> dict[str, list[Any]]:
+    """Row dicts keyed by one-letter names, as one list per name (array parameters)."""
+    return {n: [r[n] for r in rows] for n in names}
+
+
+def _headers_json(rec: OutboxRecord) -> bytes:
+    return jsonutil.dumps([[k, v.decode()] for k, v in rec.headers])
 
 
 def _key_reused() -> Refused:
