@@ -97,6 +97,7 @@ QUICK = Plan(
         "replay": 12,
         "e2e": 6,
         "e2e_sustainable": 6,
+        "e2e_light": 4,
         "query_api": 7,
         "peer": 7,
     },

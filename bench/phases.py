@@ -14,7 +14,7 @@ from bench import command as cmd
 from bench import projector as proj
 from bench import raw as rawm
 from bench import readside
-from bench.env import BenchEnv, free_ports
+from bench.env import BenchEnv, cpu_seconds, free_ports
 
 if TYPE_CHECKING:
     from bench.__main__ import Runner
@@ -391,14 +391,28 @@ async def e2e(
 
     # First at a rate the command API sustains here (half what it measured), so the
     # figure shows the projector and query path rather than a command backlog.
+    pids = {
+        "command_api": api.child.pid,
+        "projector": children["projector"].pid,
+        "query_api": children["query"].pid,
+    }
+    # A light load first: the latency of the path itself, with the CPU each
+    # service spends per command (what caps the rate on a small machine).
+    await _e2e_at(r, api, qport, LIGHT_RATE, "light_", settle, pids)
     measured = rep.get("command_api.commands_per_s")
     if measured:
         rate = max(10.0, min(plan.e2e_rate, round(measured / 2)))
-        await _e2e_at(r, api, qport, rate, "sustainable_", settle)
-    await _e2e_at(r, api, qport, plan.e2e_rate, "", settle)
+        await _e2e_at(r, api, qport, rate, "sustainable_", settle, pids)
+    await _e2e_at(r, api, qport, plan.e2e_rate, "", settle, pids)
 
 
-async def _e2e_at(r: Runner, api: cmd.CommandApi, qport: int, rate: float, key: str, settle: Any) -> None:
+LIGHT_RATE = 50.0
+
+
+
+async def _e2e_at(
+    r: Runner, api: cmd.CommandApi, qport: int, rate: float, key: str, settle: Any, pids: dict[str, int]
+) -> None:
     plan, rep = r.plan, r.report
     p50: list[float] = []
     p99: list[float] = []
@@ -411,6 +425,7 @@ async def _e2e_at(r: Runner, api: cmd.CommandApi, qport: int, rate: float, key: 
         except Exception as exc:  # a lagging start is noted, not fatal
             rep.note("e2e", f"{key}settle_note", repr(exc)[:300])
         r.log(f"settled in {time.perf_counter() - t0:.1f}s")
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         res = await readside.e2e_run(
             api.port,
             qport,
@@ -422,6 +437,11 @@ async def _e2e_at(r: Runner, api: cmd.CommandApi, qport: int, rate: float, key: 
             drain_s=plan.drain_s,
         )
         s = res.summary()
+        s["cpu_ms_per_command"] = {
+            name: round((now - cpu0[name]) * 1000 / max(1, res.sent), 2)
+            for name, pid in pids.items()
+            if (now := cpu_seconds(pid)) is not None and cpu0[name] is not None
+        }
         details.append(s)
         if s["visible"] or s["unanswered_counted_as_lower_bound"]:
             p50.append(s["p50_ms"])
@@ -433,6 +453,8 @@ async def _e2e_at(r: Runner, api: cmd.CommandApi, qport: int, rate: float, key: 
     rep.figure("e2e", f"{key}p99_ms", p99, "ms")
     rep.note("e2e", f"{key}rate", rate)
     rep.note("e2e", f"{key}runs_detail", details)
+    if details:
+        rep.note("e2e", f"{key}cpu_ms_per_command", details[-1]["cpu_ms_per_command"])
     if not p99:
         rep.error("e2e", f"{label}: no command became visible: {details[-1] if details else 'no run'}")
 

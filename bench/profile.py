@@ -111,6 +111,7 @@ class Recording:
         self.error = None
         RESULTS.mkdir(parents=True, exist_ok=True)
         common = ["record", "--pid", str(pid), "--duration", str(duration_s), "--rate", str(rate)]
+        common.append("--subprocesses")  # a parallel replay works in child processes
         for extra in (["-o", str(self.svg)], ["--format", "raw", "-o", str(self.raw)]):
             self.procs.append(
                 subprocess.Popen([exe, *common, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bench.env import BenchEnv, Child, peak_rss_mb
+from bench.env import BenchEnv, Child, peak_rss_mb, process_tree
 from bench.raw import send_partitioned
 from eventfold.kafka import create_topics, new_producer, partition_for
 from eventfold.settings import KafkaSettings
@@ -260,12 +260,14 @@ async def replay_run(
                 seconds = time.perf_counter() - child.started
                 child.proc.returncode = os.waitstatus_to_exitcode(status)
                 break
-            peak = child.peak_rss_mb() or peak
+            # The largest peak of one process: the replay, or one of its workers.
+            tree = process_tree(child.pid)
+            peak = max([p for p in map(peak_rss_mb, tree) if p is not None] + [peak or 0.0]) or None
             elapsed = time.perf_counter() - child.started
             if elapsed - (timeline[-1][0] if timeline else -1.0) >= 0.5:
-                rss = peak_rss_mb(child.pid, "VmRSS")
-                if rss is not None:
-                    timeline.append((round(elapsed, 1), round(rss, 1)))
+                sizes = [r for r in (peak_rss_mb(p, "VmRSS") for p in tree) if r is not None]
+                if sizes:  # all processes together
+                    timeline.append((round(elapsed, 1), round(sum(sizes), 1)))
             if tick is not None:
                 tick(elapsed)
             if time.perf_counter() > deadline:

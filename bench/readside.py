@@ -20,12 +20,11 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-from aiokafka import TopicPartition
 
 from bench.command import command_request
 from bench.env import BenchEnv, Child, free_ports
 from bench.load import Client, LoadResult, build_request, closed_loop, percentile
-from eventfold.kafka import new_consumer
+from eventfold.kafka import fetch_highwaters
 from eventfold.settings import KafkaSettings
 
 
@@ -39,30 +38,9 @@ async def start_query_api(env: BenchEnv, prefix: str, write_url: str, read_url: 
 
 
 async def high_watermarks(kafka: KafkaSettings, topic: str, timeout_s: float = 20.0) -> dict[int, int]:
-    """Per-partition high-watermarks, read from fetch responses.
-
-    The embedded broker answers ListOffsets(latest) wrongly for multi-record
-    batches, so `end_offsets` is not used: we fetch from the start of each
-    partition and read the high-watermark the fetch response carries.
-    """
-    consumer = new_consumer(kafka, group_id=None, max_partition_fetch_bytes=1024)
-    await consumer.start()
-    try:
-        parts = sorted(consumer.partitions_for_topic(topic) or range(kafka.partitions))
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: dict[int, int] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(out) < len(tps) and time.monotonic() < deadline:
-            await consumer.getmany(timeout_ms=200, max_records=1)
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is not None:
-                    out[tp.partition] = hw
-        return out
-    finally:
-        await consumer.stop()
+    """Per-partition high-watermarks, from a fetch response (the broker's ListOffsets is unreliable)."""
+    found = await fetch_highwaters(kafka, [topic], {}, timeout_s)
+    return {p: hw for (_, p), hw in found.items()}
 
 
 @dataclass

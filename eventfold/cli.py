@@ -186,13 +186,23 @@ def replay(
     write_side: Annotated[
         bool, typer.Option("--write-side", help="Refill the write store's stream heads instead.")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Processes sharing the partitions (default EVENTFOLD_PROJECTOR_REPLAY_WORKERS, "
+            "else one per core up to 4; always 1 on SQLite).",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild a projection from offset 0 (the live projector pauses meanwhile)."""
     from eventfold.replay_cli import run_replay
     from eventfold.runner import run_fast
 
     try:
-        run_fast(run_replay(get_settings(), name, write_side=write_side, console=console))
+        run_fast(run_replay(get_settings(), name, write_side=write_side, console=console, workers=workers))
     except (ValueError, LookupError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
 

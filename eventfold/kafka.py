@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
@@ -87,3 +88,36 @@ async def create_topics(
 
 def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
+
+
+Watermarks = dict[tuple[str, int], int]
+
+
+async def fetch_highwaters(
+    kafka: KafkaSettings, topics: list[str], start: Mapping[tuple[str, int], int], timeout_s: float
+) -> Watermarks:
+    """Each partition's high-watermark, read off one fetch response (never ListOffsets).
+
+    Some brokers (the embedded Tansu) answer ListOffsets "latest" wrongly when
+    the last batch holds several records; a fetch response carries the right
+    value. The fetch starts at `start` (default 0) and reads at most 1 KB.
+    """
+    consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        await consumer.topics()
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start.get((tp.topic, tp.partition), 0))
+        out: Watermarks = {}
+        deadline = time.monotonic() + timeout_s
+        while len(out) < len(tps) and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=50, max_records=1)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    out[(tp.topic, tp.partition)] = hw
+        return out
+    finally:
+        await consumer.stop()

@@ -29,10 +29,12 @@ def _bar(console: Console) -> Progress:
     )
 
 
-async def run_replay(settings: Settings, name: str, *, write_side: bool, console: Console) -> None:
+async def run_replay(
+    settings: Settings, name: str, *, write_side: bool, console: Console, workers: int | None = None
+) -> None:
     from eventfold.wiring import aggregates, projections
     from projector.projection import by_name
-    from projector.replay import replay_projection, replay_write_side
+    from projector.replay import replay_projection, replay_workers, replay_write_side
 
     with _bar(console) as bar:
         task = bar.add_task(f"replay {name}", total=None, rate="-")
@@ -54,7 +56,9 @@ async def run_replay(settings: Settings, name: str, *, write_side: bool, console
         projection = by_name(projections(), name)
         engine = create_engine(settings.db.read_db_url, pool_size=2)
         try:
-            result = await replay_projection(settings, projection, engine, progress=progress)
+            result = await replay_projection(
+                settings, projection, engine, progress=progress, workers=replay_workers(settings, workers)
+            )
         finally:
             await engine.dispose()
     console.print(

@@ -81,6 +81,9 @@ class ProjectorSettings(BaseSettings):
     projector_batch_max: int = Field(default=5000, ge=1)
     # Replays and rebuilds own their tables, so bigger transactions only help.
     projector_replay_batch_max: int = Field(default=10_000, ge=1)
+    # Processes of `eventfold replay`, each taking some partitions. 0: one per
+    # core, at most 4, on PostgreSQL; SQLite has one writer, so there one.
+    projector_replay_workers: int = Field(default=0, ge=0, le=64)
     projector_poll_ms: int = Field(default=200, ge=1)
     projector_session_timeout_ms: int = Field(default=10_000, ge=1000)
     projector_heartbeat_ms: int = Field(default=1_000, ge=100)

@@ -2,8 +2,9 @@
 
 Order inside the transaction: take the status row (is this batch allowed?),
 preload the documents, fold in memory, send dead letters, write documents,
-child rows, failures, offsets and counters, commit. The dead letters go out
-before the commit, so a crash can repeat a dead letter but never lose one.
+child rows, failures, offsets (and NOTIFY them) and counters, commit. The
+dead letters go out before the commit, so a crash can repeat a dead letter
+but never lose one.
 """
 
 from __future__ import annotations
@@ -70,15 +71,26 @@ async def apply_batch(
     dead_letter: DeadLetter | None,
     state_after: str,
     cache: DocCache | None = None,
+    shared: bool = False,
 ) -> BatchResult:
+    """Apply `items` and store `next_offsets` in one transaction, if the state allows.
+
+    `shared` is for the workers of a parallel replay: they hold the status row
+    shared (so batches on disjoint partitions commit side by side) and leave
+    the counters to the coordinator, which adds them up at the end.
+    """
     async with engine.begin() as conn:
-        state = await store.lock_state(conn, projection.name)
+        state = await store.lock_state(conn, projection.name, shared=shared)
         if state not in allowed_states:
             return BatchResult(False)
         folded = await fold_and_write(conn, projection, items, dead_letter=dead_letter, cache=cache)
         await store.record_failures(conn, projection.name, folded.failures)
         await store.save_offsets(conn, projection.name, next_offsets)
-        await store.count_applied(conn, projection.name, folded.applied, folded.last_event_at, state_after)
+        await store.notify_offsets(conn, projection.name)
+        if not shared:
+            await store.count_applied(
+                conn, projection.name, folded.applied, folded.last_event_at, state_after
+            )
     if cache is not None:
         cache.committed(folded.docs)
     log_failures(projection, folded.failures, dead_lettered=dead_letter is not None)

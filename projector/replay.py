@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import os
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from command_api.aggregate import Aggregate
 from command_api.tables import streams
 from eventfold import jsonutil
-from eventfold.kafka import new_consumer
+from eventfold.kafka import fetch_highwaters, new_consumer
 from eventfold.settings import KafkaSettings, Settings
 from projector import store
 from projector.apply import DeadLetter, DocCache, apply_batch, next_offsets
@@ -49,17 +53,56 @@ async def replay_projection(
     *,
     progress: Progress | None = None,
     dead_letter: DeadLetter | None = None,
+    workers: int = 1,
 ) -> ReplayResult:
-    """Rebuild one projection; leaves its tables as live consumption would."""
+    """Rebuild one projection; leaves its tables as live consumption would.
+
+    With `workers` > 1 the partitions are shared among that many processes
+    (`replay_worker`), each applying its own partitions' records in order:
+    a stream lives on one partition, so no two workers write one document.
+    """
     started = time.monotonic()
     await store.start_rebuild(engine, projection)
+    if workers > 1:
+        read, applied, failures = await _replay_in_processes(settings, projection, engine, workers, progress)
+    else:
+        share = await replay_partitions(
+            settings, projection, engine, None, progress=progress, dead_letter=dead_letter
+        )
+        read, applied, failures = share.records, share.applied, share.failures
+    await store.finish_rebuild(engine, projection.name)
+    return ReplayResult(read, applied, failures, time.monotonic() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What one replayer applied: counts, and its newest event time."""
+
+    records: int
+    applied: int
+    failures: int
+    last_event_at: datetime | None
+
+
+async def replay_partitions(
+    settings: Settings,
+    projection: Projection,
+    engine: AsyncEngine,
+    partitions: list[int] | None,
+    *,
+    progress: Progress | None = None,
+    dead_letter: DeadLetter | None = None,
+) -> Share:
+    """Apply `partitions` (None: all) from offset 0 to their ends, the projection being `rebuilding`."""
     topic = projection.topic(settings.kafka)
     consumer = _consumer(settings.kafka)
     await consumer.start()
     read = applied = failures = 0
+    last: datetime | None = None
     cache = DocCache()  # start_rebuild emptied the tables and we are their only writer
+    shared = partitions is not None  # a worker: other processes write other partitions
     try:
-        batches = _read_to_end(consumer, topic, settings.projector.projector_replay_batch_max)
+        batches = _read_to_end(consumer, topic, settings.projector.projector_replay_batch_max, partitions)
         async for items, total in decoded_ahead(projection, batches):
             result = await apply_batch(
                 engine,
@@ -70,18 +113,78 @@ async def replay_projection(
                 dead_letter=dead_letter,
                 state_after=store.REBUILDING,
                 cache=cache,
+                shared=shared,
             )
             if not result.allowed or result.folded is None:
                 raise RuntimeError(f"projection {projection.name} left `rebuilding` during the replay")
             read += len(items)
             applied += result.folded.applied
             failures += len(result.folded.failures)
+            at = result.folded.last_event_at
+            last = at if last is None or (at is not None and at > last) else last
             if progress is not None:
                 progress(read, total)
     finally:
         await consumer.stop()
-    await store.finish_rebuild(engine, projection.name)
-    return ReplayResult(read, applied, failures, time.monotonic() - started)
+    return Share(read, applied, failures, last)
+
+
+def replay_workers(settings: Settings, wanted: int | None = None) -> int:
+    """How many processes a replay uses: `wanted`, else the setting, else one per core (max 4)."""
+    from eventfold.db import is_sqlite
+
+    if is_sqlite(settings.db.read_db_url):
+        return 1
+    chosen = wanted or settings.projector.projector_replay_workers
+    return chosen or max(1, min(4, os.cpu_count() or 1))
+
+
+def replay_worker(settings: Settings, projection: Projection, partitions: list[int]) -> Share:
+    """A worker process's part of a parallel replay (runs in a spawned process)."""
+    from eventfold.db import create_engine
+    from eventfold.runner import run_fast
+
+    async def main() -> Share:
+        engine = create_engine(settings.db.read_db_url, pool_size=2)
+        try:
+            return await replay_partitions(settings, projection, engine, partitions)
+        finally:
+            await engine.dispose()
+
+    return run_fast(main())
+
+
+async def _replay_in_processes(
+    settings: Settings, projection: Projection, engine: AsyncEngine, workers: int, progress: Progress | None
+) -> tuple[int, int, int]:
+    """Share the partitions among worker processes; report progress from the stored offsets.
+
+    Decoding and folding are CPU-bound Python, so one process uses one core
+    however the database keeps up; several use the machine (issue 4).
+    """
+    topic = projection.topic(settings.kafka)
+    ends = await fetch_highwaters(settings.kafka, [topic], {}, timeout_s=10.0)
+    parts = sorted(p for _, p in ends)
+    if not parts:
+        raise RuntimeError(f"topic {topic} does not exist")
+    groups = [g for g in (parts[i :: min(workers, len(parts))] for i in range(workers)) if g]
+    total = sum(ends.values())
+    loop = asyncio.get_running_loop()
+    spawn = multiprocessing.get_context("spawn")  # never fork a process holding an event loop
+    with ProcessPoolExecutor(len(groups), mp_context=spawn) as pool:
+        running = [loop.run_in_executor(pool, replay_worker, settings, projection, g) for g in groups]
+        pending: set[asyncio.Future[Share]] = set(running)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if progress is not None:
+                done = await store.stored_offsets_total(engine, projection.name, topic)
+                progress(min(done, total), total)
+        shares = [f.result() for f in running]  # re-raises a worker's error
+    last = max((s.last_event_at for s in shares if s.last_event_at is not None), default=None)
+    applied = sum(s.applied for s in shares)
+    async with engine.begin() as conn:
+        await store.count_applied(conn, projection.name, applied, last, store.REBUILDING)
+    return sum(s.records for s in shares), applied, sum(s.failures for s in shares)
 
 
 async def decoded_ahead(
@@ -140,7 +243,9 @@ def take_below(
     return records
 
 
-async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, batch_max: int) -> Any:
+async def _read_to_end(
+    consumer: AIOKafkaConsumer, topic: str, batch_max: int, partitions: list[int] | None = None
+) -> Any:
     """Yield (records, total) batches from offset 0 to the high-watermarks seen first.
 
     The end of each partition is the high-watermark of its first fetch
@@ -148,7 +253,8 @@ async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, batch_max: int) -
     arrive later are left to the live projector.
     """
     await consumer.topics()
-    parts = sorted(consumer.partitions_for_topic(topic) or ())
+    known = consumer.partitions_for_topic(topic) or set()
+    parts = sorted(p for p in known if partitions is None or p in partitions)
     if not parts:
         raise RuntimeError(f"topic {topic} does not exist")
     tps = [TopicPartition(topic, p) for p in parts]

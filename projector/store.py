@@ -32,16 +32,17 @@ def _insert(conn: AsyncConnection, table: Table) -> Any:
     return dialect.insert(table)
 
 
-async def lock_state(conn: AsyncConnection, projection: str) -> str | None:
+async def lock_state(conn: AsyncConnection, projection: str, *, shared: bool = False) -> str | None:
     """Read the projection's state, holding its status row until commit.
 
     On PostgreSQL the row lock makes a replay's switch to `rebuilding` wait
     for an in-flight batch, and a batch wait for the switch; SQLite gets the
-    same from BEGIN IMMEDIATE, which serialises writers.
+    same from BEGIN IMMEDIATE, which serialises writers. A `shared` hold
+    (FOR SHARE) still excludes the switch but not other shared holders.
     """
     stmt = select(projection_status.c.state).where(projection_status.c.projection == projection)
     if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(read=shared)
     return (await conn.execute(stmt)).scalar_one_or_none()
 
 
@@ -166,6 +167,18 @@ async def save_offsets(
     await conn.execute(stmt, rows)
 
 
+async def stored_offsets_total(engine: AsyncEngine, projection: str, topic: str) -> int:
+    """The sum of the next offsets stored for `topic`: records behind the projection."""
+    c = projection_offsets.c
+    async with engine.connect() as conn:
+        total = await conn.scalar(
+            select(func.coalesce(func.sum(c.next_offset), 0)).where(
+                c.projection == projection, c.topic == topic
+            )
+        )
+    return int(total or 0)
+
+
 async def count_applied(
     conn: AsyncConnection, projection: str, applied: int, last_event_at: datetime | None, state: str
 ) -> None:
@@ -268,4 +281,22 @@ async def finish_rebuild(engine: AsyncEngine, projection: str) -> None:
             update(projection_status)
             .where(projection_status.c.projection == projection)
             .values(state=LIVE, updated_at=time.time())
+        )
+
+
+# The channel the query API LISTENs on to answer `wait_for` without polling.
+OFFSETS_CHANNEL = "eventfold_offsets"
+
+
+async def notify_offsets(conn: AsyncConnection, projection: str) -> None:
+    """Tell listeners this projection's offsets moved, inside the caller's transaction.
+
+    PostgreSQL delivers a NOTIFY at commit and drops it on rollback, so a
+    listener never hears of offsets it cannot read. SQLite has no NOTIFY:
+    its waiters poll instead.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :projection)"),
+            {"channel": OFFSETS_CHANNEL, "projection": projection},
         )

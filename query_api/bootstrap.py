@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from eventfold.db import create_engine
 from eventfold.settings import Settings
 from projector.projection import Projection
+from query_api.views import reads_engine
 from query_api.waiting import OffsetWatcher
 from query_api.watermarks import WatermarkCache
 
@@ -28,6 +29,7 @@ class QuerySide:
     settings: Settings
     projections: Sequence[Projection]
     engine: AsyncEngine
+    reads: AsyncEngine  # the GET routes' own pool (query_api/views.py `reads_engine`)
     watcher: OffsetWatcher
     watermarks: WatermarkCache
     # Rebuilds started by POST /projections/{name}/rebuild, by projection name;
@@ -39,7 +41,10 @@ class QuerySide:
 async def query_side(settings: Settings, projections: Sequence[Projection]) -> AsyncIterator[QuerySide]:
     """Open the read store for reading; close it when the app stops."""
     engine = create_engine(settings.db.read_db_url, pool_size=settings.db.db_pool_size, writer=False)
-    side = QuerySide(settings, projections, engine, OffsetWatcher(engine), WatermarkCache(settings.kafka))
+    reads = reads_engine(settings.db)
+    side = QuerySide(
+        settings, projections, engine, reads, OffsetWatcher(engine), WatermarkCache(settings.kafka)
+    )
     try:
         yield side
     finally:
@@ -48,6 +53,8 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
         for task in side.rebuilds.values():
             with contextlib.suppress(BaseException):
                 await task
+        await side.watcher.close()
+        await reads.dispose()
         await engine.dispose()
 
 

@@ -89,7 +89,7 @@ async def read_account(
     if_none_match: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
     """Read one account; its ETag is its version."""
-    account = await views.get_account(side.engine, account_id)
+    account = await views.get_account(side.reads, account_id)
     if account is None:
         raise Problem(404, "account_not_found", f"there is no account {account_id!r}")
     etag = f'"{account["version"]}"'
@@ -111,7 +111,7 @@ async def read_accounts(
     """List accounts in id order, optionally by owner or status, a page at a time."""
     after = _after("accounts", cursor_, (str,))
     items, more = await views.list_accounts(
-        side.engine, owner=owner, status=status, after=after[0] if after else None, limit=limit
+        side.reads, owner=owner, status=status, after=after[0] if after else None, limit=limit
     )
     nxt = cursor.encode("accounts", [items[-1]["id"]]) if more and items else None
     return _json({"items": items, "next_cursor": nxt})
@@ -131,10 +131,10 @@ async def read_transactions(
 ) -> Response:
     """List one account's ledger in version order, a page at a time."""
     after = _after(f"tx:{account_id}", cursor_, (int,))
-    if await views.get_account(side.engine, account_id) is None:
+    if await views.get_account(side.reads, account_id) is None:
         raise Problem(404, "account_not_found", f"there is no account {account_id!r}")
     items, more = await views.list_transactions(
-        side.engine, account_id, after=after[0] if after else None, limit=limit
+        side.reads, account_id, after=after[0] if after else None, limit=limit
     )
     nxt = cursor.encode(f"tx:{account_id}", [items[-1]["version"]]) if more and items else None
     return _json({"items": items, "next_cursor": nxt})

@@ -13,36 +13,8 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-from aiokafka import TopicPartition
-
-from eventfold.kafka import new_consumer
+from eventfold.kafka import Watermarks, fetch_highwaters
 from eventfold.settings import KafkaSettings
-
-Watermarks = dict[tuple[str, int], int]
-
-
-async def fetch_highwaters(
-    kafka: KafkaSettings, topics: list[str], start: Mapping[tuple[str, int], int], timeout_s: float
-) -> Watermarks:
-    consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
-    try:
-        await asyncio.wait_for(consumer.start(), timeout_s)
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, start.get((tp.topic, tp.partition), 0))
-        out: Watermarks = {}
-        deadline = time.monotonic() + timeout_s
-        while len(out) < len(tps) and time.monotonic() < deadline:
-            await consumer.getmany(timeout_ms=50, max_records=1)
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is not None:
-                    out[(tp.topic, tp.partition)] = hw
-        return out
-    finally:
-        await consumer.stop()
 
 
 class WatermarkCache:

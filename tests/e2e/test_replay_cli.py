@@ -50,9 +50,11 @@ def _eventfold(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.parametrize("workers", ["1", "3"])
 async def test_replay_beside_a_live_projector_leaves_identical_tables(
-    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path, workers: str
 ) -> None:
+    """One process or three sharing four partitions: the same tables, counters and offsets."""
     settings = make_settings(own_pg)
     topic = settings.kafka.topic("account")
     url = own_pg.read_db_url
@@ -65,10 +67,12 @@ async def test_replay_beside_a_live_projector_leaves_identical_tables(
         await wait_until(lambda: caught_up(url, records, topic), timeout=30, what="projector")
         before = await checksum(url)
 
-        done = await asyncio.to_thread(_eventfold, env, "replay", "accounts")
+        done = await asyncio.to_thread(_eventfold, env, "replay", "accounts", "--workers", workers)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"replayed accounts: {len(records)} records" in done.stderr
+        assert f"replayed accounts: {len(records)} records, {len(records)} applied" in done.stderr
         assert await checksum(url) == before
+        status = await _status(url)
+        assert status == ("live", len(records)), status
 
         # The live projector resumes after the replay, from the replay's offsets.
         await produce_envelopes(settings.kafka, topic, account_events(20, 4, seed=22))
@@ -77,6 +81,19 @@ async def test_replay_beside_a_live_projector_leaves_identical_tables(
         assert await read_tables(url) == fold_accounts(records)
     finally:
         assert processes.terminate(live) == 0
+
+
+async def _status(url: str) -> tuple[str, int]:
+    from projector.tables import projection_status
+
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            c = projection_status.c
+            row = (await conn.execute(select(c.state, c.events_applied))).one()
+    finally:
+        await engine.dispose()
+    return row[0], int(row[1])
 
 
 async def test_write_side_replay_refills_stream_heads(make_settings, own_pg: DatabaseSettings) -> None:

@@ -69,3 +69,40 @@ async def test_query_api_answers_and_refuses_as_documented(
         assert len(accounts["partitions"]) == settings.kafka.partitions
         assert all(p["lag"] is not None and p["lag"] >= 0 for p in accounts["partitions"])
         assert accounts["last_event_at"] is not None
+
+
+async def test_reads_survive_connections_the_server_dropped(
+    command_client, make_settings, fresh_pg_url: str
+) -> None:
+    """The GET pool skips the pre-ping; a connection killed under it is retried once, unseen."""
+    import asyncio
+
+    import asyncpg
+
+    from eventfold.db import async_url
+
+    settings = make_settings(
+        DatabaseSettings(write_db_url=fresh_pg_url, read_db_url=fresh_pg_url), projector=fast_projector()
+    )
+    sid = uid("acct")
+    async with command_client(settings) as cmd, running_projector(settings), query_client(settings) as q:
+        r = await cmd.post(f"/commands/account/{sid}", json={"type": "OpenAccount", "data": {"owner": "K"}})
+        r = await q.get(f"/accounts/{sid}", params={"wait_for": r.json()["position"], "wait_timeout": 10})
+        assert r.status_code == 200
+        # Fill the pool with several connections, each last used for an account read.
+        for r in await asyncio.gather(*(q.get(f"/accounts/{sid}") for _ in range(8))):
+            assert r.status_code == 200
+        dsn = async_url(fresh_pg_url).replace("postgresql+asyncpg://", "postgresql://")
+        admin = await asyncpg.connect(dsn)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND state = 'idle' AND query LIKE 'SELECT accounts.%'"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        for r in await asyncio.gather(*(q.get(f"/accounts/{sid}") for _ in range(8))):
+            assert r.status_code == 200, r.text
+            assert r.json()["id"] == sid
