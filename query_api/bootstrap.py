@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from eventfold.db import create_engine
 from eventfold.settings import Settings
 from projector.projection import Projection
-from query_api.views import reads_engine
+from query_api.views import Reads
 from query_api.waiting import OffsetWatcher
 from query_api.watermarks import WatermarkCache
 
@@ -29,7 +29,7 @@ class QuerySide:
     settings: Settings
     projections: Sequence[Projection]
     engine: AsyncEngine
-    reads: AsyncEngine  # the GET routes' own pool (query_api/views.py `reads_engine`)
+    reads: Reads  # the GET routes' own pool (query_api/views.py)
     watcher: OffsetWatcher
     watermarks: WatermarkCache
     # Rebuilds started by POST /projections/{name}/rebuild, by projection name;
@@ -41,7 +41,7 @@ class QuerySide:
 async def query_side(settings: Settings, projections: Sequence[Projection]) -> AsyncIterator[QuerySide]:
     """Open the read store for reading; close it when the app stops."""
     engine = create_engine(settings.db.read_db_url, pool_size=settings.db.db_pool_size, writer=False)
-    reads = reads_engine(settings.db)
+    reads = Reads(settings.db)
     side = QuerySide(
         settings, projections, engine, reads, OffsetWatcher(engine), WatermarkCache(settings.kafka)
     )

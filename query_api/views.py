@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,29 +22,39 @@ from projector.tables import (
 )
 
 
-def reads_engine(db: DatabaseSettings) -> AsyncEngine:
-    """The pool of the hot GET routes: one round trip per read.
+class Reads:
+    """The pool of the hot GET routes: one round trip per read, served in arrival order.
 
     A single SELECT needs no transaction, so on PostgreSQL it runs in
     autocommit (no BEGIN, no ROLLBACK at check-in) and without the pre-ping;
-    `_rows` retries once when a pooled connection died with its server.
+    `rows` retries once when a pooled connection died with its server.
     Together they were three of the four round trips of a GET (issue 4).
+    The gate admits at most as many readers as the pool holds, first come
+    first served: behind SQLAlchemy's async pool an asyncio.Queue lets a new
+    checkout take the connection just handed to a waiter, which then queues
+    again at the back, so under load a few requests starved for seconds.
     """
-    engine = create_engine(db.read_db_url, pool_size=db.db_pool_size, writer=False, pre_ping=False)
-    if engine.dialect.name != "postgresql":
-        return engine
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
+    def __init__(self, db: DatabaseSettings) -> None:
+        engine = create_engine(db.read_db_url, pool_size=db.db_pool_size, writer=False, pre_ping=False)
+        if engine.dialect.name == "postgresql":
+            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.engine = engine
+        self.gate = asyncio.Semaphore(2 * db.db_pool_size)  # pool_size plus max_overflow
 
-async def _rows(engine: AsyncEngine, stmt: Executable) -> Sequence[Row[Any]]:
-    for attempt in (1, 2):
-        try:
-            async with engine.connect() as conn:
-                return (await conn.execute(stmt)).all()
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    raise AssertionError("unreachable")
+    async def rows(self, stmt: Executable) -> Sequence[Row[Any]]:
+        async with self.gate:
+            for attempt in (1, 2):
+                try:
+                    async with self.engine.connect() as conn:
+                        return (await conn.execute(stmt)).all()
+                except DBAPIError as exc:
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
 
 
 def iso(value: datetime | None) -> str | None:
@@ -66,13 +77,13 @@ def _account(row: Any) -> dict[str, Any]:
     }
 
 
-async def get_account(engine: AsyncEngine, account_id: str) -> dict[str, Any] | None:
-    rows = await _rows(engine, select(accounts).where(accounts.c.id == account_id))
+async def get_account(reads: Reads, account_id: str) -> dict[str, Any] | None:
+    rows = await reads.rows(select(accounts).where(accounts.c.id == account_id))
     return _account(rows[0]) if rows else None
 
 
 async def list_accounts(
-    engine: AsyncEngine, *, owner: str | None, status: str | None, after: str | None, limit: int
+    reads: Reads, *, owner: str | None, status: str | None, after: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], bool]:
     """A page in id order, and whether more rows follow."""
     stmt = select(accounts).order_by(accounts.c.id).limit(limit + 1)
@@ -82,18 +93,18 @@ async def list_accounts(
         stmt = stmt.where(accounts.c.status == status)
     if after is not None:
         stmt = stmt.where(accounts.c.id > after)
-    rows = await _rows(engine, stmt)
+    rows = await reads.rows(stmt)
     return [_account(r) for r in rows[:limit]], len(rows) > limit
 
 
 async def list_transactions(
-    engine: AsyncEngine, account_id: str, *, after: int | None, limit: int
+    reads: Reads, account_id: str, *, after: int | None, limit: int
 ) -> tuple[list[dict[str, Any]], bool]:
     t = account_transactions
     stmt = select(t).where(t.c.account_id == account_id).order_by(t.c.version).limit(limit + 1)
     if after is not None:
         stmt = stmt.where(t.c.version > after)
-    rows = await _rows(engine, stmt)
+    rows = await reads.rows(stmt)
     items = [
         {
             "account_id": r.account_id,
