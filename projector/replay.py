@@ -60,10 +60,11 @@ async def replay_projection(
     With `workers` > 1 the partitions are shared among that many processes
     (`replay_worker`), each applying its own partitions' records in order:
     a stream lives on one partition, so no two workers write one document.
+    A `dead_letter` callback lives in this process, so it keeps one worker.
     """
     started = time.monotonic()
     await store.start_rebuild(engine, projection)
-    if workers > 1:
+    if workers > 1 and dead_letter is None:
         read, applied, failures = await _replay_in_processes(settings, projection, engine, workers, progress)
     else:
         share = await replay_partitions(
