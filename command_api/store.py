@@ -105,16 +105,18 @@ class WriteStore:
     async def _load_heads(self, conn: AsyncConnection, keys: list[StreamKey]) -> dict[StreamKey, _Head]:
         heads: dict[StreamKey, _Head] = {}
         rows: list[Any] = []
-        if self._pg and keys:
-            types, ids = zip(*keys, strict=True)
-            rows = list(await conn.execute(pg.HEADS, {"t": list(types), "i": list(ids)}))
-        for chunk in [] if self._pg else _chunks(keys):
-            stmt = (
-                select(streams.c.stream_type, streams.c.stream_id, streams.c.version, streams.c.state)
-                .where(tuple_(streams.c.stream_type, streams.c.stream_id).in_(chunk))
-                .order_by(streams.c.stream_type, streams.c.stream_id)
-            )
-            rows.extend(await conn.execute(stmt))
+        if self._pg:
+            if keys:
+                types, ids = zip(*keys, strict=True)
+                rows.extend(await conn.execute(pg.HEADS, {"t": list(types), "i": list(ids)}))
+        else:
+            for chunk in _chunks(keys):
+                stmt = (
+                    select(streams.c.stream_type, streams.c.stream_id, streams.c.version, streams.c.state)
+                    .where(tuple_(streams.c.stream_type, streams.c.stream_id).in_(chunk))
+                    .order_by(streams.c.stream_type, streams.c.stream_id)
+                )
+                rows.extend(await conn.execute(stmt))
         for t, i, v, s in rows:
             state = self.aggregates.get(t).load_state(jsonutil.loads(s))
             heads[(t, i)] = _Head(v, state, True, v)

@@ -94,7 +94,11 @@ Watermarks = dict[tuple[str, int], int]
 
 
 async def fetch_highwaters(
-    kafka: KafkaSettings, topics: list[str], start: Mapping[tuple[str, int], int], timeout_s: float
+    kafka: KafkaSettings,
+    topics: list[str],
+    start: Mapping[tuple[str, int], int] | None = None,
+    *,
+    timeout_s: float,
 ) -> Watermarks:
     """Each partition's high-watermark, read off one fetch response (never ListOffsets).
 
@@ -109,7 +113,7 @@ async def fetch_highwaters(
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)
         for tp in tps:
-            consumer.seek(tp, start.get((tp.topic, tp.partition), 0))
+            consumer.seek(tp, (start or {}).get((tp.topic, tp.partition), 0))
         out: Watermarks = {}
         deadline = time.monotonic() + timeout_s
         while len(out) < len(tps) and time.monotonic() < deadline:

@@ -97,6 +97,32 @@ async def apply_batch(
     return BatchResult(True, folded)
 
 
+async def apply_rebuilding(
+    engine: AsyncEngine,
+    projection: Projection,
+    items: Sequence[Decoded | Failure],
+    *,
+    cache: DocCache,
+    dead_letter: DeadLetter | None = None,
+    shared: bool = False,
+) -> Folded:
+    """A replay's or a rebuild's batch: applied only while the projection is `rebuilding`."""
+    result = await apply_batch(
+        engine,
+        projection,
+        items,
+        next_offsets(items),
+        allowed_states=frozenset({store.REBUILDING}),
+        dead_letter=dead_letter,
+        state_after=store.REBUILDING,
+        cache=cache,
+        shared=shared,
+    )
+    if not result.allowed or result.folded is None:
+        raise RuntimeError(f"projection {projection.name} left `rebuilding` during the rebuild")
+    return result.folded
+
+
 async def fold_and_write(
     conn: AsyncConnection,
     projection: Projection,

@@ -29,7 +29,7 @@ from eventfold.kafka import new_consumer
 from eventfold.observability import REBUILD_PROGRESS
 from eventfold.settings import Settings
 from projector import store
-from projector.apply import DocCache, apply_batch, next_offsets
+from projector.apply import DocCache, apply_rebuilding
 from projector.batch import decode
 from projector.generations import offsets_key, tables_of
 from projector.projection import Change, Doc, Handler, Projection
@@ -255,18 +255,8 @@ async def _catch_up(
         reporter.phase = f"catch-up {round_}"
     async for records, remaining in _read_range(consumer, topic, start, stop, batch_max):
         items = [decode(clone, r) for r in records]
-        result = await apply_batch(
-            engine,
-            clone,
-            items,
-            next_offsets(items),
-            allowed_states=frozenset({store.REBUILDING}),
-            dead_letter=None,  # the live generation dead-lettered these records already
-            state_after=store.REBUILDING,
-            cache=cache,
-        )
-        if not result.allowed:
-            raise RuntimeError(f"{clone.name} is no longer rebuilding")
+        # No dead letters: the live generation dead-lettered these records already.
+        await apply_rebuilding(engine, clone, items, cache=cache)
         await reporter.advance(len(records), remaining)
 
 

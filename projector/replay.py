@@ -4,8 +4,8 @@ A projection replay switches the projection to `rebuilding` and empties its
 tables in one transaction (the live runtime then pauses), reads every
 partition from 0 up to the fetch high-watermark seen at start with a manually
 assigned consumer (no group), applies batches through the same `apply_batch`
-as the live path, and switches back to `live`; the live runtime resumes from
-the offsets the replay stored.
+as the live path (`apply_rebuilding`), and switches back to `live`; the live
+runtime resumes from the offsets the replay stored.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from eventfold import jsonutil
 from eventfold.kafka import fetch_highwaters, new_consumer
 from eventfold.settings import KafkaSettings, Settings
 from projector import store
-from projector.apply import DeadLetter, DocCache, apply_batch, next_offsets
+from projector.apply import DeadLetter, DocCache, apply_rebuilding
 from projector.batch import Decoded, Failure, decode
 from projector.projection import Projection
 from schemas.mapper import PoisonRecord, decode_event
@@ -105,23 +105,13 @@ async def replay_partitions(
     try:
         batches = _read_to_end(consumer, topic, settings.projector.projector_replay_batch_max, partitions)
         async for items, total in decoded_ahead(projection, batches):
-            result = await apply_batch(
-                engine,
-                projection,
-                items,
-                next_offsets(items),
-                allowed_states=frozenset({store.REBUILDING}),
-                dead_letter=dead_letter,
-                state_after=store.REBUILDING,
-                cache=cache,
-                shared=shared,
+            folded = await apply_rebuilding(
+                engine, projection, items, cache=cache, dead_letter=dead_letter, shared=shared
             )
-            if not result.allowed or result.folded is None:
-                raise RuntimeError(f"projection {projection.name} left `rebuilding` during the replay")
             read += len(items)
-            applied += result.folded.applied
-            failures += len(result.folded.failures)
-            at = result.folded.last_event_at
+            applied += folded.applied
+            failures += len(folded.failures)
+            at = folded.last_event_at
             last = at if last is None or (at is not None and at > last) else last
             if progress is not None:
                 progress(read, total)
@@ -164,7 +154,7 @@ async def _replay_in_processes(
     however the database keeps up; several use the machine (issue 4).
     """
     topic = projection.topic(settings.kafka)
-    ends = await fetch_highwaters(settings.kafka, [topic], {}, timeout_s=10.0)
+    ends = await fetch_highwaters(settings.kafka, [topic], timeout_s=10.0)
     parts = sorted(p for _, p in ends)
     if not parts:
         raise RuntimeError(f"topic {topic} does not exist")

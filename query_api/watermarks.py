@@ -33,7 +33,7 @@ class WatermarkCache:
             if time.monotonic() - self._at < self.ttl_s and wanted <= have:
                 return self._value
             try:
-                self._value = await fetch_highwaters(self.kafka, topics, start, 3.0)
+                self._value = await fetch_highwaters(self.kafka, topics, start, timeout_s=3.0)
             except Exception:
                 return None
             self._at = time.monotonic()

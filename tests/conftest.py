@@ -132,6 +132,21 @@ async def fresh_pg_url(pg_admin_url: str) -> AsyncIterator[str]:
         await drop_database(pg_admin_url, db_url)
 
 
+@pytest.fixture(params=["postgres", "sqlite"])
+async def own_db(
+    request: pytest.FixtureRequest, pg_admin_url: str, tmp_path: Path
+) -> AsyncIterator[DatabaseSettings]:
+    """Write and read stores no other test touches, so whole tables can be compared."""
+    if request.param == "sqlite":
+        yield await migrated_sqlite(tmp_path)
+        return
+    url = await create_database(pg_admin_url)
+    try:
+        yield DatabaseSettings(write_db_url=url, read_db_url=url)
+    finally:
+        await drop_database(pg_admin_url, url)
+
+
 async def migrated_sqlite(directory: Path) -> DatabaseSettings:
     db = DatabaseSettings(
         write_db_url=f"sqlite+aiosqlite:///{directory / 'write.db'}",

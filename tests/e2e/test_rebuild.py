@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import inspect, select
 
 from eventfold.db import create_engine
@@ -30,7 +29,7 @@ from projector.rebuild import RebuildProgress, rebuild_projection, stored_genera
 from projector.tables import projection_status
 from schemas.envelope import EventEnvelope
 from schemas.mapper import encode_value, envelope_headers
-from tests.conftest import create_database, drop_database, migrated_sqlite
+from tests.conftest import migrated_sqlite
 from tests.helpers import Record, read_topic, wait_until
 from tests.support.projection import (
     account_events,
@@ -45,18 +44,6 @@ from tests.support.projection import (
 
 EVENTS = int(os.environ.get("EVENTFOLD_REBUILD_EVENTS", "20000"))
 PER_ACCOUNT = 20
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-async def rebuild_db(request: pytest.FixtureRequest, pg_admin_url: str, tmp_path: Path) -> Any:
-    if request.param == "sqlite":
-        yield await migrated_sqlite(tmp_path)
-        return
-    url = await create_database(pg_admin_url)
-    try:
-        yield DatabaseSettings(write_db_url=url, read_db_url=url)
-    finally:
-        await drop_database(pg_admin_url, url)
 
 
 async def _write(settings: Any, topic: str, heads: dict[str, int], stop: asyncio.Event) -> int:
@@ -131,10 +118,10 @@ def _balances(records: list[Record]) -> dict[str, dict[int, int]]:
     return out
 
 
-async def test_rebuild_under_live_traffic(make_settings, rebuild_db: DatabaseSettings) -> None:
-    settings = make_settings(rebuild_db, projector=fast_projector())
+async def test_rebuild_under_live_traffic(make_settings, own_db: DatabaseSettings) -> None:
+    settings = make_settings(own_db, projector=fast_projector())
     topic = settings.kafka.topic("account")
-    url = rebuild_db.read_db_url
+    url = own_db.read_db_url
     await create_topics(settings.kafka, [topic, dlq_topic(topic)])
     initial = account_events(EVENTS // PER_ACCOUNT, PER_ACCOUNT, seed=31)
     await produce_envelopes(settings.kafka, topic, initial)
