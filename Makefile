@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration test-e2e lint typecheck bench bench-quick chaos clean
+.PHONY: install postgres run test test-unit test-integration test-e2e lint typecheck bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## virtualenv with eventfold, the embedded broker and the test tools
 
+postgres: ## PostgreSQL on 127.0.0.1:5432 for the tests: installs and starts Debian's package when missing
+	scripts/ensure-postgres
+
 run: install ## the whole system on this machine: broker, SQLite stores, APIs, projector
 	$(BIN)/eventfold dev
 
-test: install ## every tier, against the local PostgreSQL and an embedded broker
+test: install postgres ## every tier, against the local PostgreSQL and an embedded broker
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/eventfold schemas check
@@ -27,10 +30,10 @@ test: install ## every tier, against the local PostgreSQL and an embedded broker
 test-unit: install
 	$(BIN)/pytest -q tests/unit
 
-test-integration: install
+test-integration: install postgres
 	$(BIN)/pytest -q tests/integration
 
-test-e2e: install
+test-e2e: install postgres
 	$(BIN)/pytest -q tests/e2e
 
 lint: install
@@ -40,15 +43,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-bench: install ## full benchmark (several minutes); figures in bench/results/
+bench: install postgres ## full benchmark (several minutes); figures in bench/results/
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
-bench-quick: install ## the short benchmark CI runs (under 2 minutes)
+bench-quick: install postgres ## the short benchmark CI runs (under 2 minutes)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench --quick
 
-chaos: install ## ten minutes of faults under load, then the oracle (0 violations or exit 1)
+chaos: install postgres ## ten minutes of faults under load, then the oracle (0 violations or exit 1)
 	$(BIN)/python -m chaos --duration 600
 
 clean:
