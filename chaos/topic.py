@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from eventfold.kafka import connection_options, partitions_of
 from eventfold.settings import KafkaSettings
 from schemas.envelope import EventEnvelope
 from schemas.mapper import decode_value
@@ -31,15 +32,14 @@ class TopicSnapshot:
 
 async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 120.0) -> TopicSnapshot:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.kafka_bootstrap,
+        **connection_options(kafka),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await consumer.start()
     try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = await partitions_of(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[TopicRecord] = []

@@ -66,6 +66,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class EmbeddedBroker:
     """A Tansu process; use as a context manager or call start/stop."""
 
+    kind = "tansu"
+    # What this broker can do, for the settings built around it: no producer
+    # ids (InitProducerId fails), and ListOffsets "latest" is wrong for
+    # multi-record batches.
+    idempotence = False
+    highwater_from_fetch = True
+
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
@@ -113,12 +120,12 @@ class EmbeddedBroker:
             self._check(proc, deadline, timeout_s)
             await asyncio.sleep(0.02)
 
-    def pause(self) -> None:
+    def pause(self, node_id: int | None = None) -> None:
         """Freeze the broker (SIGSTOP): connections hang as in a network outage."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
 
-    def resume(self) -> None:
+    def resume(self, node_id: int | None = None) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 

@@ -257,9 +257,18 @@ def dev(
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite stores live.")] = Path(".eventfold"),
     command_port: Annotated[int, typer.Option(help="Command API port.")] = 8000,
     query_port: Annotated[int, typer.Option(help="Query API port.")] = 8001,
-    kafka_port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
+    kafka_port: Annotated[int, typer.Option(help="Port of the local broker (its first node).")] = 9092,
+    broker: Annotated[
+        str,
+        typer.Option(
+            help="tansu: the embedded broker (starts in a second, in memory); "
+            "apache: a 3-node Apache Kafka cluster (needs Java and Maven)."
+        ),
+    ] = "tansu",
 ) -> None:
     """Run the whole system on this machine: broker, SQLite stores, APIs, projector."""
+    if broker not in ("tansu", "apache"):
+        raise _fail(f"--broker must be tansu or apache, not {broker!r}")
     from eventfold.dev import run_dev
 
     external = os.environ.get("EVENTFOLD_KAFKA_BOOTSTRAP")
@@ -269,7 +278,7 @@ def dev(
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "WARNING"), json=False)
         from eventfold.runner import run_fast
 
-        run_fast(run_dev(data_dir, command_port, query_port, kafka_port, external))
+        run_fast(run_dev(data_dir, command_port, query_port, kafka_port, external, broker))
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:

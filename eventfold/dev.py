@@ -1,13 +1,15 @@
-"""`eventfold dev`: the whole system on one machine, embedded broker and SQLite."""
+"""`eventfold dev`: the whole system on one machine, a local broker and SQLite."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import orjson
 from rich.console import Console
 
+from eventfold.apache_kafka import ApacheKafkaCluster
 from eventfold.auth import ApiKey, digest, load_keys, new_key
 from eventfold.broker import EmbeddedBroker
 from eventfold.kafka import create_topics
@@ -19,12 +21,21 @@ from eventfold.wiring import all_topics
 console = Console(soft_wrap=True)  # long curl lines must stay copy-pasteable
 
 
-def dev_settings(data_dir: Path, bootstrap: str, embedded: bool) -> Settings:
+LocalBroker = ApacheKafkaCluster | EmbeddedBroker
+
+
+def dev_settings(data_dir: Path, bootstrap: str, broker: LocalBroker | None) -> Settings:
     data_dir = data_dir.resolve()
     kafka = KafkaSettings(kafka_bootstrap=bootstrap)
-    if embedded:
-        # The embedded broker cannot grant producer ids (see README, quirks).
-        kafka = kafka.model_copy(update={"kafka_idempotence": False})
+    if broker is not None:
+        # What the broker started here can do (README, "Brokers"): the embedded
+        # Tansu grants no producer ids and needs partition ends from fetches.
+        kafka = kafka.model_copy(
+            update={
+                "kafka_idempotence": broker.idempotence,
+                "kafka_highwater_from_fetch": broker.highwater_from_fetch,
+            }
+        )
     db = DatabaseSettings(
         write_db_url=f"sqlite+aiosqlite:///{data_dir / 'write.db'}",
         read_db_url=f"sqlite+aiosqlite:///{data_dir / 'read.db'}",
@@ -37,6 +48,7 @@ def write_env_file(settings: Settings) -> Path:
     names = (
         "EVENTFOLD_KAFKA_BOOTSTRAP",
         "EVENTFOLD_KAFKA_IDEMPOTENCE",
+        "EVENTFOLD_KAFKA_HIGHWATER_FROM_FETCH",
         "EVENTFOLD_TOPIC_PREFIX",
         "EVENTFOLD_WRITE_DB_URL",
         "EVENTFOLD_READ_DB_URL",
@@ -72,22 +84,43 @@ def dev_auth(data_dir: Path) -> AuthSettings:
     return AuthSettings(api_keys=orjson.dumps(keys).decode())
 
 
+async def start_broker(kind: str, data_dir: Path, kafka_port: int) -> LocalBroker:
+    """The broker `eventfold dev` runs: the embedded Tansu, or a local Apache Kafka cluster."""
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    if kind == "apache":
+        folder = data_dir / "kafka"
+        # A new cluster each run, as the embedded broker forgets everything too.
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        console.print("[green]broker[/green]       starting Apache Kafka, 3 KRaft nodes (jars fetched once)")
+        cluster = ApacheKafkaCluster(nodes=3, directory=folder, first_port=kafka_port)
+        await cluster.astart()
+        where = f"Apache Kafka {cluster.version}, data in {folder}"
+        console.print(f"[green]broker[/green]       {cluster.bootstrap} ({where})")
+        return cluster
+    broker = EmbeddedBroker(kafka_port, log_path=data_dir / "broker.log")
+    await broker.astart()
+    console.print(f"[green]broker[/green]       {broker.bootstrap} (embedded Tansu, in memory)")
+    return broker
+
+
 async def run_dev(
-    data_dir: Path, command_port: int, query_port: int, kafka_port: int, external: str | None
+    data_dir: Path,
+    command_port: int,
+    query_port: int,
+    kafka_port: int,
+    external: str | None,
+    broker_kind: str = "tansu",
 ) -> None:
     from command_api.bootstrap import create_app as command_app
     from eventfold.wiring import projections
     from projector.runtime import run_projectors
     from query_api.bootstrap import create_app as query_app
 
-    broker = None
-    if external is None:
-        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-        broker = EmbeddedBroker(kafka_port, log_path=data_dir / "broker.log")
-        await broker.astart()
-        console.print(f"[green]broker[/green]       {broker.bootstrap} (embedded Tansu, in memory)")
+    broker = None if external is not None else await start_broker(broker_kind, data_dir, kafka_port)
     try:
-        settings = dev_settings(data_dir, external or broker.bootstrap, embedded=broker is not None)  # type: ignore[union-attr]
+        bootstrap = external if broker is None else broker.bootstrap
+        assert bootstrap is not None
+        settings = dev_settings(data_dir, bootstrap, broker)
         await upgrade_all(settings.db.write_db_url, settings.db.read_db_url)
         env_file = write_env_file(settings)
         await create_topics(settings.kafka, all_topics(settings))

@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
 from eventfold.settings import KafkaSettings
@@ -25,9 +26,34 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+def connection_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Bootstrap servers and security: what every client (producer, consumer, admin) needs."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        assert settings.kafka_sasl_password is not None  # the settings validator saw to it
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def new_admin(settings: KafkaSettings, **overrides: Any) -> AIOKafkaAdminClient:
+    options = {**connection_options(settings), "request_timeout_ms": 10_000, **overrides}
+    return AIOKafkaAdminClient(**options)
+
+
+def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        **connection_options(settings),
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotence,
         "request_timeout_ms": settings.request_timeout_ms,
@@ -42,7 +68,7 @@ def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
 
 def new_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **connection_options(settings),
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "isolation_level": "read_uncommitted",
@@ -60,30 +86,77 @@ async def create_topics(
     """Create the topics that are missing; returns the names it created.
 
     Topics get unlimited retention (`retention.ms=-1`): replays read from
-    offset 0, so nothing may ever expire. Topics created by other tools need
-    the same setting (deploy/README.md).
+    offset 0, so nothing may ever expire. Unless configured, the replication
+    factor is min(3, brokers) and `min.insync.replicas` min(2, RF): with
+    acks=all an acknowledged event is on two brokers before the command API
+    counts it published. Topics created by other tools need the same settings
+    (deploy/README.md).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = new_admin(settings)
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())
         wanted = [t for t in dict.fromkeys(topics) if t not in existing]
         if wanted:
+            rf, isr = await replication(admin, settings)
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
                         NewTopic(
                             t,
                             num_partitions=settings.partitions,
-                            replication_factor=settings.replication_factor,
-                            topic_configs={"retention.ms": "-1"},
+                            replication_factor=rf,
+                            topic_configs={"retention.ms": "-1", "min.insync.replicas": str(isr)},
                         )
                         for t in wanted
                     ]
                 )
+            await _until_led(admin, wanted, timeout_s)
         return wanted
     finally:
         await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float) -> None:
+    """Wait until every partition of these new topics has a leader.
+
+    A multi-broker cluster answers CreateTopics before the new partitions are
+    led and their metadata has reached every broker; clients that start at
+    once would otherwise see the topic missing.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(topics)
+        if len(described) == len(topics) and all(
+            t["error_code"] == 0
+            and t["partitions"]
+            and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {topics} had no leaders after {timeout_s}s")
+        await asyncio.sleep(0.1)
+
+
+async def replication(admin: AIOKafkaAdminClient, settings: KafkaSettings) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for new topics on this cluster."""
+    rf = settings.replication_factor
+    if rf is None:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        rf = min(3, max(1, brokers))
+    return rf, settings.min_insync_replicas or min(2, rf)
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, from a metadata request for all topics.
+
+    `partitions_for_topic` only knows topics the consumer subscribed to or was
+    assigned (Kafka answers a metadata request for no topics with none), so
+    callers about to `assign` ask the cluster itself.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
 def dlq_topic(topic: str) -> str:
@@ -100,17 +173,20 @@ async def fetch_highwaters(
     *,
     timeout_s: float,
 ) -> Watermarks:
-    """Each partition's high-watermark, read off one fetch response (never ListOffsets).
+    """Each partition's high-watermark (the offset the next record will get).
 
-    Some brokers (the embedded Tansu) answer ListOffsets "latest" wrongly when
-    the last batch holds several records; a fetch response carries the right
-    value. The fetch starts at `start` (default 0) and reads at most 1 KB.
+    ListOffsets "latest" by default. With `kafka_highwater_from_fetch` (brokers
+    such as the embedded Tansu, which answer ListOffsets wrongly when the last
+    batch holds several records) the value is read off one fetch response
+    instead, starting at `start` (default 0) and reading at most 1 KB.
     """
     consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        tps = [tp for t in topics for tp in await partitions_of(consumer, t)]
+        if not kafka.kafka_highwater_from_fetch:
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout_s) if tps else {}
+            return {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, (start or {}).get((tp.topic, tp.partition), 0))

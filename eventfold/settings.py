@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _ENV = SettingsConfigDict(env_prefix="EVENTFOLD_", extra="ignore")
@@ -19,15 +20,43 @@ class KafkaSettings(BaseSettings):
     model_config = _ENV
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    # Idempotent producers are the safe default for real Kafka; the embedded
-    # broker cannot grant a producer id, so `eventfold dev` turns this off.
+    # Idempotent producers (acks=all) are the safe default for Apache Kafka; a
+    # broker that cannot grant producer ids (the embedded Tansu) needs this off,
+    # which `eventfold dev` does for it.
     kafka_idempotence: bool = True
+    # Read partition ends off a fetch response instead of ListOffsets, for
+    # brokers whose ListOffsets "latest" is wrong (the embedded Tansu).
+    kafka_highwater_from_fetch: bool = False
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL takes PLAIN,
+    # SCRAM-SHA-256 or SCRAM-SHA-512 with a user and password. SSL verifies the
+    # brokers against the CA file (the system's CAs when unset).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     topic_prefix: str = "eventfold"
     partitions: int = Field(default=4, ge=1, le=1024)
-    replication_factor: int = Field(default=1, ge=1)
+    # Unset: min(3, brokers in the cluster), and min.insync.replicas min(2, RF),
+    # so an acknowledged event survives the loss of any one broker.
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
     publish_timeout_s: float = Field(default=5.0, gt=0, le=120)
     request_timeout_ms: int = Field(default=4000, ge=100)
     linger_ms: int = Field(default=0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"EVENTFOLD_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "EVENTFOLD_KAFKA_SASL_USERNAME and EVENTFOLD_KAFKA_SASL_PASSWORD"
+            )
+        return self
 
     def topic(self, stream_type: str) -> str:
         return f"{self.topic_prefix}.{stream_type}.events"
@@ -126,6 +155,8 @@ class Settings(BaseSettings):
             for name, value in part.model_dump().items():
                 if value is None:
                     continue
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
                 env[f"EVENTFOLD_{name.upper()}"] = (
                     str(value).lower() if isinstance(value, bool) else str(value)
                 )

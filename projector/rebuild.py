@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from eventfold.kafka import new_consumer
+from eventfold.kafka import new_consumer, partitions_of
 from eventfold.observability import REBUILD_PROGRESS
 from eventfold.settings import Settings
 from projector import store
@@ -268,8 +268,7 @@ async def _read_range(
     batch_max: int,
 ) -> AsyncIterator[tuple[list[Any], int]]:
     """Yield (records, records left) from `start` up to `stop`, or to the first high-watermarks seen."""
-    await consumer.topics()
-    parts = sorted(consumer.partitions_for_topic(topic) or ())
+    parts = [tp.partition for tp in await partitions_of(consumer, topic)]
     if not parts:
         raise RuntimeError(f"topic {topic} does not exist")
     tps = [TopicPartition(topic, p) for p in parts]

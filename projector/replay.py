@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from command_api.aggregate import Aggregate
 from command_api.tables import streams
 from eventfold import jsonutil
-from eventfold.kafka import fetch_highwaters, new_consumer
+from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of
 from eventfold.settings import KafkaSettings, Settings
 from projector import store
 from projector.apply import DeadLetter, DocCache, apply_rebuilding
@@ -243,8 +243,7 @@ async def _read_to_end(
     response, not ListOffsets, which some brokers answer wrongly; records that
     arrive later are left to the live projector.
     """
-    await consumer.topics()
-    known = consumer.partitions_for_topic(topic) or set()
+    known = [tp.partition for tp in await partitions_of(consumer, topic)]
     parts = sorted(p for p in known if partitions is None or p in partitions)
     if not parts:
         raise RuntimeError(f"topic {topic} does not exist")

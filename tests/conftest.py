@@ -1,9 +1,13 @@
 """Fixtures over real parts: a broker process and a PostgreSQL database.
 
-By default the broker is the embedded Tansu process and PostgreSQL is the one
-at 127.0.0.1:5432 (`EVENTFOLD_TEST_PG_URL` overrides). With
+The broker is a 3-node Apache Kafka cluster (KRaft, jars from Maven Central,
+started by `eventfold.apache_kafka`) where Java is present, else the embedded
+Tansu process; `EVENTFOLD_TEST_BROKER=apache|tansu` picks one, and the test
+session's header says which runs. PostgreSQL is the one at 127.0.0.1:5432
+(`EVENTFOLD_TEST_PG_URL` overrides; `make test` brings it up). With
 `EVENTFOLD_TEST_DOCKER=1` and a reachable Docker engine, testcontainers start
-apache/kafka and postgres instead.
+apache/kafka and postgres instead (the tests that freeze a broker still use
+the local one).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from command_api.aggregate import Aggregates
+from eventfold.apache_kafka import KAFKA_VERSION, ApacheKafkaCluster, java_available
 from eventfold.broker import EmbeddedBroker
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
@@ -30,9 +35,21 @@ from eventfold.settings import (
     KafkaSettings,
     Settings,
 )
+from tests.helpers import broker_kafka_settings
 
 PG_URL = os.environ.get("EVENTFOLD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 USE_DOCKER = os.environ.get("EVENTFOLD_TEST_DOCKER") == "1"
+BROKER = os.environ.get("EVENTFOLD_TEST_BROKER") or ("apache" if java_available() else "tansu")
+if BROKER not in ("apache", "tansu"):
+    raise pytest.UsageError(f"EVENTFOLD_TEST_BROKER must be apache or tansu, not {BROKER!r}")
+
+LocalBroker = ApacheKafkaCluster | EmbeddedBroker
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if BROKER == "apache":
+        return f"broker: Apache Kafka {KAFKA_VERSION}, 3 KRaft nodes (EVENTFOLD_TEST_BROKER=apache)"
+    return "broker: embedded Tansu (EVENTFOLD_TEST_BROKER=tansu)"
 
 
 def _docker() -> Any:
@@ -61,10 +78,14 @@ def docker_parts() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def broker(docker_parts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """The embedded broker process (also started in Docker mode, for pause tests)."""
-    log = tmp_path_factory.mktemp("broker") / "broker.log"
-    b = EmbeddedBroker(log_path=log)
+def broker(docker_parts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """The session's broker processes (also started in Docker mode, for pause tests)."""
+    folder = tmp_path_factory.mktemp("broker")
+    b: LocalBroker
+    if BROKER == "apache":
+        b = ApacheKafkaCluster(nodes=3, directory=folder)
+    else:
+        b = EmbeddedBroker(log_path=folder / "broker.log")
     b.start()
     try:
         yield b
@@ -73,7 +94,7 @@ def broker(docker_parts: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(broker: EmbeddedBroker, docker_parts: Any) -> str:
+def kafka_bootstrap(broker: LocalBroker, docker_parts: Any) -> str:
     if docker_parts is not None:
         return str(docker_parts[1].get_bootstrap_server())
     return broker.bootstrap
@@ -173,14 +194,16 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(kafka_bootstrap: str, pg_url: str, docker_parts: Any) -> SettingsFactory:
+def make_settings(
+    kafka_bootstrap: str, pg_url: str, docker_parts: Any, broker: LocalBroker
+) -> SettingsFactory:
     """Settings for one test: its own topic prefix, the session broker and database."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
 
     def build(db: DatabaseSettings | None = None, **overrides: Any) -> Settings:
         kafka = {
+            **broker_kafka_settings(broker),
             "kafka_bootstrap": kafka_bootstrap,
-            "kafka_idempotence": docker_parts is not None,
             "topic_prefix": prefix,
             "partitions": 4,
             "publish_timeout_s": 3.0,

@@ -14,6 +14,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 
+from eventfold.kafka import connection_options, partitions_of
 from eventfold.settings import KafkaSettings
 from schemas.envelope import EventEnvelope
 from schemas.mapper import decode_value
@@ -64,23 +65,21 @@ class Record:
 async def read_topic(kafka: KafkaSettings, topic: str, *, timeout: float = 20.0) -> list[Record]:
     """Every record of a topic from offset 0 up to the high-watermark at call time.
 
-    The high-watermark comes from fetch responses, not ListOffsets, which the
-    embedded broker answers wrongly for multi-record batches.
+    The high-watermark comes from fetch responses, which every broker gets
+    right (the embedded one answers ListOffsets wrongly for multi-record batches).
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        **connection_options(kafka), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
-        await consumer.topics()  # refreshes metadata
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        deadline = time.monotonic() + timeout
+        tps = await partitions_of(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[Record] = []
         done: set[TopicPartition] = set()
         next_offset: dict[TopicPartition, int] = {tp: 0 for tp in tps}
-        deadline = time.monotonic() + timeout
         while len(done) < len(tps):
             if time.monotonic() > deadline:
                 raise AssertionError(f"could not read {topic} to its end in {timeout}s")
@@ -107,3 +106,12 @@ def first_versions(records: list[Record], stream_id: str) -> list[int]:
             if v not in seen:
                 seen.append(v)
     return seen
+
+
+def broker_kafka_settings(broker: Any) -> dict[str, Any]:
+    """What this broker can do, as settings (the code never asks which broker it is)."""
+    return {
+        "kafka_bootstrap": broker.bootstrap,
+        "kafka_idempotence": broker.idempotence,
+        "kafka_highwater_from_fetch": broker.highwater_from_fetch,
+    }

@@ -8,14 +8,14 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from eventfold.broker import EmbeddedBroker
 from eventfold.kafka import create_topics
 from eventfold.settings import DatabaseSettings
 from tests.e2e.processes import ServiceProcess, started
-from tests.helpers import first_versions, read_topic, uid, wait_until
+from tests.helpers import broker_kafka_settings, first_versions, read_topic, uid, wait_until
 
 
 async def _post(http: httpx.AsyncClient, url: str, type_: str, data: dict[str, int | str]) -> httpx.Response:
@@ -23,11 +23,11 @@ async def _post(http: httpx.AsyncClient, url: str, type_: str, data: dict[str, i
 
 
 async def test_broker_outage_gives_202_then_publishes(
-    command_client, make_settings, broker: EmbeddedBroker
+    command_client, make_settings, broker: Any
 ) -> None:
-    # Always the embedded broker: it is the one that can be frozen.
+    # The session's local broker, which can be frozen (even in Docker mode).
     settings = make_settings(
-        kafka={"publish_timeout_s": 2.0, "kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False}
+        kafka={"publish_timeout_s": 2.0, **broker_kafka_settings(broker)}
     )
     sid = uid("acct")
     url = f"/commands/account/{sid}"

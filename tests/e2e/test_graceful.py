@@ -14,14 +14,13 @@ import pytest
 from sqlalchemy import func, select
 
 from command_api.tables import outbox
-from eventfold.broker import EmbeddedBroker
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
 from projector.tables import projection_status
 from tests.conftest import create_database, drop_database
 from tests.e2e.processes import ServiceProcess, started
-from tests.helpers import first_versions, read_topic, uid, wait_until
+from tests.helpers import broker_kafka_settings, first_versions, read_topic, uid, wait_until
 from tests.support import processes
 from tests.support.projection import (
     account_events,
@@ -46,11 +45,11 @@ async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
         await drop_database(pg_admin_url, url)
 
 
-def _frozen_broker_settings(make_settings: Any, broker: EmbeddedBroker, db: DatabaseSettings) -> Any:
-    # Always the embedded broker: it is the one that can be frozen. A long publish
+def _frozen_broker_settings(make_settings: Any, broker: Any, db: DatabaseSettings) -> Any:
+    # The session's local broker, which can be frozen (even in Docker mode). A long publish
     # timeout keeps the burst in flight well past the SIGTERM, even on a slow machine.
     return make_settings(
-        db, kafka={"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False, "publish_timeout_s": 8.0}
+        db, kafka={**broker_kafka_settings(broker), "publish_timeout_s": 8.0}
     )
 
 
@@ -66,7 +65,7 @@ async def _in_outbox(url: str, sids: list[str], version: int) -> int:
 
 
 async def test_sigterm_lets_in_flight_commands_finish(
-    make_settings: Any, broker: EmbeddedBroker, own_pg: DatabaseSettings, tmp_path: Path
+    make_settings: Any, broker: Any, own_pg: DatabaseSettings, tmp_path: Path
 ) -> None:
     settings = _frozen_broker_settings(make_settings, broker, own_pg)
     topic = settings.kafka.topic("account")
@@ -177,9 +176,9 @@ async def _events_applied(url: str) -> int:
 
 
 async def test_readyz_names_the_broker_while_it_is_paused(
-    make_settings: Any, broker: EmbeddedBroker, tmp_path: Path
+    make_settings: Any, broker: Any, tmp_path: Path
 ) -> None:
-    settings = make_settings(kafka={"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False})
+    settings = make_settings(kafka={**broker_kafka_settings(broker)})
     await create_topics(settings.kafka, [settings.kafka.topic("account")])
     api: ServiceProcess = await started(settings, "command-api", log=tmp_path / "api.log")
     async with httpx.AsyncClient(base_url=api.url, timeout=15) as http:
