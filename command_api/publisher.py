@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -147,6 +148,26 @@ class Publisher:
                 while self._unrouted and self._unrouted[0][0].topic in self._partitions:
                     self._place(*self._unrouted.popleft())
 
+    async def _delivered(
+        self, fut: asyncio.Future[Any], take: list[tuple[OutboxRecord, Ticket | None]]
+    ) -> Any:
+        """The batch's metadata once Kafka acknowledges it.
+
+        Commands waiting on it get their answer (202, not yet published) after
+        `publish_timeout_s`, but the lane keeps waiting on the same send: the
+        producer retries it within its own delivery timeout (idempotently, on
+        a broker that grants producer ids), whereas sending the batch again
+        would write every record a second time when the first send lands
+        late, as it does across a partition leader's failover.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.publish_timeout_s)
+        except TimeoutError:
+            for _, ticket in take:
+                if ticket is not None and not ticket.future.done():
+                    ticket.future.set_result(None)
+            return await fut
+
     def _place(self, rec: OutboxRecord, ticket: Ticket | None) -> None:
         lane = self._lane(rec.topic, partition_for(rec.key, self._partitions[rec.topic]))
         lane.pending.append((rec, ticket))
@@ -177,7 +198,7 @@ class Publisher:
                         self.producer.send_batch(batch, lane.topic, partition=lane.partition),
                         self.publish_timeout_s,
                     )
-                    meta = await asyncio.wait_for(fut, self.publish_timeout_s)
+                    meta = await self._delivered(fut, take)
                 except Exception as exc:
                     self.failures += 1
                     PUBLISH_FAILURES.inc()

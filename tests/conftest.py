@@ -46,6 +46,16 @@ if BROKER not in ("apache", "tansu"):
 LocalBroker = ApacheKafkaCluster | EmbeddedBroker
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the embedded broker, leave out what only a multi-node Apache cluster can show."""
+    if BROKER == "apache":
+        return
+    apache_only = [i for i in items if i.get_closest_marker("apache")]
+    if apache_only:
+        config.hook.pytest_deselected(items=apache_only)
+        items[:] = [i for i in items if not i.get_closest_marker("apache")]
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if BROKER == "apache":
         return f"broker: Apache Kafka {KAFKA_VERSION}, 3 KRaft nodes (EVENTFOLD_TEST_BROKER=apache)"
