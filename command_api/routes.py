@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from eventfold import jsonutil
 from eventfold.auth import CommandWriter, Reader
 from eventfold.observability import COMMAND_SECONDS, metrics_response
 from eventfold.problems import PROBLEM_RESPONSES, Problem, problem_response
+from schemas.base import UNSTORABLE, unstorable
 from schemas.registry import UnknownCommandType, UnknownStreamType
 
 router = APIRouter()
@@ -81,6 +83,7 @@ def _parse_body(raw: bytes) -> tuple[str, dict[str, Any]]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        _refuse_unstorable(raw)
         raise Problem(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise Problem(422, "invalid_command", 'the body must be an object {"type": ..., "data": {...}}')
@@ -89,6 +92,39 @@ def _parse_body(raw: bytes) -> tuple[str, dict[str, Any]]:
     except ValidationError as exc:
         raise Problem(422, "invalid_command", _errors_text(exc), errors=_errors(exc)) from None
     return parsed.type, parsed.data
+
+
+def _refuse_unstorable(raw: bytes) -> None:
+    """A 422 for JSON that only orjson refuses: `\\ud800` is JSON text but no UTF-8 string.
+
+    The standard parser reads unpaired surrogate escapes; anything it finds
+    wrong besides (or NaN, which orjson rejects too) stays a malformed body.
+    """
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return
+    found = unstorable(body)
+    if found is not None:
+        raise _unstorable(*found)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _unstorable(path: tuple[str | int, ...], why: str) -> Problem:
+    where = ".".join(map(str, path)) or "body"
+    return Problem(422, UNSTORABLE, f"{where}: {why}", errors=[{"loc": [str(p) for p in path], "msg": why}])
+
+
+def _refused_data(exc: ValidationError) -> Problem:
+    """The problem for command data its model refused; unstorable strings have a code of their own."""
+    for e in exc.errors():
+        if e["type"] == UNSTORABLE:
+            ctx = e.get("ctx") or {}
+            return _unstorable(("data", *ctx.get("path", ())), str(ctx.get("why", e["msg"])))
+    return Problem(422, "invalid_command_data", _errors_text(exc), errors=_errors(exc))
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -155,7 +191,7 @@ async def _send_command(
     try:
         command = model.model_validate(data)
     except ValidationError as exc:
-        raise Problem(422, "invalid_command_data", _errors_text(exc), errors=_errors(exc)) from None
+        raise _refused_data(exc) from None
 
     pending = PendingCommand(
         stream_type=stream_type,

@@ -83,6 +83,21 @@ def _poison(record: RecordLike, reason: str, detail: str) -> Failure:
     )
 
 
+def failed(item: Decoded, reason: str, detail: str) -> Failure:
+    """A decoded event that could not be applied, with its record kept for the DLQ and re-drive."""
+    raw = item.raw
+    return Failure(
+        item.topic,
+        item.partition,
+        item.offset,
+        reason,
+        detail[:1000],
+        raw.key if raw else item.envelope.stream_id.encode(),
+        raw.value if raw else None,
+        tuple(raw.headers or ()) if raw else (),
+    )
+
+
 def decode(projection: Projection, record: RecordLike) -> Decoded | Failure:
     """Read one record as an event of the projection's stream type, or say why not."""
     fast = read_current(projection.contract, record.value)
@@ -154,36 +169,13 @@ def fold(projection: Projection, docs: Mapping[str, Doc], items: Iterable[Decode
         if env.version != have + 1:
             # The record is kept so `eventfold dlq retry` can apply it once
             # the poison record that blocks its stream has been re-driven.
-            raw = item.raw
-            out.failures.append(
-                Failure(
-                    item.topic,
-                    item.partition,
-                    item.offset,
-                    "version_gap",
-                    f"{env.stream_id}: got version {env.version}, expected {have + 1}",
-                    raw.key if raw else env.stream_id.encode(),
-                    raw.value if raw else None,
-                    tuple(raw.headers or ()) if raw else (),
-                )
-            )
+            detail = f"{env.stream_id}: got version {env.version}, expected {have + 1}"
+            out.failures.append(failed(item, "version_gap", detail))
             continue
         try:
             change = projection.handlers[env.type](doc, env, item.event)
         except Exception as exc:
-            raw = item.raw
-            out.failures.append(
-                Failure(
-                    item.topic,
-                    item.partition,
-                    item.offset,
-                    "handler_error",
-                    f"{type(exc).__name__}: {exc}"[:1000],
-                    raw.key if raw else env.stream_id.encode(),
-                    raw.value if raw else None,
-                    tuple(raw.headers or ()) if raw else (),
-                )
-            )
+            out.failures.append(failed(item, "handler_error", f"{type(exc).__name__}: {exc}"))
             continue
         new = {**change.doc, "id": env.stream_id, "version": env.version}
         current[env.stream_id] = out.docs[env.stream_id] = new

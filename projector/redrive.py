@@ -28,11 +28,11 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from projector import store
-from projector.apply import fold_and_write, log_failures
-from projector.batch import decode
+from projector.apply import BatchResult, Items, fold_and_write, isolating, log_failures
+from projector.batch import Folded, decode
 from projector.projection import Projection
 from projector.tables import projection_failures
 
@@ -74,41 +74,62 @@ def _headers(raw: bytes | None) -> list[tuple[str, bytes]]:
 
 
 async def retry(engine: AsyncEngine, projection: Projection, ids: Sequence[int] | None = None) -> RetryResult:
-    """Re-apply the projection's failures (all of them when `ids` is None)."""
-    async with engine.begin() as conn:
-        state = await store.lock_state(conn, projection.name)
-        if state is None or state == store.REBUILDING:
-            raise RuntimeError(
-                f"projection {projection.name} is {state or 'unknown'}; retry after it is live"
-            )
+    """Re-apply the projection's failures (all of them when `ids` is None).
+
+    One transaction, unless the database refuses a record's values: then the
+    records are re-applied in halves around it (`apply.isolating`), in order,
+    and the refused one keeps its row as `write_rejected`.
+    """
+    async with engine.connect() as conn:
         # Gaps recorded before their records were kept have nothing to re-drive.
         stmt = select(projection_failures).where(_F.projection == projection.name, _F.value.is_not(None))
         if ids is not None:
             stmt = stmt.where(_F.id.in_(list(ids)))
         rows = (await conn.execute(stmt.order_by(_F.topic, _F.partition, _F.offset))).mappings().all()
-        if not rows:
-            return RetryResult(0, 0, 0, 0)
-        records = [
-            StoredRecord(
-                r["topic"], r["partition"], r["offset"], r["key"], r["value"], _headers(r["headers"])
-            )
-            for r in rows
-        ]
-        folded = await fold_and_write(
-            conn, projection, [decode(projection, r) for r in records], dead_letter=None
-        )
-        failed = {(f.topic, f.partition, f.offset): f for f in folded.failures}
-        done = [r["id"] for r in rows if (r["topic"], r["partition"], r["offset"]) not in failed]
-        if done:
-            await conn.execute(delete(projection_failures).where(_F.id.in_(done)))
-        for r in rows:
-            f = failed.get((r["topic"], r["partition"], r["offset"]))
-            if f is not None:
+    if not rows:
+        await _check_state(engine, projection)
+        return RetryResult(0, 0, 0, 0)
+    by_position = {(r["topic"], r["partition"], r["offset"]): r["id"] for r in rows}
+    records = [
+        StoredRecord(r["topic"], r["partition"], r["offset"], r["key"], r["value"], _headers(r["headers"]))
+        for r in rows
+    ]
+
+    async def attempt(items: Items) -> BatchResult:
+        async with engine.begin() as conn:
+            state = await _locked_state(conn, projection)
+            folded = await fold_and_write(conn, projection, items, dead_letter=None)
+            failed = {(f.topic, f.partition, f.offset): f for f in folded.failures}
+            done = [
+                by_position[(i.topic, i.partition, i.offset)]
+                for i in items
+                if (i.topic, i.partition, i.offset) not in failed
+            ]
+            # A row another retry removed meanwhile is simply not there to delete.
+            if done:
+                await conn.execute(delete(projection_failures).where(_F.id.in_(done)))
+            for position, f in failed.items():
                 await conn.execute(
                     update(projection_failures)
-                    .where(_F.id == r["id"])
-                    .values(reason=f.reason, detail=f.detail)
+                    .where(_F.id == by_position[position])
+                    .values(reason=f.reason, detail=store.storable(f.detail))
                 )
-        await store.count_applied(conn, projection.name, folded.applied, folded.last_event_at, state)
-    log_failures(projection, folded.failures, dead_lettered=False)
-    return RetryResult(len(rows), folded.applied, folded.duplicates, len(failed))
+            await store.count_applied(conn, projection.name, folded.applied, folded.last_event_at, state)
+        log_failures(projection, folded.failures, dead_lettered=False)
+        return BatchResult(True, folded)
+
+    result = await isolating(projection, attempt, [decode(projection, r) for r in records])
+    folded = result.folded or Folded()
+    return RetryResult(len(rows), folded.applied, folded.duplicates, len(folded.failures))
+
+
+async def _locked_state(conn: AsyncConnection, projection: Projection) -> str:
+    state = await store.lock_state(conn, projection.name)
+    if state is None or state == store.REBUILDING:
+        raise RuntimeError(f"projection {projection.name} is {state or 'unknown'}; retry after it is live")
+    return state
+
+
+async def _check_state(engine: AsyncEngine, projection: Projection) -> None:
+    async with engine.begin() as conn:
+        await _locked_state(conn, projection)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, delete, func, select, text, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,6 +26,38 @@ _CHUNK = 1000
 LIVE, REBUILDING, FAILED = "live", "rebuilding", "failed"
 # A blue/green rebuild is handing over (projector/rebuild.py): live batches wait.
 SWITCHING = "switching"
+
+
+# SQLSTATE classes of errors about the values written, not the database's health:
+# 22 data exception (a NUL in text, a string too long, a number out of range),
+# 23 integrity constraint violation (CHECK, NOT NULL, UNIQUE, foreign key).
+_RECORD_SQLSTATES = ("22", "23")
+
+
+def refuses_values(exc: BaseException) -> bool:
+    """True when the database refused a write for the values in it, not for its own state.
+
+    Such a failure repeats for as long as the same rows are written, so the
+    caller isolates the record behind them; anything else (connection lost,
+    server down, a deadlock, a missing table) is worth retrying as it is.
+    asyncpg's data errors reach SQLAlchemy as a bare DBAPIError, so the
+    SQLSTATE decides on PostgreSQL; SQLite's come as IntegrityError/DataError.
+    """
+    if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and not exc.connection_invalidated:
+        state = getattr(exc.orig, "sqlstate", None)
+        return isinstance(state, str) and state[:2] in _RECORD_SQLSTATES
+    return False
+
+
+def refusal(exc: BaseException) -> str:
+    """The database's own words for a refused write, without the statement or its parameters."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    driver = orig.__cause__ or orig  # asyncpg's own exception names the condition
+    message = str(orig.args[0]) if orig.args else str(orig)
+    state = getattr(orig, "sqlstate", None)
+    return f"{type(driver).__name__}: {message}" + (f" (SQLSTATE {state})" if state else "")
 
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:
@@ -120,6 +153,11 @@ async def append_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, 
         await conn.execute(_insert(conn, table).on_conflict_do_nothing(), rows)
 
 
+def storable(detail: str) -> str:
+    """A failure's detail may quote the record; a NUL in it would make this write fail too."""
+    return detail.replace("\x00", "\\x00")
+
+
 async def record_failures(conn: AsyncConnection, projection: str, failures: Sequence[Failure]) -> None:
     if not failures:
         return
@@ -131,7 +169,7 @@ async def record_failures(conn: AsyncConnection, projection: str, failures: Sequ
             "partition": f.partition,
             "offset": f.offset,
             "reason": f.reason,
-            "detail": f.detail,
+            "detail": storable(f.detail),
             "key": f.key,
             "value": f.value,
             "headers": jsonutil.dumps([[k, v.decode(errors="replace")] for k, v in f.headers]),

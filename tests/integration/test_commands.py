@@ -304,3 +304,45 @@ async def test_connections_killed_by_the_server_cost_no_command(
         r = await send(http, sid, "Deposit", {"amount": 3})
         assert r.status_code == 200, r.text
         assert r.json()["version"] == 2
+
+
+async def test_strings_no_store_can_hold_are_refused_and_append_nothing(
+    command_client, make_settings
+) -> None:
+    """A NUL or an unpaired surrogate anywhere in a command's data, for any stream type."""
+    settings = make_settings()
+    acct, ctr = uid("acct"), uid("ctr")
+    async with command_client(settings, with_counter()) as http:
+        assert (await send(http, acct, "OpenAccount", {"owner": "Nul"})).status_code == 200
+        r = await http.post(f"/commands/counter/{ctr}", json={"type": "Increment", "data": {"by": 1}})
+        assert r.status_code == 200, r.text
+        # Raw bodies: a lone surrogate escape is valid JSON text but no UTF-8 string.
+        cases = [
+            ("account", acct, b'{"type": "Deposit", "data": {"amount": 5, "reference": "\\u0000"}}'),
+            ("account", acct, b'{"type": "OpenAccount", "data": {"owner": "a\\u0000b"}}'),
+            ("account", acct, b'{"type": "Deposit", "data": {"amount": 5, "reference": "x\\ud800"}}'),
+            ("account", acct, b'{"type": "Withdraw", "data": {"amount": 1, "reference": "\\udfff"}}'),
+            ("account", acct, b'{"type": "Deposit", "data": {"amount": 5, "k\\u0000": 1}}'),
+            ("counter", ctr, b'{"type": "Increment", "data": {"by": 1, "note": "\\u0000"}}'),
+            ("counter", ctr, b'{"type": "Increment", "data": {"by": 1, "note": "\\ud83d"}}'),
+            ("counter", ctr, b'{"type": "Reset", "data": {"why\\u0000": "x"}}'),
+            ("counter", ctr, b'{"type": "Reset", "data": {"nested": [{"deep": "\\u0000"}]}}'),
+        ]
+        for stream_type, sid, body in cases:
+            r = await http.post(
+                f"/commands/{stream_type}/{sid}", content=body, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 422, (body, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            problem = r.json()
+            assert problem["code"] == "unstorable_value", (body, problem)
+            assert problem["errors"] and problem["detail"]
+        assert (await http.get(f"/streams/account/{acct}")).json()["version"] == 1
+        assert (await http.get(f"/streams/counter/{ctr}")).json()["version"] == 1
+        # An escaped backslash before "u0000" is six ordinary characters.
+        r = await send(http, acct, "Deposit", {"amount": 5, "reference": "\\u0000"})
+        assert r.status_code == 200, r.text
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    assert first_versions(records, acct) == [1, 2]
+    records = await read_topic(settings.kafka, settings.kafka.topic("counter"))
+    assert first_versions(records, ctr) == [1]

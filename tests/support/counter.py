@@ -18,6 +18,7 @@ from schemas.registry import declare_stream
 
 class Increment(Command):
     by: int = Field(gt=0, le=1000)
+    note: str = Field(default="", max_length=200)
 
 
 class Reset(Command):

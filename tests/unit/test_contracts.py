@@ -176,3 +176,36 @@ def test_one_pass_read_leaves_anything_else_to_the_general_way(changes: dict[str
     else:
         with pytest.raises((PoisonRecord, LookupError, ValueError)):
             decode_event(ACCOUNT, value)
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ({"owner": "a\x00b"}, ("owner",)),
+        ({"owner": "\ud800"}, ("owner",)),
+        ({"owner": "ok", "tags": {"k": ["fine", "\udfff"]}}, ("tags", "k", 1)),
+        ({"owner": "ok", "k\x00": 1}, ("k\\x00",)),
+    ],
+)
+def test_commands_refuse_strings_no_store_can_hold(
+    data: dict[str, object], where: tuple[object, ...]
+) -> None:
+    from pydantic import ValidationError
+
+    from schemas.account import OpenAccount
+    from schemas.base import UNSTORABLE, unstorable
+
+    found = unstorable(data)
+    assert found is not None and found[0] == where
+    with pytest.raises(ValidationError) as raised:
+        OpenAccount.model_validate(data)
+    assert [e["type"] for e in raised.value.errors()] == [UNSTORABLE]
+
+
+def test_commands_take_any_other_unicode() -> None:
+    from schemas.account import OpenAccount
+    from schemas.base import unstorable
+
+    owner = "Zoë 😀 \u200b \t \\u0000"
+    assert unstorable({"owner": owner}) is None
+    assert OpenAccount(owner=owner).owner == owner
