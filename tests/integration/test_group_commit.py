@@ -77,9 +77,7 @@ async def test_a_later_commit_finishing_first_leaves_nothing_behind(
             await wait_until(waiting_on_lock, what="commit A to wait on the row lock")
             assert await _send(http, fast, "Deposit", {"amount": 7}) == 200
             # B's events acknowledged and forgotten while A is still in its transaction.
-            await wait_until(
-                lambda: _held(service, "records_unacknowledged", 0), what="B to be acknowledged"
-            )
+            await wait_until(lambda: _held(service, "records_unacknowledged", 0), what="B to be acknowledged")
             await lock.rollback()
             assert await first == 200
         finally:
