@@ -24,6 +24,10 @@ from command_api.tables import outbox, streams
 from eventfold.db import create_engine
 from projector.tables import account_transactions, accounts, projection_offsets
 
+# An incarnation under load for less than this is not judged for memory growth
+# (a process restarted late in the run); the CI run's survivors still are.
+MIN_JUDGED_S = 30.0
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -68,6 +72,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
             pg_restart=cfg.pg_restart,
         )
         driving = time.monotonic()
+        load_from = cluster.rss.now()
         drive = asyncio.create_task(driver.run())
         faults = asyncio.create_task(injector.run())
         await _wait_or_fail(drive, cfg.duration_s)
@@ -75,6 +80,11 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         fault_log = await faults
         await drive
         driven_s = time.monotonic() - driving
+        # The load is the same from start to end, faults aside: each incarnation
+        # that lived long enough under it must keep its RSS flat after warm-up.
+        memory = cluster.rss.judge_lifetimes(
+            load_from, cluster.rss.now(), "under load", min_window_s=MIN_JUDGED_S
+        )
         cluster.broker.resume()  # in case a pause was cut short
         revived = await cluster.revive()
         say(f"chaos: {len(driver.records)} commands sent; faults over; revived {revived or 'none'}; draining")
@@ -86,7 +96,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         finally:
             await engine.dispose()
         dump(driver.records, workdir / "commands.jsonl")
-        verdict = check(driver.records, snapshot.records, tables, heads, driver.server_errors)
+        verdict = check(driver.records, snapshot.records, tables, heads, driver.server_errors, memory)
         exit_codes = await cluster.stop(keep_db=cfg.keep)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -111,6 +121,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         "violations": verdict.total,
         "violations_by_check": verdict.counts,
         "violation_examples": {k: v for k, v in verdict.violations.items() if v},
+        "rss": cluster.rss.report(memory),
         "logs": str(workdir),
     }
     return RunResult(cfg, summary, verdict)
