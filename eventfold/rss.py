@@ -124,13 +124,20 @@ def judge(
     start: float,
     end: float,
     *,
-    min_window_s: float = 0.0,
+    startup_s: float = 0.0,
+    min_steady_s: float = 0.0,
     warmup_fraction: float = WARMUP_FRACTION,
 ) -> Judgement:
-    """The level after warm-up against the level at the end of [start, end] (see the module doc)."""
+    """The level after warm-up against the level at the end of [start, end] (see the module doc).
+
+    Warm-up lasts the window's first `warmup_fraction`, and at least until the
+    process is `startup_s` old (a process started under load is still importing
+    and filling its pools); at least `min_steady_s` must remain after it.
+    """
     window = max(0.0, end - start)
+    warm = max(start + warmup_fraction * window, series.started + startup_s)
     inside = series.between(start, end)
-    post = [mb for t, mb in inside if t >= start + warmup_fraction * window]
+    post = [mb for t, mb in inside if t >= warm]
     k = max(MIN_LEVEL_SAMPLES, len(post) // 5)
 
     def verdict(judged: bool, reason: str = "", w: float | None = None, e: float | None = None) -> Judgement:
@@ -139,8 +146,8 @@ def judge(
             series.name, series.incarnation, label, window, len(inside), w, e, growth, judged, reason
         )
 
-    if window < min_window_s:
-        return verdict(False, f"shorter than {min_window_s:.0f} s")
+    if end - warm < min_steady_s:
+        return verdict(False, f"{max(0.0, end - warm):.0f} s after warm-up, {min_steady_s:.0f} s needed")
     if len(post) < 2 * k:
         return verdict(False, f"{len(post)} samples after warm-up, {2 * k} needed")
     return verdict(True, "", statistics.median(post[:k]), statistics.median(post[-k:]))
@@ -216,23 +223,19 @@ class RssSampler:
         else:
             s.samples.append((self.now(), mb))
 
-    def judge_windows(self, *, min_window_s: float = 0.0) -> list[Judgement]:
+    def judge_windows(self) -> list[Judgement]:
         """Every declared steady window of every incarnation."""
-        return [
-            judge(s, label, start, end, min_window_s=min_window_s)
-            for s in self.series
-            for label, start, end in s.windows
-        ]
+        return [judge(s, label, start, end) for s in self.series for label, start, end in s.windows]
 
     def judge_lifetimes(
-        self, start: float, end: float, label: str, *, min_window_s: float
+        self, start: float, end: float, label: str, *, startup_s: float, min_steady_s: float
     ) -> list[Judgement]:
         """Each incarnation over the part of [start, end] it lived (chaos: the whole load is steady)."""
         out = []
         for s in self.series:
             lo, hi = max(start, s.started), min(end, s.ended if s.ended is not None else end)
             if hi > lo:
-                out.append(judge(s, label, lo, hi, min_window_s=min_window_s))
+                out.append(judge(s, label, lo, hi, startup_s=startup_s, min_steady_s=min_steady_s))
         return out
 
     def report(self, judgements: Sequence[Judgement]) -> dict[str, Any]:

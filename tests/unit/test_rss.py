@@ -43,7 +43,15 @@ def test_a_window_too_short_is_not_judged() -> None:
     j = judge(_series([100.0, 200.0, 300.0]), "steady", 0, 2)
     assert not j.judged and not j.grew
     assert j.verdict.startswith("not judged")
-    assert not judge(_series([100.0] * 40), "steady", 0, 39, min_window_s=60).judged
+    assert not judge(_series([100.0] * 40), "steady", 0, 39, min_steady_s=60).judged
+
+
+def test_a_process_started_under_load_warms_up_first() -> None:
+    """Half a minute of imports and pools at the start of a restarted process is no leak."""
+    ramp = [min(100.0, 4.0 * t) for t in range(60)]
+    assert judge(_series(ramp), "under load", 0, 59).grew
+    assert not judge(_series(ramp), "under load", 0, 59, startup_s=30).grew
+    assert not judge(_series(ramp), "under load", 0, 59, startup_s=30, min_steady_s=40).judged
 
 
 def test_each_incarnation_is_judged_on_its_own() -> None:
@@ -55,7 +63,7 @@ def test_each_incarnation_is_judged_on_its_own() -> None:
     second.started = 40.0
     second.samples = [(40.0 + t, 30.0 if t < 3 else 100.0) for t in range(40)]
     sampler.series = [first, second]
-    judged = sampler.judge_lifetimes(0, 79, "under load", min_window_s=30)
+    judged = sampler.judge_lifetimes(0, 79, "under load", startup_s=0, min_steady_s=15)
     assert [(j.incarnation, j.judged, j.grew) for j in judged] == [(1, True, False), (2, True, False)]
 
 
