@@ -4,8 +4,10 @@ Starts its own broker and databases, measures the raw limits of the parts and
 then eventfold's services on them, prints a table and writes
 `bench/results/<date>.json` (`<date>-quick.json` for --quick) and
 `bench/results/latest.json`. Every phase fails soft: a figure that cannot be
-measured is `null` with the error beside it, and the run goes on. The exit
-code is 0 unless the harness itself breaks; speed is reported, never asserted.
+measured is `null` with the error beside it, and the run goes on. Speed is
+reported, never asserted; memory is asserted: the exit code is 1 when a
+service's RSS grew by more than 10% after warm-up over a steady window
+(eventfold/rss.py), or when the harness itself breaks.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Plan:
     replay_timeout_s: float
     drain_s: float  # e2e: how long answers may trail the last scheduled command
     run_timeout_s: float  # any single run, whatever it measures
+    # One closed loop of deposits at concurrency 32, judged for memory growth (eventfold/rss.py).
+    steady_s: float
 
 
 FULL = Plan(
@@ -74,6 +78,7 @@ FULL = Plan(
     replay_timeout_s=900,
     drain_s=30,
     run_timeout_s=1800,
+    steady_s=60,
 )
 QUICK = Plan(
     "quick",
@@ -105,6 +110,7 @@ QUICK = Plan(
     replay_timeout_s=12,
     drain_s=2,
     run_timeout_s=60,
+    steady_s=20,
 )
 
 PHASES = ("raw", "command_api", "projector", "e2e", "query_api", "peer")
@@ -254,6 +260,8 @@ async def main(plan: Plan, profile: bool, console: Console, only: set[str]) -> R
             t = r.step("stopping and dropping databases")
             await env.close()
             r.done(t)
+            report.data["rss"] = env.rss.report(env.rss.judge_windows())
+            report.note("config", "log_errors", env.log_errors())
     report.note("config", "total_seconds", round(time.perf_counter() - started, 1))
     report.note("machine", "loadavg_at_end", list(os.getloadavg()))
     return report
@@ -298,17 +306,24 @@ def cli(argv: list[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         report = runner.run(main(plan, args.profile, console, only))
     report.print(out)
+    if errors := {k: v for k, v in report.data["config"].get("log_errors", {}).items() if v}:
+        # A service that survives an internal error only says so in its log.
+        console.print(
+            f"[yellow]error lines in service logs[/yellow] ({report.data['config']['workdir']}): {errors}"
+        )
     if "setup" in report.data:
         # Nothing was measured: keep the last good results where they are.
         console.print("[red]setup failed; bench/results/ left as it was[/red]")
         return 1
+    grew = report.memory_failures()
+    report.note("config", "verdict", "failed: memory grew at steady load" if grew else "ok")
     partial = None if only == set(PHASES) else "-".join(p for p in PHASES if p in only)
     report.note("config", "phases", sorted(only))
     for path in report.write(partial):
         console.print(f"wrote {path}")
     # Slow is reported, never failed. Failing means nothing could be measured at
-    # all: no broker or database to start, or the raw limits (which need only
-    # the harness and those two) all missing.
+    # all (no broker or database to start, or the raw limits, which need only
+    # the harness and those two, all missing), or a service leaking memory.
     if "setup" in report.data or (
         all(
             report.get(f"raw.{k}") is None
@@ -317,6 +332,10 @@ def cli(argv: list[str] | None = None) -> int:
         and "raw" in only
     ):
         console.print("[red]the harness could not measure anything; see the errors above[/red]")
+        return 1
+    if grew:
+        for line in grew:
+            console.print(f"[bold red]FAILED[/bold red]: RSS grew at steady load: {line}", highlight=False)
         return 1
     return 0
 

@@ -107,6 +107,21 @@ async def mix_run(
     )
 
 
+STEADY_CONCURRENCY = 32
+
+
+async def steady_run(api: CommandApi, *, duration_s: float, progress: object = None) -> LoadResult:
+    """Deposits back to back from 32 clients over every account: one load from start to end."""
+    requests = [command_request(api.port, acc, "Deposit", {"amount": 1}) for acc in api.accounts]
+    return await closed_loop(
+        api.port,
+        requests,
+        concurrency=STEADY_CONCURRENCY,
+        duration_s=duration_s,
+        on_progress=progress,  # type: ignore[arg-type]
+    )
+
+
 async def metrics(port: int) -> dict[str, float]:
     """Sums and counts of the service's Prometheus metrics, labels added up."""
     from bench.load import Client

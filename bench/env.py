@@ -24,6 +24,7 @@ from pathlib import Path
 import asyncpg
 
 from eventfold.broker import EmbeddedBroker, free_port
+from eventfold.rss import RssSampler
 from eventfold.settings import DatabaseSettings, KafkaSettings, Settings
 
 PG_ADMIN = os.environ.get("EVENTFOLD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -133,10 +134,13 @@ class BenchEnv:
         self.databases: list[str] = []
         self.children: list[Child] = []
         self.api_keys, self.auth_headers = _api_key()
+        # Every child's RSS over the run; phases declare their steady windows on it.
+        self.rss = RssSampler(interval_s=0.5)
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
+        self.rss.start()
         await self.broker.astart()
 
     async def close(self) -> None:
@@ -144,12 +148,21 @@ class BenchEnv:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(child.stop)
         self.children.clear()
+        await self.rss.stop()
         with contextlib.suppress(Exception):
             self.broker.stop()
         for name in self.databases:
             with contextlib.suppress(Exception):
                 await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.databases.clear()
+
+    def log_errors(self) -> dict[str, int]:
+        """Error-level lines in each child's log: internal errors a service survived."""
+        out = {}
+        for log in sorted(self.workdir.glob("*.log")):
+            with contextlib.suppress(OSError):
+                out[log.name] = log.read_text(errors="replace").count('"level": "error"')
+        return out
 
     async def _admin(self, sql: str) -> None:
         conn = await asyncpg.connect(_dsn(PG_ADMIN), timeout=10)
@@ -238,6 +251,7 @@ class BenchEnv:
             )
         child = Child(name, proc, log)
         self.children.append(child)
+        self.rss.watch(name, proc.pid)
         return child
 
     def eventfold(self, name: str, args: Sequence[str], env: dict[str, str]) -> Child:

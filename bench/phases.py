@@ -146,6 +146,7 @@ async def command_api(r: Runner, env: BenchEnv, urls: dict[str, str], profile: b
 
     await _mix(r, api, "uniform", "", api.accounts)
     await _mix(r, api, "hot", "hot_", api.accounts[: plan.hot_accounts])
+    await _steady(r, env, api)
     if profile:
         t = r.progress.add_task("py-spy on the command API (unmeasured run)", total=None)
         try:
@@ -190,6 +191,29 @@ async def _mix(r: Runner, api: cmd.CommandApi, label: str, key: str, accounts: l
     rep.figure("command_api", f"{key}p99_ms", p99, "ms")
     rep.note("command_api", f"{key}runs_detail", details)
     rep.note("command_api", f"{key}status_counts", _sum_counts([d["status_counts"] for d in details]))
+
+
+async def _steady(r: Runner, env: BenchEnv, api: cmd.CommandApi) -> None:
+    """One long run at one load, over which the command API's RSS must stay flat."""
+    plan, rep = r.plan, r.report
+    task = r.progress.add_task(
+        f"steady deposits at concurrency {cmd.STEADY_CONCURRENCY} for {plan.steady_s:.0f}s (RSS watched)",
+        total=None,
+    )
+    try:
+        with env.rss.steady(api.child.pid, "command_api.steady"):
+            res = await asyncio.wait_for(
+                cmd.steady_run(
+                    api, duration_s=plan.steady_s, progress=lambda n: r.progress.update(task, completed=n)
+                ),
+                plan.steady_s + plan.run_timeout_s,
+            )
+    finally:
+        r.done(task)
+    rep.note("command_api", "steady_concurrency", cmd.STEADY_CONCURRENCY)
+    rep.value("command_api", "steady_commands_per_s", res.ok_rps(), "2xx/s")
+    rep.note("command_api", "steady_commands", res.count)
+    rep.note("command_api", "steady_status_counts", cmd.status_counts(res))
 
 
 async def _metrics(port: int) -> dict[str, float]:
@@ -409,7 +433,6 @@ async def e2e(
 LIGHT_RATE = 50.0
 
 
-
 async def _e2e_at(
     r: Runner, api: cmd.CommandApi, qport: int, rate: float, key: str, settle: Any, pids: dict[str, int]
 ) -> None:
@@ -490,7 +513,8 @@ async def query_api(
         p99.append(res.percentile(99))
         details.append(res.summary())
 
-    await r.repeat("query_api", "query API", None, one)
+    with env.rss.steady(children["query"].pid, "query_api"):
+        await r.repeat("query_api", "query API", None, one)
     rep.figure("query_api", "requests_per_s", rps, "200/s")
     rep.figure("query_api", "p50_ms", p50, "ms")
     rep.figure("query_api", "p99_ms", p99, "ms")

@@ -131,8 +131,46 @@ class Report:
             )
         return t
 
+    def rss_table(self) -> Table | None:
+        """Each service process's RSS (first, peak, last sample) and its steady-window verdicts."""
+        rss = self.data.get("rss")
+        if not rss or not rss.get("processes"):
+            return None
+        t = Table(
+            title=f"RSS per service process (MB, sampled every {rss['interval_s']} s; a steady window "
+            f"may grow <= {rss['growth_limit_pct']:.0f}% from after warm-up to its end)",
+            title_justify="left",
+        )
+        for col, just in (("process", "left"), ("peak", "right"), ("last", "right"), ("steady", "left")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        verdicts: dict[tuple[str, int], list[str]] = {}
+        for j in rss["steady"]:
+            text = (
+                f"{j['label']}: {j['warmup_mb']} -> {j['end_mb']} ({j['growth_pct']:+.1f}%) {j['verdict']}"
+                if j["growth_pct"] is not None
+                else f"{j['label']}: {j['verdict']}"
+            )
+            if j["verdict"] == "GREW":
+                text = f"[bold red]{text}[/bold red]"
+            verdicts.setdefault((j["name"], j["incarnation"]), []).append(text)
+        for p in rss["processes"]:
+            t.add_row(
+                f"{p['name']} #{p['incarnation']}",
+                _fmt(p["peak_mb"]),
+                _fmt(p["last_mb"]),
+                "; ".join(verdicts.get((p["name"], p["incarnation"]), [])),
+            )
+        return t
+
+    def memory_failures(self) -> list[str]:
+        """One sentence per service process whose RSS grew over a steady window; a failed run."""
+        grew: list[str] = self.data.get("rss", {}).get("grew", [])
+        return grew
+
     def print(self, console: Console) -> None:
         console.print(self.table())
+        if (rss := self.rss_table()) is not None:
+            console.print(rss)
         for section, sec in self.data.items():
             if not isinstance(sec, dict):
                 continue

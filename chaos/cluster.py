@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from eventfold.broker import EmbeddedBroker, free_port
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
+from eventfold.rss import RssSampler
 from eventfold.settings import (
     AuthSettings,
     CommandApiSettings,
@@ -141,6 +142,7 @@ class Service:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    rss: RssSampler | None = None  # each start is a new incarnation there
     _log_size: int = 0
 
     @property
@@ -165,6 +167,8 @@ class Service:
                 preexec_fn=_die_with_parent,
             )
         self.starts += 1
+        if self.rss is not None:
+            self.rss.watch(self.name, self.proc.pid)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -214,6 +218,7 @@ class Cluster:
         self.n_command_apis = command_apis
         self.n_projectors = projectors
         self.services: list[Service] = []
+        self.rss = RssSampler(interval_s=1.0)
 
     def by_kind(self, kind: str) -> list[Service]:
         return [s for s in self.services if s.kind == kind]
@@ -241,7 +246,9 @@ class Cluster:
             self.services.append(
                 Service(f"projector-{i}", "projector", penv, self.workdir / f"projector-{i}.log")
             )
+        self.rss.start()
         for s in self.services:
+            s.rss = self.rss
             s.start()
         await asyncio.gather(*(s.ready() for s in self.services))
         return settings
@@ -263,6 +270,7 @@ class Cluster:
                 strict=True,
             )
         )
+        await self.rss.stop()
         self.broker.stop()
         if self.db_url and not keep_db:
             await drop_database(PG_ADMIN_URL, self.db_url)

@@ -7,11 +7,13 @@ grouped by check name; a clean run has none.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.driver import CommandRecord
 from chaos.topic import TopicRecord
+from eventfold.rss import Judgement
 
 Docs = dict[str, dict[str, Any]]
 Ledger = list[tuple[Any, ...]]
@@ -27,6 +29,7 @@ CHECKS = (
     "idempotent_repeats",
     "every_command_answered",
     "no_server_errors",
+    "memory_flat_under_load",
 )
 _SHOWN = 20  # violations listed per check; the rest are counted
 
@@ -96,6 +99,7 @@ def check(
     tables: tuple[Docs, Ledger],
     heads: dict[str, int],
     server_errors: list[tuple[str, int, str]],
+    memory: Sequence[Judgement] = (),
 ) -> Verdict:
     v = Verdict(events_checked=len(records))
     by_event_id = {str(r.envelope.event_id) for r in records}
@@ -187,6 +191,11 @@ def check(
             v.add("every_command_answered", f"{c.key} {c.type} {c.stream_id}: {c.attempts[-3:]}")
     for cid, status, text in server_errors:
         v.add("no_server_errors", f"{cid}: {status} {text[:200]}")
+
+    # 11. no service process grew by more than the limit after warm-up (a leak)
+    for j in memory:
+        if j.grew:
+            v.add("memory_flat_under_load", j.sentence())
     return v
 
 

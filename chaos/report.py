@@ -48,6 +48,18 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         table.add_row("faults that failed", "; ".join(summary["fault_errors"])[:300])
     exits = summary["unexpected_exits"]
     table.add_row("unexpected exits", f"{len(exits)}" + (f" (first: {exits[0][:200]})" if exits else ""))
+    rss = summary.get("rss", {})
+    judged = [j for j in rss.get("steady", []) if j["growth_pct"] is not None]
+    if rss.get("processes"):
+        table.add_row(
+            "RSS under load",
+            ", ".join(
+                f"{j['name']}#{j['incarnation']} {j['warmup_mb']}->{j['end_mb']} MB ({j['growth_pct']:+.1f}%)"
+                for j in judged
+            )
+            + f" (judged {len(judged)} of {len(rss['processes'])} incarnations; "
+            f"limit +{rss['growth_limit_pct']:.0f}% after warm-up)",
+        )
     table.add_row("events checked", str(summary["events_checked"]))
     table.add_row("streams checked", str(summary["streams_checked"]))
     style = "green" if summary["violations"] == 0 else "bold red"

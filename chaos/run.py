@@ -24,6 +24,12 @@ from command_api.tables import outbox, streams
 from eventfold.db import create_engine
 from projector.tables import account_transactions, accounts, projection_offsets
 
+# A process restarted under load warms up for at least its first STARTUP_S
+# (imports, pools, the broker's metadata; slow on a busy machine); one with less
+# than MIN_STEADY_S under load after that is not judged for memory growth.
+STARTUP_S = 30.0
+MIN_STEADY_S = 15.0
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -68,6 +74,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
             pg_restart=cfg.pg_restart,
         )
         driving = time.monotonic()
+        load_from = cluster.rss.now()
         drive = asyncio.create_task(driver.run())
         faults = asyncio.create_task(injector.run())
         await _wait_or_fail(drive, cfg.duration_s)
@@ -75,6 +82,12 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         fault_log = await faults
         await drive
         driven_s = time.monotonic() - driving
+        # The load is the same from start to end, faults aside: each incarnation
+        # that lived long enough under it must keep its RSS flat after warm-up.
+        load_to = cluster.rss.now()
+        memory = cluster.rss.judge_lifetimes(
+            load_from, load_to, "under load", startup_s=STARTUP_S, min_steady_s=MIN_STEADY_S
+        )
         cluster.broker.resume()  # in case a pause was cut short
         revived = await cluster.revive()
         say(f"chaos: {len(driver.records)} commands sent; faults over; revived {revived or 'none'}; draining")
@@ -86,7 +99,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         finally:
             await engine.dispose()
         dump(driver.records, workdir / "commands.jsonl")
-        verdict = check(driver.records, snapshot.records, tables, heads, driver.server_errors)
+        verdict = check(driver.records, snapshot.records, tables, heads, driver.server_errors, memory)
         exit_codes = await cluster.stop(keep_db=cfg.keep)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -111,6 +124,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         "violations": verdict.total,
         "violations_by_check": verdict.counts,
         "violation_examples": {k: v for k, v in verdict.violations.items() if v},
+        "rss": {**cluster.rss.report(memory), "load_s": [round(load_from, 1), round(load_to, 1)]},
         "logs": str(workdir),
     }
     return RunResult(cfg, summary, verdict)

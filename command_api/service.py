@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -57,7 +58,11 @@ class CommandService:
         self.last_relay_error: str | None = None
         # Keys acknowledged and deleted while a commit was reading the outbox:
         # that commit may still see them as predecessors, and must not resend them.
-        self._forgotten_during_commit: list[set[NaturalKey]] = []
+        # Keyed by commit, not held in a list: two commits' sets are often equal
+        # (both empty), and removing by equality would drop the other commit's set
+        # and leave this one to collect every acknowledged key for ever.
+        self._forgotten_during_commit: dict[int, set[NaturalKey]] = {}
+        self._commit_ids = itertools.count()
 
     async def start(self) -> None:
         self.publisher.on_ack = self._on_ack
@@ -80,6 +85,18 @@ class CommandService:
         with contextlib.suppress(Exception):
             await self._flush_finalized()
         await self.publisher.stop()
+
+    def held(self) -> dict[str, int]:
+        """What this process holds for commands and records in flight; all 0 when idle."""
+        return {
+            "queued": self._queue.qsize(),
+            "commits_in_flight": len(self._forgotten_during_commit),
+            "idempotency_keys_in_flight": len(self._inflight_keys),
+            "acks_to_finalize": len(self._acked),
+            "responses_to_save": len(self._responses),
+            "records_unacknowledged": len(self.publisher.known),
+            "records_to_publish": self.publisher.backlog(),
+        }
 
     async def execute(self, cmd: PendingCommand) -> tuple[Outcome, bool]:
         """Run one command; returns its outcome and whether Kafka acknowledged it."""
@@ -158,12 +175,13 @@ class CommandService:
                         cmd.future.set_result(Unavailable(f"internal error: {exc!r}"))
 
     async def _commit(self, batch: list[PendingCommand]) -> None:
+        commit_id = next(self._commit_ids)
         forgotten: set[NaturalKey] = set()
-        self._forgotten_during_commit.append(forgotten)
+        self._forgotten_during_commit[commit_id] = forgotten
         try:
             await self._commit_tracked(batch, forgotten)
         finally:
-            self._forgotten_during_commit.remove(forgotten)
+            del self._forgotten_during_commit[commit_id]
 
     async def _commit_tracked(self, batch: list[PendingCommand], forgotten: set[NaturalKey]) -> None:
         for attempt in range(self.settings.commit_retries):
@@ -227,7 +245,7 @@ class CommandService:
                 fut.set_result(None)
         keys = [r.natural_key for r in acked]
         self.publisher.forget(keys)
-        for forgotten in self._forgotten_during_commit:
+        for forgotten in self._forgotten_during_commit.values():
             forgotten.update(keys)
 
     async def _relay_loop(self) -> None:
