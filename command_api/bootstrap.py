@@ -94,8 +94,9 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
     app.state.authenticator = Authenticator(cfg.auth, service="command API")
     problems.install(app)
     app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes)
-    app.add_middleware(HeaderSizeLimit)
+    drain = cfg.command_api.max_body_drain_bytes
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes, drain_bytes=drain)
+    app.add_middleware(HeaderSizeLimit, drain_bytes=drain)
     app.add_middleware(CorrelationMiddleware)
     install_cors(app, cfg.auth)
     return app
