@@ -6,6 +6,8 @@ or settings; nothing is built at import time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from command_api.aggregate import Aggregates
 from command_api.domain import default_aggregates
-from command_api.publisher import Publisher
+from command_api.publisher import BrokerWatch, Publisher
 from command_api.service import CommandService
 from command_api.store import WriteStore
 from eventfold.db import create_engine
@@ -31,6 +33,11 @@ class CommandSide:
     store: WriteStore
     publisher: Publisher
     service: CommandService
+    broker: BrokerWatch
+
+
+# How often the broker's state is probed for `eventfold_broker_up` between readiness checks.
+_BROKER_WATCH_S = 5.0
 
 
 async def _noop_ack(_: object) -> None:
@@ -48,10 +55,15 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
         publish_timeout_s=settings.kafka.publish_timeout_s,
     )
     service = CommandService(store, publisher, settings.command_api, settings.kafka.publish_timeout_s)
+    broker = BrokerWatch(publisher)
     await service.start()
+    watch = asyncio.create_task(broker.run(_BROKER_WATCH_S), name="broker-watch")
     try:
-        yield CommandSide(settings, aggregates, engine, store, publisher, service)
+        yield CommandSide(settings, aggregates, engine, store, publisher, service, broker)
     finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         await service.stop()
         await engine.dispose()
 
@@ -82,8 +94,9 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
     app.state.authenticator = Authenticator(cfg.auth, service="command API")
     problems.install(app)
     app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes)
-    app.add_middleware(HeaderSizeLimit)
+    drain = cfg.command_api.max_body_drain_bytes
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes, drain_bytes=drain)
+    app.add_middleware(HeaderSizeLimit, drain_bytes=drain)
     app.add_middleware(CorrelationMiddleware)
     install_cors(app, cfg.auth)
     return app

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from command_api.outcomes import OutboxRecord
 from eventfold.kafka import partition_for
-from eventfold.observability import PUBLISH_FAILURES
+from eventfold.observability import BROKER_UP, PUBLISH_FAILURES
 from schemas.position import Position
 
 log = logging.getLogger(__name__)
@@ -239,3 +239,33 @@ async def check_broker(publisher: Publisher, timeout_s: float) -> None:
         await publisher.producer.client.fetch_all_metadata()
 
     await asyncio.wait_for(_probe(), timeout_s)
+
+
+class BrokerWatch:
+    """The broker's last known state, reported beside readiness and as `eventfold_broker_up`.
+
+    It is reported, never required: commands are durable once committed to the
+    write store's outbox, so the command API keeps accepting them (202) while
+    Kafka is away. The watch loop keeps the gauge true when nothing polls /readyz.
+    """
+
+    def __init__(self, publisher: Publisher, timeout_s: float = 2.0) -> None:
+        self.publisher = publisher
+        self.timeout_s = timeout_s
+        self.state = "unknown"
+
+    async def probe(self) -> str:
+        try:
+            await check_broker(self.publisher, self.timeout_s)
+        except Exception as exc:
+            self.state = f"unreachable: {type(exc).__name__}"
+            BROKER_UP.set(0)
+        else:
+            self.state = "ok"
+            BROKER_UP.set(1)
+        return self.state
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            await self.probe()
+            await asyncio.sleep(interval_s)

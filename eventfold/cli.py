@@ -1,19 +1,58 @@
-"""The `eventfold` command line."""
+"""The `eventfold` command line.
+
+Every failure ends in one short message on stderr and exit code 1: failures a
+user can fix (an unmigrated or unreachable store, an unreachable broker, an
+unknown name) are explained by `_run` through `eventfold.cli_errors`, anything
+else is summarised by `_App` with a pointer to its traceback (`--debug` or
+EVENTFOLD_DEBUG=1).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from eventfold.settings import get_settings
+from eventfold.cli_errors import USER_ERRORS, explain, explain_settings, one_line, redact
+from eventfold.settings import Settings, get_settings
 
-app = typer.Typer(no_args_is_help=True, help="eventfold: Kafka-backed event sourcing and CQRS.")
+T = TypeVar("T")
+_DEBUG_ENV = "EVENTFOLD_DEBUG"
+
+
+def _debugging() -> bool:
+    return os.environ.get(_DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+class _App(typer.Typer):
+    """Typer, with an unexpected exception summarised in one line unless debugging."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            if _debugging():
+                raise
+            bad_setting = explain_settings(exc)
+            if bad_setting is not None:
+                _fail(bad_setting)
+            else:
+                console.print(
+                    f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(one_line(exc))}",
+                    soft_wrap=True,
+                )
+                console.print(f"(run with --debug or {_DEBUG_ENV}=1 for the traceback)", soft_wrap=True)
+            sys.exit(1)
+
+
+app = _App(no_args_is_help=True, help="eventfold: Kafka-backed event sourcing and CQRS.")
 topics_app = typer.Typer(no_args_is_help=True, help="Manage the Kafka topics of the registry.")
 app.add_typer(topics_app, name="topics")
 schemas_app = typer.Typer(no_args_is_help=True, help="Event schema history (schemas/json).")
@@ -24,8 +63,47 @@ console = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(message)}")
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=1)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """eventfold: Kafka-backed event sourcing and CQRS."""
+    if debug:
+        os.environ[_DEBUG_ENV] = "1"  # replay's worker processes inherit it
+
+
+def _run(
+    main: Coroutine[Any, Any, T],
+    settings: Settings,
+    *,
+    store: Literal["read", "write"] | None = None,
+    fast: bool = False,
+) -> T:
+    """Run a command's coroutine; a failure the user can fix becomes a one-line error."""
+    import logging
+
+    if not _debugging():
+        # aiokafka logs every failed connection attempt; the one error line below says it once.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        if fast:
+            from eventfold.runner import run_fast
+
+            return run_fast(main)
+        return asyncio.run(main)
+    except Exception as exc:
+        failure = exc
+    url = {"read": settings.db.read_db_url, "write": settings.db.write_db_url}.get(store or "")
+    message = explain(failure, store=store, db_url=url, bootstrap=settings.kafka.kafka_bootstrap)
+    if message is None and isinstance(failure, USER_ERRORS):
+        message = str(failure)
+    if message is None or _debugging():
+        raise failure
+    raise _fail(message) from None
 
 
 @app.command()
@@ -38,18 +116,12 @@ def migrate(
 
     settings = get_settings()
 
-    async def run() -> None:
-        if write:
-            await upgrade(settings.db.write_db_url, "write")
-            console.print(f"write store migrated: {_redact(settings.db.write_db_url)}")
-        if read:
-            await upgrade(settings.db.read_db_url, "read")
-            console.print(f"read store migrated: {_redact(settings.db.read_db_url)}")
-
-    try:
-        asyncio.run(run())
-    except (OSError, ConnectionError) as exc:
-        raise _fail(f"cannot reach the database: {exc}") from None
+    if write:
+        _run(upgrade(settings.db.write_db_url, "write"), settings, store="write")
+        console.print(f"write store migrated: {redact(settings.db.write_db_url)}")
+    if read:
+        _run(upgrade(settings.db.read_db_url, "read"), settings, store="read")
+        console.print(f"read store migrated: {redact(settings.db.read_db_url)}")
 
 
 @topics_app.command("create")
@@ -124,16 +196,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Every projection's state, offsets, lag and dead letters (as GET /projections)."""
-    import logging
-
     from eventfold.status_cli import gather, render
 
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # an unreachable broker shows as "?" lag
+    # An unreachable broker shows as "?" lag, not as an error.
     settings = get_settings()
-    try:
-        report = asyncio.run(gather(settings))
-    except (OSError, ConnectionError) as exc:
-        raise _fail(f"cannot reach the read store: {exc}") from None
+    report = _run(gather(settings), settings, store="read")
     if as_json:
         import orjson
 
@@ -199,12 +266,10 @@ def replay(
 ) -> None:
     """Rebuild a projection from offset 0 (the live projector pauses meanwhile)."""
     from eventfold.replay_cli import run_replay
-    from eventfold.runner import run_fast
 
-    try:
-        run_fast(run_replay(get_settings(), name, write_side=write_side, console=console, workers=workers))
-    except (ValueError, LookupError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+    settings = get_settings()
+    main = run_replay(settings, name, write_side=write_side, console=console, workers=workers)
+    _run(main, settings, store="write" if write_side else "read", fast=True)
 
 
 @app.command()
@@ -213,12 +278,9 @@ def rebuild(
 ) -> None:
     """Rebuild a projection beside the live one and swap it in (no downtime, issue 5)."""
     from eventfold.rebuild_cli import run_rebuild
-    from eventfold.runner import run_fast
 
-    try:
-        run_fast(run_rebuild(get_settings(), name, console=console))
-    except (ValueError, LookupError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+    settings = get_settings()
+    _run(run_rebuild(settings, name, console=console), settings, store="read", fast=True)
 
 
 dlq_app = typer.Typer(help="Inspect and re-drive records a projection could not apply.")
@@ -232,7 +294,8 @@ def dlq_list(
     """List recorded failures (poison records and version gaps) with their reasons."""
     from eventfold.dlq_cli import run_list
 
-    asyncio.run(run_list(get_settings(), projection, console=console))
+    settings = get_settings()
+    _run(run_list(settings, projection, console=console), settings, store="read")
 
 
 @dlq_app.command("retry")
@@ -246,10 +309,9 @@ def dlq_retry(
 
     if not ids and not all_:
         raise _fail("give failure ids or --all")
-    try:
-        asyncio.run(run_retry(get_settings(), projection, None if all_ else list(ids or []), console=console))
-    except (ValueError, LookupError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+    settings = get_settings()
+    main = run_retry(settings, projection, None if all_ else list(ids or []), console=console)
+    _run(main, settings, store="read")
 
 
 @app.command()
@@ -283,12 +345,6 @@ def dev(
         pass
     except RuntimeError as exc:
         raise _fail(str(exc)) from None
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 if __name__ == "__main__":

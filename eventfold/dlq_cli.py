@@ -12,8 +12,12 @@ from eventfold.settings import Settings
 
 
 async def run_list(settings: Settings, projection: str | None, *, console: Console) -> int:
+    from eventfold.wiring import projections
+    from projector.projection import by_name
     from projector.redrive import list_failures
 
+    if projection is not None:
+        by_name(projections(), projection)  # an unknown name is an error, not an empty list
     engine = create_engine(settings.db.read_db_url, pool_size=2, writer=False)
     try:
         rows = await list_failures(engine, projection)
@@ -44,15 +48,28 @@ async def run_retry(
     from projector.projection import by_name
     from projector.redrive import list_failures, retry
 
+    chosen = None if projection is None else by_name(projections(), projection)
     engine = create_engine(settings.db.read_db_url, pool_size=2)
     try:
-        if projection is None:
-            # Without --projection, every projection that has failures to re-drive.
-            names = sorted(
-                {r["projection"] for r in await list_failures(engine) if ids is None or r["id"] in ids}
-            )
-        else:
-            names = [projection]
+        recorded = await list_failures(engine, projection)
+        if ids is not None:
+            missing = sorted(set(ids) - {r["id"] for r in recorded})
+            if missing:
+                where = "" if projection is None else f" in projection {projection!r}"
+                listed = ", ".join(map(str, missing))
+                raise LookupError(
+                    f"no dead letter with id {listed}{where}"
+                    if len(missing) == 1
+                    else f"no dead letters with ids {listed}{where}"
+                )
+        # Without --projection, every projection that has failures to re-drive.
+        names = (
+            [chosen.name]
+            if chosen
+            else sorted({r["projection"] for r in recorded if ids is None or r["id"] in ids})
+        )
+        if not names:
+            console.print("no dead letters to retry")
         for name in names:
             result = await retry(engine, by_name(projections(), name), ids)
             console.print(

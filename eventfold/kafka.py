@@ -80,6 +80,15 @@ def new_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIO
     return AIOKafkaConsumer(*topics, **options)
 
 
+async def start_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Start a consumer; one that fails to start is closed, not left for the collector."""
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
+
+
 async def create_topics(
     settings: KafkaSettings, topics: Iterable[str], *, timeout_s: float = 30.0
 ) -> list[str]:

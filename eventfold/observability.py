@@ -34,6 +34,9 @@ EVENTS_APPENDED = Counter(
 OUTBOX_BACKLOG = Gauge("eventfold_outbox_backlog", "Outbox rows not yet acknowledged by Kafka")
 OUTBOX_OLDEST_AGE = Gauge("eventfold_outbox_oldest_age_seconds", "Age of the oldest outbox row")
 PUBLISH_FAILURES = Counter("eventfold_publish_failures_total", "Failed attempts to publish to Kafka")
+# Set by every broker probe (the command API's readiness check and its watch loop,
+# the projector's readiness check): 1 when the broker answered, 0 when it did not.
+BROKER_UP = Gauge("eventfold_broker_up", "1 when the Kafka broker answered the last probe, else 0")
 COMMIT_BATCH = Histogram(
     "eventfold_commit_batch_size",
     "Commands per group-commit transaction",

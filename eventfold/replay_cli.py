@@ -36,6 +36,16 @@ async def run_replay(
     from projector.projection import by_name
     from projector.replay import replay_projection, replay_workers, replay_write_side
 
+    # Names are checked before the progress bar starts, so a typo is one line.
+    aggregate = projection = None
+    if write_side:
+        known = aggregates()
+        if name not in known.registry:
+            kinds = ", ".join(a.stream_type for a in known)
+            raise LookupError(f"no stream type named {name!r} (known: {kinds})")
+        aggregate = known.get(name)
+    else:
+        projection = by_name(projections(), name)
     with _bar(console) as bar:
         task = bar.add_task(f"replay {name}", total=None, rate="-")
 
@@ -44,8 +54,7 @@ async def run_replay(
             rate = f"{done / elapsed:,.0f}" if elapsed > 0 else "-"
             bar.update(task, completed=done, total=total, rate=rate)
 
-        if write_side:
-            aggregate = aggregates().get(name)
+        if aggregate is not None:
             engine = create_engine(settings.db.write_db_url, pool_size=2)
             try:
                 written = await replay_write_side(settings, aggregate, engine, progress=progress)
@@ -53,7 +62,7 @@ async def run_replay(
                 await engine.dispose()
             console.print(f"write side: {written} {name} stream heads refilled")
             return
-        projection = by_name(projections(), name)
+        assert projection is not None
         engine = create_engine(settings.db.read_db_url, pool_size=2)
         try:
             result = await replay_projection(

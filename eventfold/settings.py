@@ -84,6 +84,9 @@ class CommandApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     command_port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
+    # A refused body up to this size is read to its end before the 413, so the
+    # client, still writing, can read the answer; past it the connection is closed.
+    max_body_drain_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     batch_max: int = Field(default=512, ge=1, le=10_000)
     # Group-commit transactions in flight at once (PostgreSQL; SQLite uses one):
     # while one waits on the database, the next batch is already being decided.

@@ -78,4 +78,4 @@ def by_name(projections: Sequence[Projection], name: str) -> Projection:
         if p.name == name:
             return p
     known = ", ".join(p.name for p in projections)
-    raise ValueError(f"unknown projection {name!r}; known: {known}")
+    raise ValueError(f"no projection named {name!r} (known: {known})")

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from eventfold.kafka import new_consumer, partitions_of
+from eventfold.kafka import new_consumer, partitions_of, start_consumer
 from eventfold.observability import REBUILD_PROGRESS
 from eventfold.settings import Settings
 from projector import store
@@ -115,7 +115,7 @@ async def rebuild_projection(
     topic = projection.topic(settings.kafka)
     reporter = _Reporter(engine, projection.name, g, progress, started)
     consumer = new_consumer(settings.kafka, group_id=None, fetch_max_wait_ms=50)
-    await consumer.start()
+    await start_consumer(consumer)
     swapped = False
     prior_state: str | None = None
     try:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from command_api.aggregate import Aggregate
 from command_api.tables import streams
 from eventfold import jsonutil
-from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of
+from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of, start_consumer
 from eventfold.settings import KafkaSettings, Settings
 from projector import store
 from projector.apply import DeadLetter, DocCache, apply_rebuilding
@@ -97,7 +97,7 @@ async def replay_partitions(
     """Apply `partitions` (None: all) from offset 0 to their ends, the projection being `rebuilding`."""
     topic = projection.topic(settings.kafka)
     consumer = _consumer(settings.kafka)
-    await consumer.start()
+    await start_consumer(consumer)
     read = applied = failures = 0
     last: datetime | None = None
     cache = DocCache()  # start_rebuild emptied the tables and we are their only writer
@@ -288,7 +288,7 @@ async def replay_write_side(
     contract = aggregate.contract
     states: dict[str, tuple[int, Any]] = {}
     consumer = _consumer(settings.kafka)
-    await consumer.start()
+    await start_consumer(consumer)
     read = 0
     try:
         async for records, total in _read_to_end(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query
@@ -184,14 +185,15 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: PROBLEM_RESPONSES[503]})
 async def readyz(side: SideDep) -> Response:
-    """Readiness: the read store answers."""
+    """Readiness: the read store answers (Kafka is only used for the lag of GET /projections)."""
     try:
-        await views.ping(side.engine)
+        await asyncio.wait_for(views.ping(side.engine), 2.0)
     except Exception as exc:
         raise Problem(
             503,
             "not_ready",
             f"the read store is unreachable: {type(exc).__name__}",
+            checks={"database": f"unreachable: {type(exc).__name__}"},
             headers={"Retry-After": "2"},
         ) from None
     return _json({"status": "ready", "checks": {"database": "ok"}})

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from eventfold.broker import free_port, port_open
+from eventfold.settings import DatabaseSettings
 from tests.e2e.processes import ROOT
 from tests.helpers import read_topic, uid, wait_until
 
@@ -50,9 +51,76 @@ async def test_clear_errors_for_unreachable_parts(make_settings, sqlite_db) -> N
     assert "Traceback" not in failed.stderr
     env["EVENTFOLD_WRITE_DB_URL"] = "postgresql://postgres@127.0.0.1:9/none"
     failed = await asyncio.to_thread(eventfold, "migrate", env=env)
-    assert failed.returncode == 1 and "cannot reach the database" in failed.stderr
+    assert failed.returncode == 1 and "cannot reach the write store" in failed.stderr
     unknown = await asyncio.to_thread(eventfold, "serve", "nonsense", env=env)
     assert unknown.returncode != 0 and "nonsense" in unknown.stderr
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str], *expected: str) -> None:
+    """Exit 1, and stderr is one short error line naming the cause."""
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+async def test_a_store_not_migrated_is_named_with_the_fix(make_settings, tmp_path: Path) -> None:
+    read_url = f"sqlite+aiosqlite:///{tmp_path}/read.db"
+    db = DatabaseSettings(write_db_url=f"sqlite+aiosqlite:///{tmp_path}/write.db", read_db_url=read_url)
+    env = make_settings(db).to_env()
+    for command in (["status"], ["dlq", "list"], ["dlq", "retry", "1"], ["rebuild", "accounts"]):
+        done = await asyncio.to_thread(eventfold, *command, env=env)
+        if command[0] == "rebuild":  # its progress bar has started: the error is the last line
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert done.stderr.strip().splitlines()[-1] == (
+                f"error: the read store at {read_url} is not migrated; run `eventfold migrate`"
+            )
+            continue
+        _one_line_error(done, f"the read store at {read_url} is not migrated; run `eventfold migrate`")
+
+
+async def test_unknown_names_and_ids_are_errors(make_settings, sqlite_db) -> None:
+    env = make_settings(sqlite_db).to_env()
+    unknown = uid("proj")
+    for command in (
+        ["dlq", "list", "--projection", unknown],
+        ["dlq", "retry", "--all", "--projection", unknown],
+        ["replay", unknown],
+        ["rebuild", unknown],
+    ):
+        done = await asyncio.to_thread(eventfold, *command, env=env)
+        _one_line_error(done, f"no projection named {unknown!r} (known: accounts)")
+    done = await asyncio.to_thread(eventfold, "dlq", "retry", "999", env=env)
+    _one_line_error(done, "no dead letter with id 999")
+    retry = ["dlq", "retry", "998", "999", "--projection", "accounts"]
+    done = await asyncio.to_thread(eventfold, *retry, env=env)
+    _one_line_error(done, "no dead letters with ids 998, 999 in projection 'accounts'")
+    done = await asyncio.to_thread(eventfold, "replay", "--write-side", unknown, env=env)
+    _one_line_error(done, f"no stream type named {unknown!r} (known: account)")
+
+
+async def test_unreachable_and_misconfigured_parts_never_show_the_password(make_settings, sqlite_db) -> None:
+    env = make_settings(sqlite_db).to_env()
+    # Nothing listens on port 9 of loopback.
+    env["EVENTFOLD_READ_DB_URL"] = "postgresql://eventfold:hunter2@127.0.0.1:9/none"
+    for command in (["status"], ["dlq", "list"], ["dlq", "retry", "--all"]):
+        done = await asyncio.to_thread(eventfold, *command, env=env)
+        _one_line_error(done, "cannot reach the read store at postgresql+asyncpg://eventfold:***@127.0.0.1:9/")
+        assert "hunter2" not in done.stderr + done.stdout
+    env["EVENTFOLD_READ_DB_URL"] = "oracle://eventfold:hunter2@127.0.0.1:9/none"  # no such driver installed
+    done = await asyncio.to_thread(eventfold, "status", env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: unexpected ModuleNotFoundError: No module named 'oracledb'",
+        "(run with --debug or EVENTFOLD_DEBUG=1 for the traceback)",
+    ]
+    debug = await asyncio.to_thread(eventfold, "--debug", "status", env=env)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    env["EVENTFOLD_PARTITIONS"] = "many"
+    done = await asyncio.to_thread(eventfold, "status", env=env)
+    _one_line_error(done, "invalid setting EVENTFOLD_PARTITIONS")
 
 
 async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:

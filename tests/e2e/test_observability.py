@@ -56,6 +56,7 @@ async def test_projector_port_and_correlation_from_http_to_projector_logs(
         await wait_until(projector_counted, timeout=15, what="the projector's metrics")
         ready = await http.get(f"http://127.0.0.1:{metrics_port}/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+        assert ready.json()["checks"]["broker"] == "ok"  # the projector cannot work without Kafka
         query_metrics = (await http.get(f"{queries.url}/metrics")).text
         assert 'eventfold_query_seconds_count{route="/accounts/{account_id}",status="200"}' in query_metrics
         # `eventfold status` reads what GET /projections reads.

@@ -227,6 +227,7 @@ async def test_health_readiness_and_descriptions(command_client, make_settings) 
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
+        assert ready.json()["degraded"] is False
         assert (await http.get("/openapi.json")).json()["paths"]["/commands/{stream_type}/{stream_id}"]
         asyncapi = (await http.get("/asyncapi.json")).json()
         assert asyncapi["channels"]["accountEvents"]["address"] == settings.kafka.topic("account")
@@ -246,6 +247,9 @@ async def test_unreachable_write_store_is_a_503_and_appends_nothing(command_clie
         assert r.json()["code"] == "unavailable"
         ready = await http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("unreachable")
+        assert ready.headers["content-type"].startswith("application/problem+json")
+        assert ready.json()["code"] == "not_ready"
+        assert ready.json()["checks"]["broker"] == "ok"  # a live broker cannot make up for the store
     assert first_versions(await read_topic(settings.kafka, settings.kafka.topic("account")), sid) == []
 
 
