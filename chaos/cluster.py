@@ -23,6 +23,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 from sqlalchemy.engine import make_url
 
+from eventfold.apache_kafka import ApacheKafkaCluster, java_available
 from eventfold.broker import EmbeddedBroker, free_port
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
@@ -102,12 +103,24 @@ def restart_postgres() -> None:
     )
 
 
-def chaos_settings(bootstrap: str, db_url: str, prefix: str) -> Settings:
+LocalBroker = ApacheKafkaCluster | EmbeddedBroker
+
+
+def default_broker() -> str:
+    """`EVENTFOLD_CHAOS_BROKER` (apache|tansu); Apache Kafka where Java is present."""
+    kind = os.environ.get("EVENTFOLD_CHAOS_BROKER") or ("apache" if java_available() else "tansu")
+    if kind not in ("apache", "tansu"):
+        raise ValueError(f"EVENTFOLD_CHAOS_BROKER must be apache or tansu, not {kind!r}")
+    return kind
+
+
+def chaos_settings(broker: LocalBroker, db_url: str, prefix: str) -> Settings:
     """Short timeouts everywhere, so faults are noticed and healed quickly."""
     return Settings(
         kafka=KafkaSettings(
-            kafka_bootstrap=bootstrap,
-            kafka_idempotence=False,
+            kafka_bootstrap=broker.bootstrap,
+            kafka_idempotence=broker.idempotence,
+            kafka_highwater_from_fetch=broker.highwater_from_fetch,
             topic_prefix=prefix,
             partitions=4,
             publish_timeout_s=2.0,
@@ -208,11 +221,18 @@ class Service:
 
 
 class Cluster:
-    """Broker, database, 2 command APIs, 1 publisher, 2 projectors."""
+    """Broker (3 Apache Kafka nodes, or the embedded one), database, 2 command APIs,
+    1 publisher, 2 projectors."""
 
-    def __init__(self, workdir: Path, *, command_apis: int = 2, projectors: int = 2) -> None:
+    def __init__(
+        self, workdir: Path, *, broker: str = "apache", command_apis: int = 2, projectors: int = 2
+    ) -> None:
         self.workdir = workdir
-        self.broker = EmbeddedBroker(log_path=workdir / "broker.log")
+        self.broker: LocalBroker = (
+            ApacheKafkaCluster(nodes=3, directory=workdir / "kafka")
+            if broker == "apache"
+            else EmbeddedBroker(log_path=workdir / "broker.log")
+        )
         self.db_url = ""
         self.settings: Settings | None = None
         self.n_command_apis = command_apis
@@ -232,7 +252,7 @@ class Cluster:
         await self.broker.astart()
         self.db_url = await create_database(PG_ADMIN_URL)
         prefix = f"chaos{uuid.uuid4().hex[:8]}"
-        self.settings = settings = chaos_settings(self.broker.bootstrap, self.db_url, prefix)
+        self.settings = settings = chaos_settings(self.broker, self.db_url, prefix)
         await create_topics(settings.kafka, all_topics(settings))
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "EVENTFOLD_LOG_LEVEL": "WARNING"}
         for i in range(self.n_command_apis):
