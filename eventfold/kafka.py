@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import OffsetAndMetadata
 
 from eventfold.settings import KafkaSettings
 
@@ -99,12 +100,15 @@ async def fetch_highwaters(
     start: Mapping[tuple[str, int], int] | None = None,
     *,
     timeout_s: float,
+    require_all: bool = False,
 ) -> Watermarks:
     """Each partition's high-watermark, read off one fetch response (never ListOffsets).
 
     Some brokers (the embedded Tansu) answer ListOffsets "latest" wrongly when
     the last batch holds several records; a fetch response carries the right
     value. The fetch starts at `start` (default 0) and reads at most 1 KB.
+    With `require_all`, a partition left without one by `timeout_s` raises
+    TimeoutError instead of being left out.
     """
     consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
     try:
@@ -122,6 +126,30 @@ async def fetch_highwaters(
                 hw = consumer.highwater(tp)
                 if hw is not None:
                     out[(tp.topic, tp.partition)] = hw
+        missing = sorted(tp.partition for tp in tps if (tp.topic, tp.partition) not in out)
+        if require_all and missing:
+            raise TimeoutError(f"no high-watermark for partitions {missing} within {timeout_s}s")
         return out
+    finally:
+        await consumer.stop()
+
+
+async def commit_group_offsets(
+    kafka: KafkaSettings, group_id: str, offsets: Mapping[tuple[str, int], int], *, timeout_s: float
+) -> None:
+    """Commit `offsets` for a consumer group from outside it, for lag tools.
+
+    Kafka accepts this only while the group has no active member (otherwise
+    CommitFailedError); the members then commit for themselves.
+    """
+    if not offsets:
+        return
+    consumer = new_consumer(kafka, group_id=group_id)
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        commit = {TopicPartition(t, p): OffsetAndMetadata(o, "") for (t, p), o in offsets.items()}
+        consumer.assign(list(commit))
+        # Retriable errors (coordinator moving) are retried inside commit; bound them.
+        await asyncio.wait_for(consumer.commit(commit), timeout_s)
     finally:
         await consumer.stop()
