@@ -96,11 +96,11 @@ async def replay_projection(
                 settings, clone, engine, None, progress=progress, dead_letter=dead_letter
             )
             read, applied, failures = share.records, share.applied, share.failures
-        heartbeat.cancel()
+        await _stop(heartbeat)
         await rebuild.swap(engine, projection, clone, current, current + 1, claimed=store.REBUILDING)
     except BaseException:
         if heartbeat is not None:
-            heartbeat.cancel()
+            await _stop(heartbeat)
         await rebuild.abandon(engine, projection, clone, prior, claimed=store.REBUILDING)
         raise
     await rebuild.after_swap(settings, projection, engine, current)
@@ -129,6 +129,12 @@ async def check_can_start(settings: Settings, projection: Projection, engine: As
     if not found:
         raise ReplayRefused(f"topic {topic} does not exist on Kafka at {kafka}")
     return {p: o for (_, p), o in found.items()}
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel and await: a renewal cut off is rolled back before anything else writes."""
+    task.cancel()
+    await asyncio.wait([task])  # its outcome is of no interest; our own cancellation still propagates
 
 
 async def _renew(engine: AsyncEngine, name: str, own: str, lease_s: float) -> None:
@@ -271,7 +277,7 @@ async def _replay_in_processes(
     except BaseException:
         # The replay is being abandoned: its workers must not go on writing
         # tables that are about to be dropped.
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
