@@ -232,6 +232,21 @@ async def test_replay_commits_the_stored_offsets_to_the_consumer_group(
     assert await _committed(settings, ACCOUNTS.group_id(settings.kafka), tps) == ends
 
 
+async def test_rebuild_commits_the_stored_offsets_to_the_consumer_group(
+    make_settings, own_db: DatabaseSettings
+) -> None:
+    settings = make_settings(own_db, projector=fast_projector())
+    topic = settings.kafka.topic("account")
+    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    await produce_envelopes(settings.kafka, topic, account_events(40, 5, seed=40))
+    done = await asyncio.to_thread(_eventfold, processes.settings_env(settings), "rebuild", "accounts")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    ends = await _ends(settings)
+    tps = [TopicPartition(topic, p) for p in sorted(ends)]
+    assert await _committed(settings, ACCOUNTS.group_id(settings.kafka), tps) == ends
+
+
 async def _commit_as_member(settings: Settings, group: str, topic: str, offset: int) -> None:
     """Join the group and commit `offset` on every partition, as an older deployment might have."""
     from aiokafka.structs import OffsetAndMetadata
