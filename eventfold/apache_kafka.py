@@ -27,7 +27,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventfold.broker import BrokerUnavailable, _die_with_parent, free_port, port_open
+from eventfold.broker import BrokerUnavailable, die_with_parent, free_port, port_open
 
 KAFKA_VERSION = os.environ.get("EVENTFOLD_KAFKA_VERSION", "4.1.2")
 # Kafka's runtime logs through SLF4J; these bind it to a console appender.
@@ -348,7 +348,7 @@ class ApacheKafkaCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()

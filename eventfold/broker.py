@@ -44,8 +44,8 @@ def tansu_path() -> Path:
     )
 
 
-def _die_with_parent() -> None:
-    """Linux: the broker gets SIGKILL if we die, so even `kill -9` leaves no stray."""
+def die_with_parent() -> None:
+    """Linux: this child process gets SIGKILL if its parent dies, so even `kill -9` leaves no stray."""
     with suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -93,7 +93,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         return self.process
 

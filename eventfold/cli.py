@@ -63,6 +63,7 @@ console = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
+    # soft_wrap: one line whatever the terminal's width, so scripts can grep it.
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=1)
 

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import OffsetAndMetadata
 
 from eventfold.settings import KafkaSettings
 
@@ -181,6 +182,7 @@ async def fetch_highwaters(
     start: Mapping[tuple[str, int], int] | None = None,
     *,
     timeout_s: float,
+    require_all: bool = False,
 ) -> Watermarks:
     """Each partition's high-watermark (the offset the next record will get).
 
@@ -188,11 +190,15 @@ async def fetch_highwaters(
     such as the embedded Tansu, which answer ListOffsets wrongly when the last
     batch holds several records) the value is read off one fetch response
     instead, starting at `start` (default 0) and reading at most 1 KB.
+    With `require_all`, a partition left without one by `timeout_s` raises
+    TimeoutError instead of being left out.
     """
     consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
         tps = [tp for t in topics for tp in await partitions_of(consumer, t)]
+        if require_all and not tps:
+            raise LookupError(f"no partitions found for {', '.join(topics)}: do the topics exist?")
         if not kafka.kafka_highwater_from_fetch:
             ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout_s) if tps else {}
             return {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
@@ -207,6 +213,30 @@ async def fetch_highwaters(
                 hw = consumer.highwater(tp)
                 if hw is not None:
                     out[(tp.topic, tp.partition)] = hw
+        missing = sorted(tp.partition for tp in tps if (tp.topic, tp.partition) not in out)
+        if require_all and missing:
+            raise TimeoutError(f"no high-watermark for partitions {missing} within {timeout_s}s")
         return out
+    finally:
+        await consumer.stop()
+
+
+async def commit_group_offsets(
+    kafka: KafkaSettings, group_id: str, offsets: Mapping[tuple[str, int], int], *, timeout_s: float
+) -> None:
+    """Commit `offsets` for a consumer group from outside it, for lag tools.
+
+    Kafka accepts this only while the group has no active member (otherwise
+    CommitFailedError); the members then commit for themselves.
+    """
+    if not offsets:
+        return
+    consumer = new_consumer(kafka, group_id=group_id)
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        commit = {TopicPartition(t, p): OffsetAndMetadata(o, "") for (t, p), o in offsets.items()}
+        consumer.assign(list(commit))
+        # Retriable errors (coordinator moving) are retried inside commit; bound them.
+        await asyncio.wait_for(consumer.commit(commit), timeout_s)
     finally:
         await consumer.stop()

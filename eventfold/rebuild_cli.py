@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from eventfold.db import create_engine
-from eventfold.replay_cli import _bar
+from eventfold.replay_cli import _bar, quiet_kafka_client
 from eventfold.settings import Settings
 
 
@@ -14,6 +14,7 @@ async def run_rebuild(settings: Settings, name: str, *, console: Console) -> Non
     from projector.projection import by_name
     from projector.rebuild import RebuildProgress, rebuild_projection
 
+    quiet_kafka_client()
     projection = by_name(projections(), name)
     engine = create_engine(settings.db.read_db_url, pool_size=2)
     try:

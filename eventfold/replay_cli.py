@@ -1,7 +1,15 @@
-"""`eventfold replay`: drives projector.replay with a rich progress bar."""
+"""`eventfold replay`: drives projector.replay with a rich progress bar.
+
+Whatever goes wrong ends in one line on stderr and a non-zero exit (a
+RuntimeError for the CLI): a replay that could not start changed nothing,
+and one that failed midway was undone.
+"""
 
 from __future__ import annotations
 
+import logging
+
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -11,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from eventfold.db import create_engine
 from eventfold.settings import Settings
@@ -26,7 +35,13 @@ def _bar(console: Console) -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
+        transient=True,  # the closing summary says the rest; an error stays one line
     )
+
+
+def quiet_kafka_client() -> None:
+    """The client logs every refused connection itself; the CLI says once what failed."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 async def run_replay(
@@ -34,8 +49,9 @@ async def run_replay(
 ) -> None:
     from eventfold.wiring import aggregates, projections
     from projector.projection import by_name
-    from projector.replay import replay_projection, replay_workers, replay_write_side
+    from projector.replay import ReplayRefused, replay_projection, replay_workers, replay_write_side
 
+    quiet_kafka_client()
     # Names are checked before the progress bar starts, so a typo is one line.
     aggregate = projection = None
     if write_side:
@@ -68,6 +84,12 @@ async def run_replay(
             result = await replay_projection(
                 settings, projection, engine, progress=progress, workers=replay_workers(settings, workers)
             )
+        except ReplayRefused as exc:
+            raise RuntimeError(f"replay of {name} did not start, nothing was changed: {exc}") from None
+        except (KafkaError, SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise RuntimeError(
+                f"replay of {name} failed and was undone; it serves what it served before: {exc!r}"
+            ) from None
         finally:
             await engine.dispose()
     console.print(

@@ -116,6 +116,10 @@ class ProjectorSettings(BaseSettings):
     # Processes of `eventfold replay`, each taking some partitions. 0: one per
     # core, at most 4, on PostgreSQL; SQLite has one writer, so there one.
     projector_replay_workers: int = Field(default=0, ge=0, le=64)
+    # A running replay renews its claim on the projection this often (a quarter
+    # of it); a claim older than this was left by a replay that died, and the
+    # live projector takes the projection back.
+    projector_replay_lease_s: float = Field(default=60.0, gt=0)
     projector_poll_ms: int = Field(default=200, ge=1)
     projector_session_timeout_ms: int = Field(default=10_000, ge=1000)
     projector_heartbeat_ms: int = Field(default=1_000, ge=100)

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from eventfold.kafka import new_consumer, partitions_of, start_consumer
+from eventfold.kafka import commit_group_offsets, new_consumer, partitions_of, start_consumer
 from eventfold.observability import REBUILD_PROGRESS
 from eventfold.settings import Settings
 from projector import store
@@ -33,7 +33,7 @@ from projector.apply import DocCache, apply_rebuilding
 from projector.batch import decode
 from projector.generations import offsets_key, tables_of
 from projector.projection import Change, Doc, Handler, Projection
-from projector.replay import capture_ends, take_below
+from projector.reading import capture_ends, take_below
 from projector.tables import projection_failures, projection_offsets, projection_status
 from schemas.base import Event
 from schemas.envelope import EnvelopeMeta
@@ -111,7 +111,7 @@ async def rebuild_projection(
     current = await stored_generation(engine, projection.name)
     g = current + 1
     clone = generation_projection(projection, g)
-    await _prepare(engine, projection, clone, current)
+    await prepare(engine, projection, clone, current, lease_s=settings.projector.projector_replay_lease_s)
     topic = projection.topic(settings.kafka)
     reporter = _Reporter(engine, projection.name, g, progress, started)
     consumer = new_consumer(settings.kafka, group_id=None, fetch_max_wait_ms=50)
@@ -130,29 +130,49 @@ async def rebuild_projection(
             if lag < _SMALL_LAG or rounds >= _ROUNDS:
                 break
         switch_started = time.monotonic()
-        prior_state = await _set_switching(engine, projection.name)
+        prior_state = await claim(engine, projection.name, store.SWITCHING)
         frozen = await store.load_offsets(engine, projection.name, [topic])
         start = await store.load_offsets(engine, clone.name, [topic])
         reporter.phase = "handover"
         await _catch_up(consumer, topic, clone, engine, cache, start, frozen, batch_max, reporter, rounds)
-        await _swap(engine, projection, clone, current, g)
+        await swap(engine, projection, clone, current, g, claimed=store.SWITCHING)
         swapped = True
         switch_seconds = time.monotonic() - switch_started
     except BaseException:
-        await _abandon(engine, projection, clone, prior_state)
+        await abandon(engine, projection, clone, prior_state, claimed=store.SWITCHING)
         raise
     finally:
         await consumer.stop()
         if not swapped:
             REBUILD_PROGRESS.labels(projection.name).set(0)
     REBUILD_PROGRESS.labels(projection.name).set(1)
-    try:
-        await _drop(engine, [old_name(t.name, current) for t in projection.tables])
-    except Exception as exc:  # the next rebuild drops them; the swap is done
-        log.warning("rebuild_drop_old_failed", projection=projection.name, error=repr(exc))
+    await after_swap(settings, projection, engine, current)
     result = RebuildResult(g, reporter.done, rounds, time.monotonic() - started, switch_seconds)
     log.info("rebuild_done", projection=projection.name, **dataclasses.asdict(result))
     return result
+
+
+async def after_swap(settings: Settings, projection: Projection, engine: AsyncEngine, current: int) -> None:
+    """Drop the old generation and tell the consumer group where the projection now is.
+
+    Neither can undo the swap, so neither fails it. The group offsets are for
+    lag tools only (the stored offsets are the truth); while the group has
+    members Kafka refuses them from outside, and the live runtime commits the
+    stored offsets itself when it resumes.
+    """
+    try:
+        await _drop(engine, [old_name(t.name, current) for t in projection.tables])
+    except Exception as exc:  # the next rebuild drops them
+        log.warning("rebuild_drop_old_failed", projection=projection.name, error=repr(exc))
+    topic = projection.topic(settings.kafka)
+    group = projection.group_id(settings.kafka)
+    try:
+        stored = await store.load_offsets(engine, projection.name, [topic])
+        await commit_group_offsets(settings.kafka, group, stored, timeout_s=10.0)
+    except Exception as exc:
+        log.info(
+            "group_offsets_left_to_live_projector", projection=projection.name, group=group, reason=repr(exc)
+        )
 
 
 async def stored_generation(engine: AsyncEngine, projection: str) -> int:
@@ -162,19 +182,32 @@ async def stored_generation(engine: AsyncEngine, projection: str) -> int:
     return int(found or 1)
 
 
-async def _prepare(engine: AsyncEngine, projection: Projection, clone: Projection, current: int) -> None:
-    """Refuse a second rebuild; clear leftovers of a failed one; create the new tables."""
+async def prepare(
+    engine: AsyncEngine, projection: Projection, clone: Projection, current: int, *, lease_s: float
+) -> None:
+    """Refuse a second rebuild or replay; clear leftovers of a failed one; create the new tables.
+
+    A `rebuilding` claim not renewed for `lease_s` was left by a replay that
+    died (a running one renews it): its tables were never touched, so the
+    projection is simply live again.
+    """
     s = projection_status.c
     async with engine.begin() as conn:
-        live = (await conn.execute(select(s.state).where(s.projection == projection.name))).scalar()
+        live, claimed_at = (
+            await conn.execute(select(s.state, s.updated_at).where(s.projection == projection.name))
+        ).one()
         touched = (
             await conn.execute(select(s.updated_at).where(s.projection == clone.name))
         ).scalar_one_or_none()
-        if touched is not None and time.time() - touched < _BUSY_S:
+        if touched is not None and time.time() - touched < min(_BUSY_S, lease_s):
             raise RuntimeError(f"a rebuild of {projection.name} is already running")
         if live == store.SWITCHING:
             # A rebuild died during its handover (the swap commits `live` with
             # the renames, so it did not swap): let the live projector go on.
+            await conn.execute(
+                update(projection_status).where(s.projection == projection.name).values(state=store.LIVE)
+            )
+        elif live == store.REBUILDING and time.time() - claimed_at >= lease_s:
             await conn.execute(
                 update(projection_status).where(s.projection == projection.name).values(state=store.LIVE)
             )
@@ -225,8 +258,8 @@ async def _lag(engine: AsyncEngine, live: str, clone: str, topic: str) -> int:
     return sum(max(o - mine.get(k, 0), 0) for k, o in ahead.items())
 
 
-async def _set_switching(engine: AsyncEngine, name: str) -> str:
-    """Stop the live runtime between two batches: it applies only while live or failed."""
+async def claim(engine: AsyncEngine, name: str, to: str) -> str:
+    """Stop the live runtime between two batches (it applies only while live or failed); the prior state."""
     async with engine.begin() as conn:
         state = await store.lock_state(conn, name)
         if state not in (store.LIVE, store.FAILED):
@@ -234,7 +267,7 @@ async def _set_switching(engine: AsyncEngine, name: str) -> str:
         await conn.execute(
             update(projection_status)
             .where(projection_status.c.projection == name)
-            .values(state=store.SWITCHING, updated_at=time.time())
+            .values(state=to, updated_at=time.time())
         )
     return state
 
@@ -298,11 +331,15 @@ async def _read_range(
         consumer.pause(*tps)
 
 
-async def _swap(engine: AsyncEngine, projection: Projection, clone: Projection, current: int, g: int) -> None:
-    """The rename swap and the bookkeeping move, in one transaction."""
+async def swap(
+    engine: AsyncEngine, projection: Projection, clone: Projection, current: int, g: int, *, claimed: str
+) -> None:
+    """The rename swap and the bookkeeping move, in one transaction, if the claim still holds."""
     s, o, f = projection_status.c, projection_offsets.c, projection_failures.c
     async with engine.begin() as conn:
-        await store.lock_state(conn, projection.name)
+        state = await store.lock_state(conn, projection.name)
+        if state != claimed:
+            raise RuntimeError(f"projection {projection.name} became {state} before the swap")
         quote = conn.dialect.identifier_preparer.quote
         for live, built in zip(projection.tables, clone.tables, strict=True):
             await conn.execute(
@@ -340,8 +377,10 @@ async def _swap(engine: AsyncEngine, projection: Projection, clone: Projection, 
         await conn.execute(delete(projection_status).where(s.projection == clone.name))
 
 
-async def _abandon(engine: AsyncEngine, projection: Projection, clone: Projection, prior: str | None) -> None:
-    """Undo a rebuild that did not swap: the live generation never noticed it."""
+async def abandon(
+    engine: AsyncEngine, projection: Projection, clone: Projection, prior: str | None, *, claimed: str
+) -> None:
+    """Undo a rebuild or replay that did not swap: the live generation never noticed it."""
     s = projection_status.c
     try:
         async with engine.begin() as conn:
@@ -353,7 +392,7 @@ async def _abandon(engine: AsyncEngine, projection: Projection, clone: Projectio
             if prior is not None:
                 await conn.execute(
                     update(projection_status)
-                    .where(s.projection == projection.name, s.state == store.SWITCHING)
+                    .where(s.projection == projection.name, s.state == claimed)
                     .values(state=prior, updated_at=time.time())
                 )
         await _drop(engine, [t.name for t in clone.tables])

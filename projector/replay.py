@@ -1,11 +1,17 @@
 """Rebuild a projection from offset 0, and refill the write side's stream heads.
 
-A projection replay switches the projection to `rebuilding` and empties its
-tables in one transaction (the live runtime then pauses), reads every
-partition from 0 up to the fetch high-watermark seen at start with a manually
-assigned consumer (no group), applies batches through the same `apply_batch`
-as the live path (`apply_rebuilding`), and switches back to `live`; the live
-runtime resumes from the offsets the replay stored.
+A projection replay changes nothing until everything it needs answered: the
+read store (the projection's state) and Kafka (the topic's partition ends).
+It then builds the projection's next generation of tables (`accounts__g2`,
+offsets under `accounts@g2`, projector/generations.py) from offset 0 up to
+the fetch high-watermarks, through the same `apply_batch` as the live path
+(`apply_rebuilding`), while the live tables keep serving what they served.
+The live runtime is paused meanwhile by the `rebuilding` claim on the status
+row, which the replay renews; at the end one transaction renames the new
+tables into place and sets `live` (projector/rebuild.py `swap`), and the live
+runtime resumes from the offsets the replay stored. A replay that fails drops
+its tables and restores the state; one that dies stops renewing its claim,
+and the live runtime takes the projection back.
 """
 
 from __future__ import annotations
@@ -22,20 +28,27 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from command_api.aggregate import Aggregate
 from command_api.tables import streams
 from eventfold import jsonutil
+from eventfold.broker import die_with_parent
 from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of, start_consumer
 from eventfold.settings import KafkaSettings, Settings
-from projector import store
+from projector import rebuild, store
 from projector.apply import DeadLetter, DocCache, apply_rebuilding
 from projector.batch import Decoded, Failure, decode
 from projector.projection import Projection
+from projector.reading import capture_ends, take_below
 from schemas.mapper import PoisonRecord, decode_event
 
 Progress = Callable[[int, int], None]  # (records read, records to read)
+
+
+class ReplayRefused(RuntimeError):
+    """The replay did not start; nothing was changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +76,73 @@ async def replay_projection(
     A `dead_letter` callback lives in this process, so it keeps one worker.
     """
     started = time.monotonic()
-    await store.start_rebuild(engine, projection)
-    if workers > 1 and dead_letter is None:
-        read, applied, failures = await _replay_in_processes(settings, projection, engine, workers, progress)
-    else:
-        share = await replay_partitions(
-            settings, projection, engine, None, progress=progress, dead_letter=dead_letter
-        )
-        read, applied, failures = share.records, share.applied, share.failures
-    await store.finish_rebuild(engine, projection.name)
+    lease = settings.projector.projector_replay_lease_s
+    ends = await check_can_start(settings, projection, engine)
+    await store.ensure_status(engine, projection)
+    current = await rebuild.stored_generation(engine, projection.name)
+    clone = rebuild.generation_projection(projection, current + 1)
+    await rebuild.prepare(engine, projection, clone, current, lease_s=lease)
+    prior: str | None = None
+    heartbeat: asyncio.Task[None] | None = None
+    try:
+        prior = await rebuild.claim(engine, projection.name, store.REBUILDING)
+        heartbeat = asyncio.create_task(_renew(engine, projection.name, clone.name, lease))
+        if workers > 1 and dead_letter is None:
+            read, applied, failures = await _replay_in_processes(
+                settings, projection, current + 1, engine, workers, ends, progress
+            )
+        else:
+            share = await replay_partitions(
+                settings, clone, engine, None, progress=progress, dead_letter=dead_letter
+            )
+            read, applied, failures = share.records, share.applied, share.failures
+        await _stop(heartbeat)
+        await rebuild.swap(engine, projection, clone, current, current + 1, claimed=store.REBUILDING)
+    except BaseException:
+        if heartbeat is not None:
+            await _stop(heartbeat)
+        await rebuild.abandon(engine, projection, clone, prior, claimed=store.REBUILDING)
+        raise
+    await rebuild.after_swap(settings, projection, engine, current)
     return ReplayResult(read, applied, failures, time.monotonic() - started)
+
+
+async def check_can_start(settings: Settings, projection: Projection, engine: AsyncEngine) -> dict[int, int]:
+    """Everything a replay needs answered, asked before it changes anything; each partition's end.
+
+    Raises ReplayRefused (a one-line reason) when the read store or Kafka
+    does not answer or the topic has no partitions.
+    """
+    try:
+        # Whether another replay or rebuild holds the projection is decided
+        # under the status row's lock when claiming (rebuild.prepare).
+        await store.read_state(engine, projection.name)
+    except (SQLAlchemyError, OSError) as exc:
+        raise ReplayRefused(f"cannot read the read store: {exc}") from exc
+    topic = projection.topic(settings.kafka)
+    kafka = settings.kafka.kafka_bootstrap
+    try:
+        found = await fetch_highwaters(settings.kafka, [topic], timeout_s=15.0, require_all=True)
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ReplayRefused(f"cannot read topic {topic} from Kafka at {kafka}: {reason}") from exc
+    if not found:
+        raise ReplayRefused(f"topic {topic} does not exist on Kafka at {kafka}")
+    return {p: o for (_, p), o in found.items()}
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel and await: a renewal cut off is rolled back before anything else writes."""
+    task.cancel()
+    await asyncio.wait([task])  # its outcome is of no interest; our own cancellation still propagates
+
+
+async def _renew(engine: AsyncEngine, name: str, own: str, lease_s: float) -> None:
+    """Keep the replay's claim fresh; a missed renewal is retried, the lease allows several."""
+    while True:
+        await asyncio.sleep(lease_s / 4)
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await store.renew_claim(engine, name, store.REBUILDING, own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,20 +164,31 @@ async def replay_partitions(
     progress: Progress | None = None,
     dead_letter: DeadLetter | None = None,
 ) -> Share:
-    """Apply `partitions` (None: all) from offset 0 to their ends, the projection being `rebuilding`."""
+    """Apply `partitions` (None: all) from offset 0 to their ends into `projection` (a new generation)."""
     topic = projection.topic(settings.kafka)
     consumer = _consumer(settings.kafka)
     await start_consumer(consumer)
     read = applied = failures = 0
     last: datetime | None = None
-    cache = DocCache()  # start_rebuild emptied the tables and we are their only writer
+    cache = DocCache()  # the generation's tables are new and we are their only writer
     shared = partitions is not None  # a worker: other processes write other partitions
     try:
         batches = _read_to_end(consumer, topic, settings.projector.projector_replay_batch_max, partitions)
         async for items, total in decoded_ahead(projection, batches):
-            folded = await apply_rebuilding(
-                engine, projection, items, cache=cache, dead_letter=dead_letter, shared=shared
+            write = asyncio.ensure_future(
+                apply_rebuilding(
+                    engine, projection, items, cache=cache, dead_letter=dead_letter, shared=shared
+                )
             )
+            try:
+                folded = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # Interrupted (Ctrl-C): let the transaction end before the
+                # replay is undone; cut off midway, it could keep the
+                # database locked (SQLite) past the undo.
+                with contextlib.suppress(Exception):
+                    await write
+                raise
             read += len(items)
             applied += folded.applied
             failures += len(folded.failures)
@@ -130,15 +211,23 @@ def replay_workers(settings: Settings, wanted: int | None = None) -> int:
     return chosen or max(1, min(4, os.cpu_count() or 1))
 
 
-def replay_worker(settings: Settings, projection: Projection, partitions: list[int]) -> Share:
-    """A worker process's part of a parallel replay (runs in a spawned process)."""
+def replay_worker(
+    settings: Settings, projection: Projection, generation: int, partitions: list[int]
+) -> Share:
+    """A worker process's part of a parallel replay (runs in a spawned process).
+
+    It gets the declared projection (its handlers pickle by name) and builds
+    the generation's projection itself.
+    """
     from eventfold.db import create_engine
     from eventfold.runner import run_fast
+
+    clone = rebuild.generation_projection(projection, generation)
 
     async def main() -> Share:
         engine = create_engine(settings.db.read_db_url, pool_size=2)
         try:
-            return await replay_partitions(settings, projection, engine, partitions)
+            return await replay_partitions(settings, clone, engine, partitions)
         finally:
             await engine.dispose()
 
@@ -146,35 +235,57 @@ def replay_worker(settings: Settings, projection: Projection, partitions: list[i
 
 
 async def _replay_in_processes(
-    settings: Settings, projection: Projection, engine: AsyncEngine, workers: int, progress: Progress | None
+    settings: Settings,
+    projection: Projection,
+    generation: int,
+    engine: AsyncEngine,
+    workers: int,
+    ends: dict[int, int],
+    progress: Progress | None,
 ) -> tuple[int, int, int]:
     """Share the partitions among worker processes; report progress from the stored offsets.
 
     Decoding and folding are CPU-bound Python, so one process uses one core
-    however the database keeps up; several use the machine (issue 4).
+    however the database keeps up; several use the machine.
     """
+    name = rebuild.generation_projection(projection, generation).name
     topic = projection.topic(settings.kafka)
-    ends = await fetch_highwaters(settings.kafka, [topic], timeout_s=10.0)
-    parts = sorted(p for _, p in ends)
-    if not parts:
-        raise RuntimeError(f"topic {topic} does not exist")
+    parts = sorted(ends)
     groups = [g for g in (parts[i :: min(workers, len(parts))] for i in range(workers)) if g]
     total = sum(ends.values())
     loop = asyncio.get_running_loop()
     spawn = multiprocessing.get_context("spawn")  # never fork a process holding an event loop
-    with ProcessPoolExecutor(len(groups), mp_context=spawn) as pool:
-        running = [loop.run_in_executor(pool, replay_worker, settings, projection, g) for g in groups]
+    # Workers die with this process: a killed replay must not leave writers
+    # behind in tables the next replay drops and recreates.
+    pool = ProcessPoolExecutor(len(groups), mp_context=spawn, initializer=die_with_parent)
+    try:
+        running = [
+            loop.run_in_executor(pool, replay_worker, settings, projection, generation, g) for g in groups
+        ]
         pending: set[asyncio.Future[Share]] = set(running)
         while pending:
             _, pending = await asyncio.wait(pending, timeout=0.5)
             if progress is not None:
-                done = await store.stored_offsets_total(engine, projection.name, topic)
+                done = await store.stored_offsets_total(engine, name, topic)
                 progress(min(done, total), total)
-        shares = [f.result() for f in running]  # re-raises a worker's error
+            for f in running:
+                # A worker's error ends the replay now, not when the others finish.
+                error = f.exception() if f.done() else None
+                if error is not None:
+                    raise error
+        shares = [f.result() for f in running]
+    except BaseException:
+        # The replay is being abandoned: its workers must not go on writing
+        # tables that are about to be dropped.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     last = max((s.last_event_at for s in shares if s.last_event_at is not None), default=None)
     applied = sum(s.applied for s in shares)
     async with engine.begin() as conn:
-        await store.count_applied(conn, projection.name, applied, last, store.REBUILDING)
+        await store.count_applied(conn, name, applied, last, store.REBUILDING)
     return sum(s.records for s in shares), applied, sum(s.failures for s in shares)
 
 
@@ -184,7 +295,7 @@ async def decoded_ahead(
     """Fetch and decode the next batch while the current one is being written.
 
     Decoding is the projector's main CPU cost and the write mostly waits on
-    the database, so a one-batch lookahead task keeps both busy (issue 4).
+    the database, so a one-batch lookahead task keeps both busy.
     """
     queue: asyncio.Queue[tuple[list[Decoded | Failure], int] | None] = asyncio.Queue(maxsize=1)
 
@@ -206,32 +317,6 @@ async def decoded_ahead(
 
 def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
     return new_consumer(kafka, group_id=None, fetch_max_wait_ms=50)
-
-
-def capture_ends(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict[TopicPartition, int]
-) -> None:
-    """Fix each partition's end at the first fetch high-watermark seen (never ListOffsets)."""
-    for tp in tps:
-        hw = consumer.highwater(tp)
-        if tp not in ends and hw is not None:
-            ends[tp] = hw
-
-
-def take_below(
-    batch: dict[TopicPartition, list[Any]],
-    ends: dict[TopicPartition, int],
-    position: dict[TopicPartition, int],
-) -> list[Any]:
-    """The fetched records not yet taken and below their partition's end; advances `position`."""
-    records = []
-    for tp, msgs in batch.items():
-        end = ends.get(tp)
-        for m in msgs:
-            if m.offset >= position[tp] and (end is None or m.offset < end):
-                records.append(m)
-                position[tp] = m.offset + 1
-    return records
 
 
 async def _read_to_end(

@@ -2,9 +2,12 @@
 
 The stored offsets are the truth. On every assignment the consumer seeks to
 them; each batch commits its rows and the next offsets in one transaction;
-Kafka group offsets are committed afterwards only for lag tools. While a
-replay rebuilds the projection, the runtime pauses its partitions and, when
-the projection is live again, seeks back to the stored offsets.
+Kafka group offsets are committed afterwards, in the background, only for lag
+tools: after each batch and whenever the runtime seeks to the stored offsets
+(assignment, resume after a replay), so the group follows the stored offsets
+even when a replay moved them. While a replay rebuilds the projection, the
+runtime pauses its partitions and, when the projection is live again (or the
+replay stopped renewing its claim), seeks back to the stored offsets.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -49,6 +52,48 @@ async def seek_to_stored(
     return out
 
 
+class GroupCommitter:
+    """Commits group offsets in the background, never blocking or failing a batch.
+
+    One commit is in flight at a time; offers made meanwhile are merged (the
+    latest offer of a partition wins, since it is where the stored offsets
+    are) and sent next. A commit that fails is dropped: the next batch or
+    seek offers newer offsets anyway.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, projection: str) -> None:
+        self.consumer = consumer
+        self.projection = projection
+        self.pending: dict[TopicPartition, int] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def offer(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.pending.update(offsets)
+        if self.pending and (self.task is None or self.task.done()):
+            self.task = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while self.pending:
+            assigned = self.consumer.assignment()
+            commit = {tp: OffsetAndMetadata(o, "") for tp, o in self.pending.items() if tp in assigned}
+            self.pending.clear()
+            if not commit:
+                return
+            try:
+                await self.consumer.commit(commit)
+            except Exception as exc:
+                log.debug("projection=%s group offset commit skipped: %r", self.projection, exc)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Let the commit in flight (and what is pending) go out before the consumer stops."""
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+
+
 class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, runtime: ProjectorRuntime) -> None:
         self.runtime = runtime
@@ -65,7 +110,9 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         async with rt.batch_lock:
             rt.generation += 1
             try:
-                rt.expect(await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned)))
+                positions = await seek_to_stored(rt.consumer, rt.engine, rt.projection.name, list(assigned))
+                rt.expect(positions)
+                rt.committer.offer(positions)
             except Exception as exc:
                 log.warning("cannot load stored offsets on assignment: %r", exc)
                 rt.needs_seek = True  # the loop applies nothing until a seek succeeds
@@ -98,6 +145,7 @@ class ProjectorRuntime:
             fetch_max_wait_ms=50,
         )
         self.producer = new_producer(settings.kafka)
+        self.committer = GroupCommitter(self.consumer, projection.name)
         self.counters = Counters()
         self.paused = False
         self.batch_lock = asyncio.Lock()
@@ -136,6 +184,7 @@ class ProjectorRuntime:
             try:
                 await self._loop(stop)
             finally:
+                await self.committer.close()
                 await self.consumer.stop()
         finally:
             await self.producer.stop()
@@ -213,7 +262,7 @@ class ProjectorRuntime:
                 ahead = (next_generation, upcoming, upcoming_decoded)
             self.counters.add(result.folded)
             self._observe(items, result.folded.applied, time.perf_counter() - started)
-            await self._commit_group(next_offsets(items))
+            self.committer.offer({TopicPartition(t, p): o for (t, p), o in next_offsets(items).items()})
 
     async def _apply(
         self, items: list[Decoded | Failure], generation: int, sink: DeadLetterSink
@@ -296,6 +345,8 @@ class ProjectorRuntime:
         except Exception as exc:
             log.warning("cannot read projection state: %r", exc)
             state = None
+        if state == store.REBUILDING and await self._release_abandoned_claim():
+            state = store.LIVE
         if state not in _LIVE_STATES:
             self.consumer.pause(*self.consumer.assignment())
             await _sleep_unless(stop, 0.25)
@@ -306,12 +357,30 @@ class ProjectorRuntime:
         self.paused = False
         log.info("projection=%s is live again; resumed at stored offsets", self.projection.name)
 
+    async def _release_abandoned_claim(self) -> bool:
+        """A replay renews its claim while it runs; one that stopped renewing died."""
+        lease = self.settings.projector.projector_replay_lease_s
+        try:
+            released = await store.release_stale_claim(
+                self.engine, self.projection.name, store.REBUILDING, lease
+            )
+        except Exception as exc:
+            log.warning("cannot check the replay's claim: %r", exc)
+            return False
+        if released:
+            log.warning(
+                "projection=%s: the replay stopped renewing its claim; live again", self.projection.name
+            )
+        return released
+
     async def _seek_assigned(self, stop: asyncio.Event) -> bool:
         """Every assigned partition back to its stored offset; False (after a pause) if not."""
         async with self.batch_lock:
             try:
                 assigned = list(self.consumer.assignment())
-                self.expect(await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned))
+                positions = await seek_to_stored(self.consumer, self.engine, self.projection.name, assigned)
+                self.expect(positions)
+                self.committer.offer(positions)
             except Exception as exc:
                 log.warning("cannot load stored offsets: %r", exc)
             else:
@@ -320,21 +389,6 @@ class ProjectorRuntime:
                 return True
         await _sleep_unless(stop, 0.5)
         return False
-
-    async def _commit_group(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Group offsets are for lag tools only; losing one is harmless."""
-        assigned = self.consumer.assignment()
-        commit = {
-            TopicPartition(t, p): OffsetAndMetadata(o, "")
-            for (t, p), o in offsets.items()
-            if TopicPartition(t, p) in assigned
-        }
-        if not commit:
-            return
-        try:
-            await self.consumer.commit(commit)
-        except Exception as exc:
-            log.debug("group offset commit skipped: %r", exc)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, text, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -286,40 +286,36 @@ async def load_offsets(
         return {(t, int(p)): int(o) for t, p, o in rows.all()}
 
 
-async def start_rebuild(engine: AsyncEngine, projection: Projection) -> None:
-    """Switch to `rebuilding` and empty the projection, atomically.
-
-    Taking the status row first makes this wait for a live batch in flight;
-    once committed, live batches see `rebuilding` and apply nothing.
-    """
-    await ensure_status(engine, projection)
+async def renew_claim(engine: AsyncEngine, projection: str, claimed: str, *others: str) -> None:
+    """A running replay's heartbeat: its claim on `projection` (and its own rows `others`) stays fresh."""
+    c = projection_status.c
     async with engine.begin() as conn:
-        await lock_state(conn, projection.name)
+        now = time.time()
         await conn.execute(
             update(projection_status)
-            .where(projection_status.c.projection == projection.name)
-            .values(
-                state=REBUILDING,
-                events_applied=0,
-                last_event_at=None,
-                detail=None,
-                version=projection.version,
-                updated_at=time.time(),
-            )
+            .where(c.projection == projection, c.state == claimed)
+            .values(updated_at=now)
         )
-        for table in reversed(projection.tables):
-            await conn.execute(delete(table))
-        for bookkeeping in (projection_offsets, projection_failures):
-            await conn.execute(delete(bookkeeping).where(bookkeeping.c.projection == projection.name))
+        if others:
+            await conn.execute(
+                update(projection_status).where(c.projection.in_(others)).values(updated_at=now)
+            )
 
 
-async def finish_rebuild(engine: AsyncEngine, projection: str) -> None:
+async def release_stale_claim(engine: AsyncEngine, projection: str, claimed: str, lease_s: float) -> bool:
+    """Take the projection back from a replay that stopped renewing its claim (it died).
+
+    Safe because a replay builds into tables of its own: the live tables and
+    offsets are as the live runtime left them. True if the claim was released.
+    """
+    c = projection_status.c
     async with engine.begin() as conn:
-        await conn.execute(
+        done = await conn.execute(
             update(projection_status)
-            .where(projection_status.c.projection == projection)
+            .where(c.projection == projection, c.state == claimed, c.updated_at < time.time() - lease_s)
             .values(state=LIVE, updated_at=time.time())
         )
+    return bool(done.rowcount)
 
 
 # The channel the query API LISTENs on to answer `wait_for` without polling.
