@@ -1,4 +1,4 @@
-"""`python -m chaos [--duration 600] [--seed N] [--no-pg-restart]`: the chaos suite.
+"""`python -m chaos [--duration 600] [--seed N] [--broker apache|tansu] [--no-pg-restart]`: the chaos suite.
 
 Exits 1 if the oracle found any violation, 2 if the harness itself failed.
 """
@@ -11,6 +11,7 @@ import random
 import sys
 from pathlib import Path
 
+from chaos.cluster import default_broker
 from chaos.report import RESULTS, print_summary, write_json
 from chaos.run import RunConfig, run
 
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="never restart PostgreSQL (it is shared with others)",
     )
+    parser.add_argument(
+        "--broker",
+        choices=["apache", "tansu"],
+        default=default_broker(),
+        help="a 3-node Apache Kafka cluster (default where Java is present) or the embedded Tansu",
+    )
     parser.add_argument("--concurrency", type=int, default=12, help="commands in flight")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON summary goes")
     parser.add_argument("--logs", type=Path, default=None, help="process logs (default: a temp dir)")
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration,
         seed=seed,
         pg_restart=args.pg_restart,
+        broker=args.broker,
         concurrency=args.concurrency,
         workdir=args.logs,
         keep=args.keep,

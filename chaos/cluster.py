@@ -244,6 +244,11 @@ class Cluster:
         return [s for s in self.services if s.kind == kind]
 
     @property
+    def event_topics(self) -> list[str]:
+        assert self.settings is not None
+        return all_topics(self.settings)
+
+    @property
     def command_urls(self) -> list[str]:
         return [s.url for s in self.by_kind("command-api")]
 
@@ -274,12 +279,18 @@ class Cluster:
         return settings
 
     async def revive(self) -> list[str]:
-        """Start again every service that is not running; returns their names."""
+        """Start again every broker node and service that is not running; returns their names."""
+        nodes: list[str] = []
+        if isinstance(self.broker, ApacheKafkaCluster):
+            for n in self.broker.nodes:
+                if not n.running:
+                    await asyncio.to_thread(self.broker.restart, n.node_id)
+                    nodes.append(f"kafka-{n.node_id}")
         dead = [s for s in self.services if not s.alive]
         for s in dead:
             s.start()
         await asyncio.gather(*(s.ready() for s in dead))
-        return [s.name for s in dead]
+        return nodes + [s.name for s in dead]
 
     async def stop(self, *, keep_db: bool = False) -> dict[str, int | None]:
         """SIGTERM every service (their exit codes), stop the broker, drop the database."""

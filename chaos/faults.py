@@ -3,12 +3,20 @@
 The schedule starts with one fault of every kind in a shuffled order, so even
 a short run injects each kind at least once, then draws kinds at random.
 Killed processes are started again after a short random delay.
+
+On the Apache Kafka cluster (3 nodes, topics with RF 3 and min.insync.replicas
+2) the broker faults are aimed at the node that leads the most event
+partitions, or at the KRaft quorum's leader, and one fault takes two nodes out
+at once, so that fewer than two replicas are in sync: commands must then answer
+202 (durable, not yet published) and reach the topic after the nodes return.
+Broker faults run one at a time and heal before the next begins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -16,19 +24,37 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from chaos.cluster import PG_ADMIN_URL, Cluster, database_outage, restart_postgres
+from eventfold.apache_kafka import ApacheKafkaCluster
+from eventfold.kafka import new_admin
+from eventfold.settings import KafkaSettings
 
 log = logging.getLogger("chaos.faults")
 
-KINDS = (
+PROCESS_KINDS = (
     "kill_command_api",
     "kill_publisher",
     "kill_projector",
-    "pause_broker",
     # The run's own database refuses connections for a few seconds and drops the open
     # ones: a PostgreSQL restart as the services see it, without touching other databases.
     "database_outage",
     "restart_postgres",
 )
+BROKER_KINDS = {
+    "tansu": ("pause_broker",),
+    "apache": (
+        "kill_leader_broker",  # SIGKILL the node leading the most event partitions
+        "pause_leader_broker",  # SIGSTOP it: a hung broker, not a dead one
+        "restart_broker",  # SIGTERM a node and start it again (a rolling restart's step)
+        "kill_controller",  # SIGKILL the KRaft quorum's leader
+        "lose_in_sync_quorum",  # SIGKILL two nodes: fewer than min.insync.replicas in sync
+    ),
+}
+KINDS = PROCESS_KINDS + BROKER_KINDS["tansu"]
+
+
+def kinds_for(broker: str, pg_restart: bool = True) -> list[str]:
+    """Every fault kind a run on this broker injects."""
+    return [k for k in PROCESS_KINDS + BROKER_KINDS[broker] if pg_restart or k != "restart_postgres"]
 
 
 @dataclass
@@ -53,7 +79,7 @@ class FaultInjector:
         self.cluster = cluster
         self.rng = rng
         self.window_s = window_s
-        self.kinds = [k for k in KINDS if pg_restart or k != "restart_postgres"]
+        self.kinds = kinds_for(cluster.broker.kind, pg_restart)
         self.max_faults = max_faults
         self.log = FaultLog()
         self._started = 0.0
@@ -123,6 +149,9 @@ class FaultInjector:
         print(f"  [{time.monotonic() - self._started:7.1f}s] fault {kind}: {detail}", flush=True)
 
     async def _inject(self, kind: str) -> None:
+        if kind in BROKER_KINDS["apache"]:
+            await self._broker_fault(kind)
+            return
         if kind == "pause_broker":
             seconds = self.rng.uniform(1.0, 5.0)
             self._note(kind, f"SIGSTOP for {seconds:.1f}s")
@@ -166,3 +195,73 @@ class FaultInjector:
         task = asyncio.create_task(restart())
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
+
+    async def _broker_fault(self, kind: str) -> None:
+        """One fault on the Apache cluster, healed before it returns."""
+        cluster = self.cluster.broker
+        assert isinstance(cluster, ApacheKafkaCluster)
+        settings = self.cluster.settings
+        assert settings is not None
+        if kind == "pause_leader_broker":
+            node = await busiest_leader(settings.kafka, self.cluster.event_topics)
+            seconds = self.rng.uniform(2.0, 8.0)
+            self._note(kind, f"SIGSTOP node {node} (leads the most partitions) for {seconds:.1f}s")
+            cluster.pause(node)
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                cluster.resume(node)
+            return
+        if kind == "restart_broker":
+            node = self.rng.choice([n.node_id for n in cluster.nodes])
+            self._note(kind, f"SIGTERM node {node}, then start it again")
+            await asyncio.to_thread(cluster.kill, node, graceful=True)
+            await asyncio.to_thread(cluster.restart, node)
+            return
+        if kind == "kill_controller":
+            victims = [quorum_leader(cluster)]
+            detail = f"SIGKILL node {victims[0]} (the KRaft quorum's leader)"
+        elif kind == "kill_leader_broker":
+            victims = [await busiest_leader(settings.kafka, self.cluster.event_topics)]
+            detail = f"SIGKILL node {victims[0]} (leads the most partitions)"
+        else:  # lose_in_sync_quorum
+            first = await busiest_leader(settings.kafka, self.cluster.event_topics)
+            other = self.rng.choice([n.node_id for n in cluster.nodes if n.node_id != first])
+            victims = [first, other]
+            detail = f"SIGKILL nodes {first} and {other}: one replica of three left"
+        down = self.rng.uniform(3.0, 10.0)
+        self._note(kind, f"{detail}, restart in {down:.1f}s")
+        for node in victims:
+            cluster.kill(node)
+        await asyncio.sleep(down)
+        for node in victims:
+            await asyncio.to_thread(cluster.restart, node)
+
+
+async def busiest_leader(kafka: KafkaSettings, topics: list[str]) -> int:
+    """The node that leads the most partitions of these topics."""
+    admin = new_admin(kafka, request_timeout_ms=5000)
+    await asyncio.wait_for(admin.start(), 10)
+    try:
+        described = await admin.describe_topics(topics)
+        leaders = Counter(p["leader"] for t in described for p in t["partitions"] if p["leader"] >= 0)
+    finally:
+        await admin.close()
+    if not leaders:
+        raise RuntimeError("no partition has a leader")
+    return int(leaders.most_common(1)[0][0])
+
+
+def quorum_leader(cluster: ApacheKafkaCluster) -> int:
+    """The KRaft quorum's leader, as the running nodes last recorded it (highest epoch wins)."""
+    best: tuple[int, int] | None = None
+    for n in cluster.nodes:
+        if not n.running:
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            state = json.loads((n.directory / "data" / "__cluster_metadata-0" / "quorum-state").read_text())
+            if state["leaderId"] >= 0 and (best is None or state["leaderEpoch"] > best[1]):
+                best = (int(state["leaderId"]), int(state["leaderEpoch"]))
+    if best is None:
+        raise RuntimeError("no running node knows the quorum's leader")
+    return best[0]

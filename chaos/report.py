@@ -20,6 +20,12 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("duration", f"{summary['duration_s']} s driven, {summary['total_s']} s in all")
+    table.add_row(
+        "broker",
+        {"apache": "Apache Kafka, 3 nodes", "tansu": "embedded Tansu"}.get(
+            summary.get("broker", ""), str(summary.get("broker"))
+        ),
+    )
     table.add_row("PostgreSQL restarts", "on" if summary["pg_restart"] else "off (--no-pg-restart)")
     table.add_row("commands sent", str(c["sent"]))
     table.add_row(

@@ -8,14 +8,14 @@ import random
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chaos.cluster import Cluster
+from chaos.cluster import Cluster, default_broker
 from chaos.driver import Driver, Workload, dump, tally
 from chaos.faults import FaultInjector
 from chaos.oracle import Docs, Ledger, Verdict, check
@@ -34,6 +34,7 @@ MIN_STEADY_S = 15.0
 @dataclass(frozen=True)
 class RunConfig:
     duration_s: float = 600.0
+    broker: str = field(default_factory=default_broker)  # apache | tansu
     seed: int = 0
     pg_restart: bool = True
     concurrency: int = 12
@@ -55,9 +56,12 @@ class RunResult:
 
 async def run(cfg: RunConfig, say: Any = print) -> RunResult:
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="eventfold-chaos-"))
-    say(f"chaos: seed={cfg.seed} duration={cfg.duration_s:.0f}s pg_restart={cfg.pg_restart} logs={workdir}")
+    say(
+        f"chaos: seed={cfg.seed} duration={cfg.duration_s:.0f}s broker={cfg.broker} "
+        f"pg_restart={cfg.pg_restart} logs={workdir}"
+    )
     rng = random.Random(cfg.seed)
-    cluster = Cluster(workdir)
+    cluster = Cluster(workdir, broker=cfg.broker)
     began = time.monotonic()
     exit_codes: dict[str, int | None] = {}
     try:
@@ -111,6 +115,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         "duration_s": round(driven_s, 1),
         "total_s": round(time.monotonic() - began, 1),
         "pg_restart": cfg.pg_restart,
+        "broker": cluster.broker.kind,
         "concurrency": cfg.concurrency,
         "commands": tally(driver.records),
         "faults": dict(sorted(fault_log.injected.items())),

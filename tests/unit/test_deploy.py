@@ -396,6 +396,8 @@ def test_compose_migrate_migrates_then_creates_topics_once_deps_are_healthy() ->
     assert svc["depends_on"] == {
         "postgres": {"condition": "service_healthy"},
         "kafka": {"condition": "service_healthy"},
+        "kafka-2": {"condition": "service_healthy"},
+        "kafka-3": {"condition": "service_healthy"},
     }
     assert svc.get("restart", "no") == "no"
 
@@ -413,7 +415,7 @@ def test_compose_environment_names_real_settings(name: str) -> None:
     assert ours, f"{name} sets no EVENTFOLD_* variables"
     assert ours <= setting_env_names(), f"unknown settings: {sorted(ours - setting_env_names())}"
     settings = settings_under(env)  # the values must validate, too
-    assert settings.kafka.kafka_bootstrap == "kafka:9092"
+    assert settings.kafka.kafka_bootstrap == "kafka:9092,kafka-2:9092,kafka-3:9092"
     assert settings.kafka.kafka_idempotence is True
     for url in (settings.db.write_db_url, settings.db.read_db_url):
         assert url.startswith("postgresql+asyncpg://"), url
@@ -470,20 +472,27 @@ def test_compose_replica_counts() -> None:
     assert services["projector"]["deploy"]["replicas"] <= partitions
 
 
-def test_compose_kafka_is_single_node_kraft_with_unlimited_retention() -> None:
-    kafka = compose_services()["kafka"]
-    env = compose_env(kafka)
-    assert kafka["image"] == "apache/kafka:3.8.0"
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(env["KAFKA_NODE_ID"] + "@")
-    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
-    # Replays read from offset 0: nothing may expire.
-    assert env["KAFKA_LOG_RETENTION_MS"] == "-1"
-    assert "kafka-broker-api-versions.sh" in " ".join(as_list(kafka["healthcheck"]["test"]))
-    advertised = env["KAFKA_ADVERTISED_LISTENERS"]
+def test_compose_kafka_is_three_kraft_nodes_with_replicated_topics_and_unlimited_retention() -> None:
+    services = compose_services()
+    nodes = [services[n] for n in ("kafka", "kafka-2", "kafka-3")]
+    envs = [compose_env(n) for n in nodes]
+    assert {n["image"] for n in nodes} == {"apache/kafka:4.1.2"}
+    assert sorted(e["KAFKA_NODE_ID"] for e in envs) == ["1", "2", "3"]
+    voters = {e["KAFKA_CONTROLLER_QUORUM_VOTERS"] for e in envs}
+    assert len(voters) == 1 and len(voters.pop().split(",")) == 3
+    for env in envs:
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        # Replays read from offset 0: nothing may expire.
+        assert env["KAFKA_LOG_RETENTION_MS"] == "-1"
+    assert "kafka-broker-api-versions.sh" in " ".join(as_list(nodes[0]["healthcheck"]["test"]))
+    advertised = ",".join(e["KAFKA_ADVERTISED_LISTENERS"] for e in envs)
     for name, svc in eventfold_compose_services().items():
-        bootstrap = compose_env(svc)["EVENTFOLD_KAFKA_BOOTSTRAP"]
-        assert f"//{bootstrap}" in advertised, (name, bootstrap, advertised)
+        settings = settings_under(compose_env(svc))
+        assert (settings.kafka.replication_factor, settings.kafka.min_insync_replicas) == (3, 2)
+        for server in settings.kafka.kafka_bootstrap.split(","):
+            assert f"//{server}" in advertised, (name, server, advertised)
 
 
 def test_compose_postgres_is_16_with_a_healthcheck() -> None:
