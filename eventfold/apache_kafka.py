@@ -196,9 +196,26 @@ class ApacheKafkaCluster:
                 self._check(n, deadline, timeout_s)
                 await asyncio.sleep(0.05)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every node at once, SIGKILL what is left after `timeout_s`.
+
+        Nodes stopped one by one would each wait for a controlled shutdown the
+        shrinking quorum can no longer grant.
+        """
+        procs = [n.process for n in self.nodes if n.process is not None and n.process.poll() is None]
         for n in self.nodes:
-            self.kill(n.node_id, graceful=True)
+            n.process = None
+        for proc in procs:
+            with suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
