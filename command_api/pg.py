@@ -3,7 +3,7 @@
 SQLAlchemy Core renders `IN (...)` lists and multi-row VALUES anew for every
 batch size, and asyncpg then prepares each new shape: at low rates, where
 every group commit has a different size, compiling and preparing cost more
-CPU than the statements themselves (issue 4's profile). With arrays and
+CPU than the statements themselves (as the command API's profile showed). With arrays and
 `unnest` the text never changes, so it is compiled once and prepared once
 per connection, whatever the batch holds.
 """

@@ -277,7 +277,7 @@ def replay(
 def rebuild(
     name: Annotated[str, typer.Argument(help="The projection to rebuild.")],
 ) -> None:
-    """Rebuild a projection beside the live one and swap it in (no downtime, issue 5)."""
+    """Rebuild a projection beside the live one and swap it in (no downtime)."""
     from eventfold.rebuild_cli import run_rebuild
 
     settings = get_settings()

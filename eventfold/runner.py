@@ -32,7 +32,7 @@ def tune_gc() -> None:
     counting; the collector only finds ~1 cycle in 100 events. With the
     default thresholds (700, 10, 10) it still walked every live object, read-
     ahead batches included, about every 8,000 events: a third of a replay's
-    CPU (issue 4, `bench/README.md`). Start-up objects (modules, functions,
+    CPU (`bench/README.md`). Start-up objects (modules, functions,
     models) are frozen out of the walk, and young collections are rarer, so
     most objects die before one sees them.
     """

@@ -1,6 +1,6 @@
 """Physical tables of a projection generation (groundwork for blue/green rebuilds).
 
-A zero-downtime rebuild (issue 5, projector/rebuild.py) builds generation n+1
+A zero-downtime rebuild (projector/rebuild.py) builds generation n+1
 of a projection's tables from offset 0 while generation n keeps serving, then
 renames the tables of n away and those of n+1 into their place in one
 transaction. The

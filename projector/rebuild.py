@@ -1,4 +1,4 @@
-"""Zero-downtime (blue/green) rebuild of a projection by renaming tables (issue 5).
+"""Zero-downtime (blue/green) rebuild of a projection by renaming tables.
 
 Generation g+1 of the projection's tables (`accounts__g2`, ...) is built from
 offset 0 under its own offsets key (`accounts@g2`) and status row, while the

@@ -168,7 +168,7 @@ class ProjectorRuntime:
                 await rebuild
 
     async def _rebuild_if_outdated(self) -> None:
-        """A new declared version: build the next generation while this one serves (issue 5)."""
+        """A new declared version: build the next generation while this one serves."""
         from projector.rebuild import rebuild_if_outdated
 
         try:
@@ -194,8 +194,8 @@ class ProjectorRuntime:
         cfg = self.settings.projector
         sink = DeadLetterSink(self.producer)
         failing = 0
-        # A batch fetched and decoded while the previous one was being written
-        # (issue 4): (generation at fetch, the fetch, decoded records by id).
+        # A batch fetched and decoded while the previous one was being written:
+        # (generation at fetch, the fetch, decoded records by id).
         ahead: tuple[int, dict[TopicPartition, list[Any]], dict[int, Decoded | Failure]] | None = None
         while not stop.is_set():
             if self.needs_seek and not await self._seek_assigned(stop):

@@ -28,7 +28,7 @@ class Reads:
     A single SELECT needs no transaction, so on PostgreSQL it runs in
     autocommit (no BEGIN, no ROLLBACK at check-in) and without the pre-ping;
     `rows` retries once when a pooled connection died with its server.
-    Together they were three of the four round trips of a GET (issue 4).
+    Together they were three of the four round trips of a GET.
     The gate admits at most as many readers as the pool holds, first come
     first served: behind SQLAlchemy's async pool an asyncio.Queue lets a new
     checkout take the connection just handed to a waiter, which then queues

@@ -1,4 +1,4 @@
-"""Hostile records on a topic never stop or crash-loop a projector (issue 6).
+"""Hostile records on a topic never stop or crash-loop a projector.
 
 Each kind is written straight into Kafka, as a buggy or malicious producer
 would, between good events; the good events must all be applied and each bad

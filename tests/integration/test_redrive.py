@@ -1,4 +1,4 @@
-"""Re-driving recorded failures (`eventfold dlq`), and v1 records replaying (issue 5)."""
+"""Re-driving recorded failures (`eventfold dlq`), and v1 records replaying."""
 
 from __future__ import annotations
 

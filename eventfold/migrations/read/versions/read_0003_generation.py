@@ -1,4 +1,4 @@
-"""read store: projection_status.generation and rebuild progress (issue 5)
+"""read store: projection_status.generation and rebuild progress
 
 Revision ID: read_0003
 Revises: read_0002
