@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,21 @@ def broker_info(broker: LocalBroker) -> dict[str, object]:
         "idempotence": broker.idempotence,
         "highwater_from_fetch": broker.highwater_from_fetch,
     }
+
+
+def stop_broker(broker: LocalBroker) -> None:
+    """Stop the broker and drop its data, keeping its logs in the work directory.
+
+    The nodes of an Apache cluster are killed, not shut down in turn: the data
+    is thrown away, and the last node of a KRaft quorum would wait out its
+    controlled-shutdown timeout (30 s) for controllers that are already gone.
+    """
+    if isinstance(broker, ApacheKafkaCluster):
+        for n in broker.nodes:
+            broker.kill(n.node_id)
+        for n in broker.nodes:
+            shutil.rmtree(n.directory / "data", ignore_errors=True)
+    broker.stop()
 
 
 def _tansu_version() -> str | None:
@@ -211,7 +227,7 @@ class BenchEnv:
         self.children.clear()
         await self.rss.stop()
         with contextlib.suppress(Exception):
-            self.broker.stop()
+            await asyncio.to_thread(stop_broker, self.broker)
         for name in self.databases:
             with contextlib.suppress(Exception):
                 await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
