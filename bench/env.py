@@ -56,6 +56,7 @@ def new_broker(kind: str, workdir: Path) -> LocalBroker:
 
 def broker_info(broker: LocalBroker) -> dict[str, object]:
     """Which broker ran, for the report: kind, version, nodes and what it can do."""
+    version: str | None
     if isinstance(broker, ApacheKafkaCluster):
         name, version, nodes = "Apache Kafka", broker.version, len(broker.nodes)
     else:
