@@ -1,9 +1,11 @@
-"""`python -m bench [--quick] [--runs N] [--profile]`: the eventfold benchmark.
+"""`python -m bench [--quick] [--runs N] [--profile] [--broker apache|tansu]`: the eventfold benchmark.
 
-Starts its own broker and databases, measures the raw limits of the parts and
-then eventfold's services on them, prints a table and writes
-`bench/results/<date>.json` (`<date>-quick.json` for --quick) and
-`bench/results/latest.json`. Every phase fails soft: a figure that cannot be
+Starts its own broker (Apache Kafka, 3 KRaft nodes, where Java is present;
+else the embedded Tansu; `--broker` or `EVENTFOLD_BENCH_BROKER` choose) and
+databases, measures the raw limits of the parts and then eventfold's services
+on them, prints a table and writes `bench/results/<date>.json`
+(`<date>-quick.json` for --quick) and `bench/results/latest.json`, with
+`-tansu` in the names when the broker was Tansu. Every phase fails soft: a figure that cannot be
 measured is `null` with the error beside it, and the run goes on. Speed is
 reported, never asserted; memory is asserted: the exit code is 1 when a
 service's RSS grew by more than 10% after warm-up over a steady window
@@ -26,8 +28,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bench.env import BenchEnv
+from bench.env import BROKERS, BenchEnv, default_broker
 from bench.report import Report
+from eventfold.apache_kafka import java_available
 
 
 @dataclass(frozen=True)
@@ -193,10 +196,11 @@ class Runner:
         self.progress.update(task, visible=False)
 
 
-async def main(plan: Plan, profile: bool, console: Console, only: set[str]) -> Report:
+async def main(plan: Plan, profile: bool, console: Console, only: set[str], broker: str) -> Report:
     report = Report(plan.name)
     report.note("config", "plan", {k: v for k, v in plan.__dict__.items() if k != "budget_s"})
-    env = BenchEnv(partitions=4)
+    env = BenchEnv(partitions=4, broker=broker)
+    report.data["broker"] = {"kind": broker}
     from bench import load
 
     load.default_headers.update(env.auth_headers)
@@ -216,6 +220,8 @@ async def main(plan: Plan, profile: bool, console: Console, only: set[str]) -> R
         t = r.step("starting broker and databases")
         try:
             await env.start()
+            report.data["broker"] = await env.broker_info()
+            r.log(f"broker: {report.broker_line()}")
             urls = {
                 "write": await env.create_database("w", migrate=["write"]),
                 "read": await env.create_database("r", migrate=["read"]),
@@ -283,10 +289,23 @@ def cli(argv: list[str] | None = None) -> int:
         help=f"comma-separated phases to run (default all: {','.join(PHASES)}); "
         "e2e and query_api also start the command API",
     )
+    parser.add_argument(
+        "--broker",
+        choices=BROKERS,
+        default=None,
+        help="apache: a 3-node Apache Kafka cluster (KRaft, needs java; jars fetched with mvn once); "
+        "tansu: the embedded broker. Default EVENTFOLD_BENCH_BROKER, else apache where java is on PATH",
+    )
     args = parser.parse_args(argv)
     only = {p.strip() for p in args.only.split(",") if p.strip()}
     if unknown := only - set(PHASES):
         parser.error(f"unknown phases {sorted(unknown)}; known: {','.join(PHASES)}")
+    try:
+        broker = args.broker or default_broker()
+    except ValueError as exc:
+        parser.error(str(exc))
+    if broker == "apache" and not java_available():
+        parser.error("the apache broker needs java on PATH (or use --broker tansu)")
     plan = QUICK if args.quick else FULL
     if args.runs is not None:
         from dataclasses import replace
@@ -304,7 +323,7 @@ def cli(argv: list[str] | None = None) -> int:
     # SIGTERM (CI timeouts, `timeout`) must still stop the children and drop the databases.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        report = runner.run(main(plan, args.profile, console, only))
+        report = runner.run(main(plan, args.profile, console, only, broker))
     report.print(out)
     if errors := {k: v for k, v in report.data["config"].get("log_errors", {}).items() if v}:
         # A service that survives an internal error only says so in its log.

@@ -1,9 +1,12 @@
 """What the benchmark runs on: its own broker, databases and child processes.
 
 Everything is started by the harness and torn down by it, whatever fails:
-the embedded broker on a free port, PostgreSQL databases created (and dropped)
-on the server at `EVENTFOLD_BENCH_PG_URL` (default the local one), and service
-processes (`eventfold serve ...`) whose environment points at both.
+the broker on free loopback ports (a 3-node Apache Kafka cluster, or the
+embedded Tansu), PostgreSQL databases created (and dropped) on the server at
+`EVENTFOLD_BENCH_PG_URL` (default the local one), and service processes
+(`eventfold serve ...`) whose environment points at both. What differs between
+brokers is configuration only, taken from the broker's capability flags: the
+measured code never asks which broker it talks to.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,12 +27,75 @@ from pathlib import Path
 
 import asyncpg
 
-from eventfold.broker import EmbeddedBroker, free_port
+from eventfold.apache_kafka import ApacheKafkaCluster, java_available
+from eventfold.broker import EmbeddedBroker, free_port, tansu_path
 from eventfold.rss import RssSampler
 from eventfold.settings import DatabaseSettings, KafkaSettings, Settings
 
 PG_ADMIN = os.environ.get("EVENTFOLD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ROOT = Path(__file__).resolve().parent.parent
+BROKERS = ("apache", "tansu")
+APACHE_NODES = 3
+
+LocalBroker = ApacheKafkaCluster | EmbeddedBroker
+
+
+def default_broker() -> str:
+    """`EVENTFOLD_BENCH_BROKER` (apache|tansu); Apache Kafka where Java is present, else Tansu."""
+    kind = os.environ.get("EVENTFOLD_BENCH_BROKER") or ("apache" if java_available() else "tansu")
+    if kind not in BROKERS:
+        raise ValueError(f"EVENTFOLD_BENCH_BROKER must be apache or tansu, not {kind!r}")
+    return kind
+
+
+def new_broker(kind: str, workdir: Path) -> LocalBroker:
+    if kind == "apache":
+        return ApacheKafkaCluster(nodes=APACHE_NODES, directory=workdir / "kafka")
+    return EmbeddedBroker(log_path=workdir / "broker.log")
+
+
+def broker_info(broker: LocalBroker) -> dict[str, object]:
+    """Which broker ran, for the report: kind, version, nodes and what it can do."""
+    version: str | None
+    if isinstance(broker, ApacheKafkaCluster):
+        name, version, nodes = "Apache Kafka", broker.version, len(broker.nodes)
+    else:
+        name, version, nodes = "Tansu (embedded)", _tansu_version(), 1
+    return {
+        "kind": broker.kind,
+        "name": name,
+        "version": version,
+        "nodes": nodes,
+        "bootstrap": broker.bootstrap,
+        "idempotence": broker.idempotence,
+        "highwater_from_fetch": broker.highwater_from_fetch,
+    }
+
+
+def stop_broker(broker: LocalBroker) -> None:
+    """Stop the broker and drop its data, keeping its logs in the work directory.
+
+    The nodes of an Apache cluster are killed, not shut down in turn: the data
+    is thrown away, and the last node of a KRaft quorum would wait out its
+    controlled-shutdown timeout (30 s) for controllers that are already gone.
+    """
+    if isinstance(broker, ApacheKafkaCluster):
+        for n in broker.nodes:
+            broker.kill(n.node_id)
+        for n in broker.nodes:
+            shutil.rmtree(n.directory / "data", ignore_errors=True)
+    broker.stop()
+
+
+def _tansu_version() -> str | None:
+    """`tansu --version` prints `tansu 0.6.0`."""
+    try:
+        out = subprocess.run(
+            [str(tansu_path()), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired, RuntimeError):
+        return None
+    return out.split()[-1] if out.split() else None
 
 
 def _dsn(url: str, database: str | None = None) -> str:
@@ -126,11 +193,13 @@ def process_tree(pid: int) -> list[int]:
 class BenchEnv:
     """The broker, the databases and the child processes of one benchmark run."""
 
-    def __init__(self, partitions: int = 4) -> None:
+    def __init__(self, partitions: int = 4, broker: str = "tansu") -> None:
+        if broker not in BROKERS:
+            raise ValueError(f"broker must be one of {BROKERS}, not {broker!r}")
         self.partitions = partitions
         self.tag = f"bench_{uuid.uuid4().hex[:8]}"
         self.workdir = Path(tempfile.mkdtemp(prefix="eventfold-bench-"))
-        self.broker = EmbeddedBroker(log_path=self.workdir / "broker.log")
+        self.broker = new_broker(broker, self.workdir)
         self.databases: list[str] = []
         self.children: list[Child] = []
         self.api_keys, self.auth_headers = _api_key()
@@ -142,6 +211,15 @@ class BenchEnv:
     async def start(self) -> None:
         self.rss.start()
         await self.broker.astart()
+        # The broker shares the machine's memory with the services: shown, not judged.
+        if isinstance(self.broker, ApacheKafkaCluster):
+            for node_id, pid in self.broker.pids().items():
+                self.rss.watch(f"kafka-node-{node_id}", pid)
+        elif self.broker.process is not None:
+            self.rss.watch("tansu", self.broker.process.pid)
+
+    async def broker_info(self) -> dict[str, object]:
+        return await asyncio.to_thread(broker_info, self.broker)
 
     async def close(self) -> None:
         for child in reversed(self.children):
@@ -150,7 +228,7 @@ class BenchEnv:
         self.children.clear()
         await self.rss.stop()
         with contextlib.suppress(Exception):
-            self.broker.stop()
+            await asyncio.to_thread(stop_broker, self.broker)
         for name in self.databases:
             with contextlib.suppress(Exception):
                 await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -207,7 +285,8 @@ class BenchEnv:
     def kafka(self, prefix: str) -> KafkaSettings:
         return KafkaSettings(
             kafka_bootstrap=self.broker.bootstrap,
-            kafka_idempotence=False,
+            kafka_idempotence=self.broker.idempotence,
+            kafka_highwater_from_fetch=self.broker.highwater_from_fetch,
             topic_prefix=prefix,
             partitions=self.partitions,
         )
@@ -223,7 +302,8 @@ class BenchEnv:
         env.update(
             {
                 "EVENTFOLD_KAFKA_BOOTSTRAP": self.broker.bootstrap,
-                "EVENTFOLD_KAFKA_IDEMPOTENCE": "false",
+                "EVENTFOLD_KAFKA_IDEMPOTENCE": str(self.broker.idempotence).lower(),
+                "EVENTFOLD_KAFKA_HIGHWATER_FROM_FETCH": str(self.broker.highwater_from_fetch).lower(),
                 "EVENTFOLD_TOPIC_PREFIX": prefix,
                 "EVENTFOLD_PARTITIONS": str(self.partitions),
                 "EVENTFOLD_WRITE_DB_URL": write_url,

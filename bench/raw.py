@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from eventfold.kafka import create_topics, new_consumer, new_producer, partition_for
+from eventfold.kafka import create_topics, new_consumer, new_producer, partition_for, partitions_of
 from eventfold.settings import KafkaSettings
 
 Progress = Callable[[int], None]
@@ -142,12 +142,17 @@ async def send_partitioned(
 async def produce_rate(
     kafka: KafkaSettings, topic: str, n: int, values: Sequence[bytes], progress: Progress | None = None
 ) -> float:
-    """Messages/s for `n` acks=all sends of ~200-byte JSON over the topic's partitions."""
+    """Messages/s for `n` sends of ~200-byte JSON over the topic's partitions.
+
+    The producer is the publisher's (`new_producer` with the run's settings:
+    acks=all, idempotent where the broker grants producer ids), so eventfold's
+    figures compare with this one like for like.
+    """
     keys = [f"acc-{i:06d}".encode() for i in range(len(values))]
     parts = [partition_for(k, kafka.partitions) for k in keys]
     m = len(values)
     records = ((parts[i % m], keys[i % m], values[i % m], None) for i in range(n))
-    producer = new_producer(kafka, linger_ms=5)
+    producer = new_producer(kafka)
     await producer.start()
     try:
         t0 = time.perf_counter()
@@ -162,7 +167,9 @@ async def consume_rate(kafka: KafkaSettings, topic: str, n: int, progress: Progr
     consumer = new_consumer(kafka, group_id=None)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(kafka.partitions)]
+        tps = await partitions_of(consumer, topic)
+        if not tps:
+            raise LookupError(f"topic {topic} has no partitions")
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         t0 = time.perf_counter()

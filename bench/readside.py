@@ -38,8 +38,8 @@ async def start_query_api(env: BenchEnv, prefix: str, write_url: str, read_url: 
 
 
 async def high_watermarks(kafka: KafkaSettings, topic: str, timeout_s: float = 20.0) -> dict[int, int]:
-    """Per-partition high-watermarks, from a fetch response (the broker's ListOffsets is unreliable)."""
-    found = await fetch_highwaters(kafka, [topic], timeout_s=timeout_s)
+    """Per-partition high-watermarks (ListOffsets, or a fetch response where the broker needs it)."""
+    found = await fetch_highwaters(kafka, [topic], timeout_s=timeout_s, require_all=True)
     return {p: hw for (_, p), hw in found.items()}
 
 

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Result files of a run on another broker carry its kind in their names.
+REFERENCE_BROKER = "apache"
 
 # For context only: printed beside the figures, never asserted.
 TARGETS: dict[str, str] = {
@@ -89,24 +91,43 @@ class Report:
 
     # -- output ------------------------------------------------------------
 
+    def broker_line(self) -> str:
+        """`Apache Kafka 4.1.2, 3 nodes`: the broker the figures were measured on."""
+        b = self.data.get("broker") or {}
+        if "name" not in b:
+            return str(b.get("kind", "unknown broker"))
+        nodes = b.get("nodes")
+        version = b.get("version") or "(version unknown)"
+        return f"{b['name']} {version}, {nodes} node{'s' if nodes != 1 else ''}"
+
     def write(self, only: str | None = None) -> list[Path]:
-        """`<date>.json` (`-quick`) and `latest.json`; a partial run (`only`) writes its own file."""
+        """`<date>.json` (`-quick`) and `latest.json`; a partial run (`only`) writes its own file.
+
+        Apache Kafka is the reference broker; a run on another one has its kind
+        in every name (`<date>-quick-tansu.json`, `latest-tansu.json`), so it
+        never replaces the reference figures.
+        """
         RESULTS.mkdir(parents=True, exist_ok=True)
         today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
         name = f"{today}-quick" if self.data["mode"] == "quick" else today
+        kind = (self.data.get("broker") or {}).get("kind", "apache")
+        suffix = "" if kind == REFERENCE_BROKER else f"-{kind}"
+        name += suffix
         body = orjson.dumps(self.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
         if only:
             # Some phases only: never replace the results of a whole run.
             path = RESULTS / f"{name}-only-{only}.json"
             path.write_bytes(body + b"\n")
             return [path]
-        paths = [RESULTS / f"{name}.json", RESULTS / "latest.json"]
+        paths = [RESULTS / f"{name}.json", RESULTS / f"latest{suffix}.json"]
         for p in paths:
             p.write_bytes(body + b"\n")
         return paths
 
     def table(self) -> Table:
-        t = Table(title=f"eventfold benchmark ({self.data['mode']})", title_justify="left")
+        t = Table(
+            title=f"eventfold benchmark ({self.data['mode']}) on {self.broker_line()}", title_justify="left"
+        )
         for col, just in (
             ("figure", "left"),
             ("median", "right"),
