@@ -7,7 +7,6 @@ or settings; nothing is built at import time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from command_api.store import WriteStore
 from eventfold.db import create_engine
 from eventfold.kafka import new_producer
 from eventfold.settings import Settings
+from eventfold.tasks import cancel_and_wait
 
 
 @dataclass
@@ -61,9 +61,7 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
     try:
         yield CommandSide(settings, aggregates, engine, store, publisher, service, broker)
     finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+        await cancel_and_wait([watch])
         await service.stop()
         await engine.dispose()
 

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from command_api.outcomes import OutboxRecord
 from eventfold.kafka import partition_for
 from eventfold.observability import BROKER_UP, PUBLISH_FAILURES
+from eventfold.tasks import cancel_and_wait
 from schemas.position import Position
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Publisher:
         self._route_wake = asyncio.Event()
         self._router: asyncio.Task[None] | None = None
         self._started = False
+        self._closed = False
         self._start_lock = asyncio.Lock()
         # Natural keys this process holds, queued or in flight, until deleted from the outbox.
         self.known: set[tuple[str, str, int]] = set()
@@ -81,12 +83,11 @@ class Publisher:
         self._router = asyncio.create_task(self._route(), name="publisher-router")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._router, *(lane.task for lane in self._lanes.values())] if t]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        self._closed = True
+        self._route_wake.set()
+        for lane in self._lanes.values():
+            lane.wake.set()
+        await cancel_and_wait([self._router, *(lane.task for lane in self._lanes.values())])
         # Unsent batches may be abandoned: their events are still in the outbox.
         # Stopping a producer that never started is harmless and closes it cleanly.
         with contextlib.suppress(Exception):
@@ -129,10 +130,10 @@ class Publisher:
     async def _route(self) -> None:
         """Place queued records in lanes, in commit order, once Kafka tells partition counts."""
         backoff = 0.05
-        while True:
+        while not self._closed:
             await self._route_wake.wait()
             self._route_wake.clear()
-            while self._unrouted:
+            while self._unrouted and not self._closed:
                 rec, _ = self._unrouted[0]
                 try:
                     await asyncio.wait_for(self._ensure_started(), self.publish_timeout_s)
@@ -183,10 +184,10 @@ class Publisher:
 
     async def _drain(self, lane: _Lane) -> None:
         backoff = 0.05
-        while True:
+        while not self._closed:
             await lane.wake.wait()
             lane.wake.clear()
-            while lane.pending:
+            while lane.pending and not self._closed:
                 take = _take(lane.pending)
                 batch = self.producer.create_batch()
                 now_ms = int(time.time() * 1000)

@@ -29,6 +29,7 @@ from command_api.store import CommitConflict, WriteStore
 from eventfold import jsonutil
 from eventfold.observability import COMMIT_BATCH, EVENTS_APPENDED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
 from eventfold.settings import CommandApiSettings
+from eventfold.tasks import cancel_and_wait
 from schemas.position import Position
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,7 @@ class CommandService:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(self._tasks)
         with contextlib.suppress(Exception):
             await self._flush_finalized()
         await self.publisher.stop()

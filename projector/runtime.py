@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
 from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BATCH, PROJECTOR_BATCH_SECONDS
 from eventfold.settings import Settings
+from eventfold.tasks import cancel_and_wait
 from projector import store
 from projector.apply import BatchResult, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode
@@ -89,9 +90,7 @@ class GroupCommitter:
         if self.task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
+            await cancel_and_wait([self.task])
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -7,7 +7,6 @@ tests can pass their own settings and projections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.db import create_engine
 from eventfold.settings import Settings
+from eventfold.tasks import cancel_and_wait
 from projector.projection import Projection
 from query_api.views import Reads
 from query_api.waiting import OffsetWatcher
@@ -48,11 +48,7 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
     try:
         yield side
     finally:
-        for task in side.rebuilds.values():
-            task.cancel()
-        for task in side.rebuilds.values():
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(list(side.rebuilds.values()), timeout_s=30)
         await side.watcher.close()
         await reads.dispose()
         await engine.dispose()
