@@ -615,5 +615,12 @@ async def _soft(rep: Any, section: str, what: str, aw: Any) -> None:
 
     try:
         await aw
+    except asyncio.CancelledError as exc:
+        # A client library's internal timeout can surface as a CancelledError
+        # (aiokafka's fetch under heavy load); only a cancel of this run stops it.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        rep.error(section, f"{what}: cancelled inside: {exc!r}\n{traceback.format_exc(limit=4)}")
     except Exception as exc:
         rep.error(section, f"{what}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
