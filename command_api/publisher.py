@@ -42,6 +42,16 @@ class Ticket:
 
 
 @dataclass
+class _Route:
+    """One topic's records that wait for the topic's partition count, in commit order."""
+
+    topic: str
+    queue: collections.deque[tuple[OutboxRecord, Ticket | None]] = field(default_factory=collections.deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
 class _Lane:
     topic: str
     partition: int
@@ -63,11 +73,11 @@ class Publisher:
         self.publish_timeout_s = publish_timeout_s
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._partitions: dict[str, int] = {}
-        # Records waiting for a partition count (the broker was unreachable);
-        # while any wait, later records queue behind them to keep commit order.
-        self._unrouted: collections.deque[tuple[OutboxRecord, Ticket | None]] = collections.deque()
-        self._route_wake = asyncio.Event()
-        self._router: asyncio.Task[None] | None = None
+        # Per topic, records waiting for its partition count (the broker is
+        # unreachable or the topic missing); while any wait, that topic's later
+        # records queue behind them to keep commit order. Topics never wait on
+        # each other: order is per stream, and a stream lives in one topic.
+        self._routes: dict[str, _Route] = {}
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
@@ -80,14 +90,20 @@ class Publisher:
         return self._started
 
     def start(self) -> None:
-        self._router = asyncio.create_task(self._route(), name="publisher-router")
+        """Accept records; lanes and routes start as their topics first appear."""
 
     async def stop(self) -> None:
         self._closed = True
-        self._route_wake.set()
+        for waiting in self._routes.values():
+            waiting.wake.set()
         for lane in self._lanes.values():
             lane.wake.set()
-        await cancel_and_wait([self._router, *(lane.task for lane in self._lanes.values())])
+        await cancel_and_wait(
+            [
+                *(waiting.task for waiting in self._routes.values()),
+                *(lane.task for lane in self._lanes.values()),
+            ]
+        )
         # Unsent batches may be abandoned: their events are still in the outbox.
         # Stopping a producer that never started is harmless and closes it cleanly.
         with contextlib.suppress(Exception):
@@ -99,19 +115,22 @@ class Publisher:
         for i, rec in enumerate(items):
             self.known.add(rec.natural_key)
             last = ticket if ticket is not None and i == len(items) - 1 else None
-            if not self._unrouted and self._started and rec.topic in self._partitions:
+            waiting = self._routes.get(rec.topic)
+            if (waiting is None or not waiting.queue) and self._started and rec.topic in self._partitions:
                 # The common case, synchronous: a whole commit batch reaches its
                 # lanes before any lane sends, so lanes send batches, not records.
                 self._place(rec, last)
             else:
-                self._unrouted.append((rec, last))
-                self._route_wake.set()
+                waiting = waiting or self._route_for(rec.topic)
+                waiting.queue.append((rec, last))
+                waiting.wake.set()
 
     def forget(self, keys: Iterable[tuple[str, str, int]]) -> None:
         self.known.difference_update(keys)
 
     def backlog(self) -> int:
-        return len(self._unrouted) + sum(len(lane.pending) for lane in self._lanes.values())
+        waiting = sum(len(r.queue) for r in self._routes.values())
+        return waiting + sum(len(lane.pending) for lane in self._lanes.values())
 
     async def _ensure_started(self) -> None:
         async with self._start_lock:
@@ -127,27 +146,37 @@ class Publisher:
             self._partitions[topic] = len(parts)
         return self._partitions[topic]
 
-    async def _route(self) -> None:
-        """Place queued records in lanes, in commit order, once Kafka tells partition counts."""
+    def _route_for(self, topic: str) -> _Route:
+        waiting = self._routes[topic] = _Route(topic)
+        waiting.task = asyncio.create_task(self._route(waiting), name=f"route-{topic}")
+        return waiting
+
+    async def _route(self, waiting: _Route) -> None:
+        """Place a topic's queued records in lanes, in commit order, once Kafka tells its partition count."""
         backoff = 0.05
         while not self._closed:
-            await self._route_wake.wait()
-            self._route_wake.clear()
-            while self._unrouted and not self._closed:
-                rec, _ = self._unrouted[0]
+            await waiting.wake.wait()
+            waiting.wake.clear()
+            while waiting.queue and not self._closed:
                 try:
                     await asyncio.wait_for(self._ensure_started(), self.publish_timeout_s)
-                    await asyncio.wait_for(self._partition_count(rec.topic), self.publish_timeout_s)
-                except Exception as exc:  # broker unreachable: keep order; waiters time out
+                    await asyncio.wait_for(self._partition_count(waiting.topic), self.publish_timeout_s)
+                except Exception as exc:  # broker unreachable or topic missing: keep order; waiters time out
                     self.failures += 1
                     PUBLISH_FAILURES.inc()
-                    log.warning("publisher cannot reach Kafka: %r", exc)
+                    log.warning(
+                        "publisher cannot reach topic %s (%d records wait; a topic that does not"
+                        " exist is made by `eventfold topics create`): %r",
+                        waiting.topic,
+                        len(waiting.queue),
+                        exc,
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
                 backoff = 0.05
-                while self._unrouted and self._unrouted[0][0].topic in self._partitions:
-                    self._place(*self._unrouted.popleft())
+                while waiting.queue:
+                    self._place(*waiting.queue.popleft())
 
     async def _delivered(
         self, fut: asyncio.Future[Any], take: list[tuple[OutboxRecord, Ticket | None]]

@@ -7,9 +7,14 @@ from typing import Any
 
 import httpx
 
+from command_api.domain import default_aggregates
+from command_api.outcomes import PendingCommand
+from command_api.store import WriteStore
+from eventfold.db import create_engine
 from eventfold.settings import DatabaseSettings
+from schemas.account import OpenAccount
 from schemas.position import Position
-from tests.helpers import first_versions, read_topic, uid
+from tests.helpers import first_versions, read_topic, uid, wait_until
 from tests.support.counter import with_counter
 
 
@@ -350,3 +355,35 @@ async def test_strings_no_store_can_hold_are_refused_and_append_nothing(
     assert first_versions(records, acct) == [1, 2]
     records = await read_topic(settings.kafka, settings.kafka.topic("counter"))
     assert first_versions(records, ctr) == [1]
+
+
+async def test_a_topic_that_does_not_exist_holds_back_no_other_topic(
+    command_client, make_settings, fresh_pg_url: str
+) -> None:
+    # An outbox row whose topic is missing (never created, or a renamed prefix)
+    # waits for its topic; the commands of every other topic are published meanwhile.
+    settings = make_settings(DatabaseSettings(write_db_url=fresh_pg_url, read_db_url=fresh_pg_url))
+    missing = settings.kafka.model_copy(update={"topic_prefix": uid("missing")})
+    engine = create_engine(settings.db.write_db_url)
+    try:
+        orphan = WriteStore(engine, default_aggregates(), missing)
+        done = asyncio.get_running_loop().create_future()
+        pending = PendingCommand(
+            "account", uid("orphan"), OpenAccount(owner="o"), None, None, uid("cmd"), "c", "c", done
+        )
+        await orphan.commit([pending])
+    finally:
+        await engine.dispose()
+    sid = uid("acct")
+    async with command_client(settings) as http:
+
+        async def orphan_queued() -> bool:
+            return (await http.get("/readyz")).json()["checks"]["outbox_backlog"] != "0"
+
+        await wait_until(orphan_queued, timeout=20, what="the relay to queue the orphan row")
+        for n, (type_, data) in enumerate([("OpenAccount", {"owner": "P"}), ("Deposit", {"amount": 3})], 1):
+            r = await send(http, sid, type_, data)
+            assert (r.status_code, r.json()["version"], r.json()["published"]) == (200, n, True), r.text
+        assert (await http.get("/readyz")).json()["checks"]["outbox_backlog"] == "1"
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    assert first_versions(records, sid) == [1, 2]

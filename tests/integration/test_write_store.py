@@ -44,8 +44,10 @@ class StaleStore(WriteStore):
 
 
 @pytest.fixture
-async def engine(db: DatabaseSettings):
-    eng = create_engine(db.write_db_url)
+async def engine(own_db: DatabaseSettings):
+    # A store of its own: these rows are never published, and no other test's
+    # relay should find them.
+    eng = create_engine(own_db.write_db_url)
     yield eng
     await eng.dispose()
 
