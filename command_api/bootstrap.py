@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from command_api.aggregate import Aggregates
+from eventfold.aggregate import Aggregates
 from command_api.domain import default_aggregates
 from command_api.publisher import BrokerWatch, Publisher
 from command_api.service import CommandService

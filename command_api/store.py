@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from command_api import pg
-from command_api.aggregate import Aggregates, Rejected
+from eventfold.aggregate import Aggregates, Rejected
 from command_api.outcomes import (
     Accepted,
     OutboxRecord,

@@ -1,8 +1,33 @@
-"""Shared plumbing for eventfold: settings, database and Kafka adapters, the CLI.
+"""eventfold: event sourcing and CQRS on Kafka, served from a domain you declare.
 
-The three services (`command_api`, `projector`, `query_api`) and the contracts
-(`schemas`) live in their own top-level packages; this one holds only what all
-of them need, so that none of them imports another.
+The names a domain package needs are exported here:
+
+    from eventfold import App, Aggregate, Change, Command, Event, Projection, Rejected, declare_stream
+
+The rest of this package is the shared plumbing the services stand on
+(settings, database and Kafka factories, problems, observability), and, in
+`eventfold.cli`, the composition root that loads an `App` and serves it.
 """
 
+from eventfold.aggregate import Aggregate, Rejected, replace
+from eventfold.app import App
+from eventfold.projection import Change, Doc, Projection
+from schemas.base import Command, Event
+from schemas.envelope import EnvelopeMeta
+from schemas.registry import declare_stream
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Aggregate",
+    "App",
+    "Change",
+    "Command",
+    "Doc",
+    "EnvelopeMeta",
+    "Event",
+    "Projection",
+    "Rejected",
+    "declare_stream",
+    "replace",
+]

@@ -13,7 +13,7 @@ from eventfold.settings import Settings
 
 async def run_list(settings: Settings, projection: str | None, *, console: Console) -> int:
     from eventfold.wiring import projections
-    from projector.projection import by_name
+    from eventfold.projection import by_name
     from projector.redrive import list_failures
 
     if projection is not None:
@@ -45,7 +45,7 @@ async def run_retry(
     settings: Settings, projection: str | None, ids: list[int] | None, *, console: Console
 ) -> None:
     from eventfold.wiring import projections
-    from projector.projection import by_name
+    from eventfold.projection import by_name
     from projector.redrive import list_failures, retry
 
     chosen = None if projection is None else by_name(projections(), projection)

@@ -11,7 +11,7 @@ from eventfold.settings import Settings
 
 async def run_rebuild(settings: Settings, name: str, *, console: Console) -> None:
     from eventfold.wiring import projections
-    from projector.projection import by_name
+    from eventfold.projection import by_name
     from projector.rebuild import RebuildProgress, rebuild_projection
 
     quiet_kafka_client()

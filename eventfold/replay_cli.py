@@ -48,7 +48,7 @@ async def run_replay(
     settings: Settings, name: str, *, write_side: bool, console: Console, workers: int | None = None
 ) -> None:
     from eventfold.wiring import aggregates, projections
-    from projector.projection import by_name
+    from eventfold.projection import by_name
     from projector.replay import ReplayRefused, replay_projection, replay_workers, replay_write_side
 
     quiet_kafka_client()

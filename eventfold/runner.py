@@ -112,7 +112,7 @@ async def serve_one(
         return
     if service == "projector":
         from eventfold.wiring import projections
-        from projector.projection import by_name
+        from eventfold.projection import by_name
         from projector.runtime import run_projectors
 
         chosen = projections()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from command_api.aggregate import Aggregates
+from eventfold.aggregate import Aggregates
 from command_api.domain import default_aggregates
 from eventfold.kafka import dlq_topic
 from eventfold.settings import Settings
 
 if TYPE_CHECKING:
-    from projector.projection import Projection
+    from eventfold.projection import Projection
 
 
 def aggregates() -> Aggregates:

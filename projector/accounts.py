@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from projector.projection import Change, Doc, Projection
+from eventfold.projection import Change, Doc, Projection
 from projector.tables import account_transactions, accounts
 from schemas.account import ACCOUNT, AccountClosed, AccountOpened, Deposited, Withdrawn
 from schemas.base import Event

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from eventfold.observability import DEAD_LETTERS
 from projector import store
 from projector.batch import Decoded, Failure, Folded, failed, fold, stream_ids
-from projector.projection import Doc, Projection
+from eventfold.projection import Doc, Projection
 
 log = structlog.get_logger("eventfold.projector")
 

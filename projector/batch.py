@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from projector.projection import Doc, Projection
+from eventfold.projection import Doc, Projection
 from schemas.base import Event
 from schemas.envelope import EnvelopeMeta
 from schemas.mapper import PoisonRecord, decode_value, read_current

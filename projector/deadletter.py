@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from eventfold.kafka import dlq_topic
 from projector.batch import Failure
-from projector.projection import Projection
+from eventfold.projection import Projection
 
 
 def dead_letter_headers(projection: str, f: Failure) -> list[tuple[str, bytes]]:

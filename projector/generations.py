@@ -18,7 +18,7 @@ from functools import cache
 
 from sqlalchemy import Index, MetaData, Table
 
-from projector.projection import Projection
+from eventfold.projection import Projection
 
 _metadata = MetaData()
 

@@ -32,7 +32,7 @@ from projector import store
 from projector.apply import DocCache, apply_rebuilding
 from projector.batch import decode
 from projector.generations import offsets_key, tables_of
-from projector.projection import Change, Doc, Handler, Projection
+from eventfold.projection import Change, Doc, Handler, Projection
 from projector.reading import capture_ends, take_below
 from projector.tables import projection_failures, projection_offsets, projection_status
 from schemas.base import Event

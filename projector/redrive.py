@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from projector import store
 from projector.apply import BatchResult, Items, fold_and_write, isolating, log_failures
 from projector.batch import Folded, decode
-from projector.projection import Projection
+from eventfold.projection import Projection
 from projector.tables import projection_failures
 
 _F = projection_failures.c

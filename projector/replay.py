@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from command_api.aggregate import Aggregate
+from eventfold.aggregate import Aggregate
 from command_api.tables import streams
 from eventfold import jsonutil
 from eventfold.broker import die_with_parent
@@ -40,7 +40,7 @@ from eventfold.settings import KafkaSettings, Settings
 from projector import rebuild, store
 from projector.apply import DeadLetter, DocCache, apply_rebuilding
 from projector.batch import Decoded, Failure, decode
-from projector.projection import Projection
+from eventfold.projection import Projection
 from projector.reading import capture_ends, take_below
 from schemas.mapper import PoisonRecord, decode_event
 

@@ -32,7 +32,7 @@ from projector.apply import BatchResult, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode
 from projector.deadletter import DeadLetterSink
 from projector.metrics import Counters
-from projector.projection import Projection
+from eventfold.projection import Projection
 
 log = logging.getLogger("eventfold.projector")
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold import jsonutil
 from projector.batch import Failure
-from projector.projection import Doc, Projection
+from eventfold.projection import Doc, Projection
 from projector.tables import projection_failures, projection_offsets, projection_status
 
 TopicPartitionKey = tuple[str, int]

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from eventfold.db import create_engine
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
-from projector.projection import Projection
+from eventfold.projection import Projection
 from query_api.views import Reads
 from query_api.waiting import OffsetWatcher
 from query_api.watermarks import WatermarkCache

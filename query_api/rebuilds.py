@@ -8,7 +8,7 @@ import structlog
 
 from eventfold.db import create_engine
 from eventfold.problems import Problem
-from projector.projection import Projection
+from eventfold.projection import Projection
 from projector.rebuild import rebuild_projection, stored_generation
 from query_api.bootstrap import QuerySide
 

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from command_api.aggregate import Aggregates
+from eventfold.aggregate import Aggregates
 from eventfold.apache_kafka import KAFKA_VERSION, ApacheKafkaCluster, java_available
 from eventfold.broker import EmbeddedBroker
 from eventfold.kafka import create_topics

@@ -1,6 +1,6 @@
 """Pure aggregates: no I/O is imported here."""
 
-from command_api.aggregate import Aggregates
+from eventfold.aggregate import Aggregates
 from command_api.domain.account import ACCOUNT_AGGREGATE
 
 

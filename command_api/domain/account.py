@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from command_api.aggregate import Aggregate, Rejected, replace
+from eventfold.aggregate import Aggregate, Rejected, replace
 from schemas.account import (
     ACCOUNT,
     AccountClosed,

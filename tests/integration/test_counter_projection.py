@@ -9,7 +9,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
 from eventfold.db import create_engine
 from eventfold.settings import DatabaseSettings
-from projector.projection import Change, Doc, Projection
+from eventfold.projection import Change, Doc, Projection
 from schemas.base import Event
 from schemas.envelope import EventEnvelope
 from tests.helpers import uid, wait_until

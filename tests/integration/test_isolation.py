@@ -24,7 +24,7 @@ from eventfold.settings import DatabaseSettings
 from projector import store
 from projector.apply import apply_batch, next_offsets
 from projector.batch import Failure, decode
-from projector.projection import Change, Doc, Projection
+from eventfold.projection import Change, Doc, Projection
 from projector.tables import projection_failures, projection_offsets
 from schemas.base import Event
 from schemas.envelope import EnvelopeMeta, EventEnvelope

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from eventfold.db import create_engine
 from eventfold.settings import Settings
-from projector.projection import Projection
+from eventfold.projection import Projection
 from projector.runtime import run_projectors
 from projector.tables import account_transactions, accounts, projection_offsets
 from tests.helpers import Record, app_client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from command_api.aggregate import Rejected
+from eventfold.aggregate import Rejected
 from command_api.domain.account import ACCOUNT_AGGREGATE, Account, Status, decide, evolve
 from schemas.account import (
     AccountClosed,

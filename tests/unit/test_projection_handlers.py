@@ -13,7 +13,7 @@ import pytest
 from projector.accounts import ACCOUNTS, closed, deposited, opened, withdrawn
 from projector.apply import next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode, fold
-from projector.projection import Projection
+from eventfold.projection import Projection
 from projector.tables import account_transactions
 from query_api import cursor
 from schemas.account import AccountClosed, AccountOpened, Deposited, Withdrawn

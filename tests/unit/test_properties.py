@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from command_api.aggregate import Aggregate, Rejected
+from eventfold.aggregate import Aggregate, Rejected
 from command_api.domain.account import ACCOUNT_AGGREGATE, Status
 from schemas.account import CloseAccount, Deposit, OpenAccount, Withdraw
 from schemas.base import Command

@@ -45,7 +45,10 @@ class Projection:
     doc_table: Table
     handlers: Mapping[str, Handler]
     child_tables: Sequence[Table] = field(default_factory=tuple)
+    # Bumping the version rebuilds the read model from the topic, blue/green.
     version: int = 1
+    # Document columns the query API lets callers filter on (equality).
+    filters: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         # Every event type needs a handler: an event the projection skipped
@@ -56,6 +59,9 @@ class Projection:
         for col in ("id", "version"):
             if col not in self.doc_table.c:
                 raise ValueError(f"table {self.doc_table.name!r} needs a {col!r} column")
+        unknown = [f for f in self.filters if f not in self.doc_table.c]
+        if unknown:
+            raise ValueError(f"projection {self.name!r} filters on {unknown}, not columns of {self.doc_table.name!r}")
 
     @property
     def stream_type(self) -> str:

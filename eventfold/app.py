@@ -1,0 +1,65 @@
+"""What a deployment serves: one `App` declares the aggregates and read models.
+
+A team writes its domain in its own package and declares an `App` there; every
+entry point (`eventfold dev`, `serve`, `replay`, `migrate`, ...) loads it from
+`EVENTFOLD_APP=package.module:attribute`. The declaration is pure data: the
+services read it, and it imports none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventfold.aggregate import Aggregate, Aggregates
+from eventfold.projection import Projection
+from eventfold.settings import KafkaSettings
+from schemas.registry import StreamContract
+
+
+@dataclass(frozen=True)
+class App:
+    """A domain served by eventfold: aggregates (the write side) and projections (the read side).
+
+    `routers` are extra FastAPI routers the query API mounts beside the generic
+    `/views` routes, for read endpoints shaped by hand.
+    """
+
+    name: str
+    aggregates: Sequence[Aggregate[Any]] = ()
+    projections: Sequence[Projection] = ()
+    routers: Sequence[Any] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _unique("stream type", [a.stream_type for a in self.aggregates], self.name)
+        _unique("projection", [p.name for p in self.projections], self.name)
+        tables = [t.name for p in self.projections for t in p.tables]
+        _unique("read table", tables, self.name)
+
+    def write_side(self) -> Aggregates:
+        return Aggregates(self.aggregates)
+
+    @property
+    def contracts(self) -> list[StreamContract]:
+        """Every stream type the app writes or reads, each once."""
+        seen: dict[str, StreamContract] = {a.stream_type: a.contract for a in self.aggregates}
+        for p in self.projections:
+            seen.setdefault(p.stream_type, p.contract)
+        return list(seen.values())
+
+    def event_topics(self, kafka: KafkaSettings) -> list[str]:
+        return [kafka.topic(c.stream_type) for c in self.contracts]
+
+    def projection(self, name: str) -> Projection:
+        for p in self.projections:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.projections) or "none"
+        raise ValueError(f"no projection named {name!r} (known: {known})")
+
+
+def _unique(kind: str, names: list[str], app: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"app {app!r} declares the {kind} {', '.join(dupes)} more than once")
