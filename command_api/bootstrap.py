@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.aggregate import Aggregates
-from command_api.domain import default_aggregates
 from command_api.publisher import BrokerWatch, Publisher
 from command_api.service import CommandService
 from command_api.store import WriteStore
+from eventfold.aggregate import Aggregates
 from eventfold.db import create_engine
 from eventfold.kafka import new_producer
 from eventfold.settings import Settings
@@ -66,16 +65,16 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
         await engine.dispose()
 
 
-def create_app(settings: Settings | None = None, aggregates: Aggregates | None = None) -> FastAPI:
+def create_app(settings: Settings, aggregates: Aggregates) -> FastAPI:
+    """The command API of these aggregates (an App's `write_side()`)."""
     from command_api.routes import router
     from eventfold import problems
     from eventfold.auth import Authenticator, install_cors
     from eventfold.limits import BodySizeLimit, HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware
-    from eventfold.settings import get_settings
 
-    cfg = settings or get_settings()
-    aggs = aggregates or default_aggregates()
+    cfg = settings
+    aggs = aggregates
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

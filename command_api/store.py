@@ -28,7 +28,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from command_api import pg
-from eventfold.aggregate import Aggregates, Rejected
 from command_api.outcomes import (
     Accepted,
     OutboxRecord,
@@ -40,6 +39,7 @@ from command_api.outcomes import (
 )
 from command_api.tables import idempotency_keys, outbox, streams
 from eventfold import jsonutil
+from eventfold.aggregate import Aggregates, Rejected
 from eventfold.settings import KafkaSettings
 from schemas.mapper import encode_envelope
 

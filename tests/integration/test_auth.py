@@ -99,7 +99,9 @@ async def test_query_api_routes(make_settings, path: str) -> None:
     settings = make_settings(auth=auth_settings())
     url = path.format(sid=uid("auth"))
     forged = TOKENS["reader"][:-4] + "AAAA"
-    async with app_client(create_app(settings)) as http:
+    from tests.support.bank import bank
+
+    async with app_client(create_app(settings, bank.projections, bank.routers)) as http:
         for label, headers in [*BAD.items(), ("forged", {"Authorization": f"Bearer {forged}"})]:
             r = await http.get(url, headers=headers)
             assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), label

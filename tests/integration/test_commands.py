@@ -7,14 +7,14 @@ from typing import Any
 
 import httpx
 
-from command_api.domain import default_aggregates
 from command_api.outcomes import PendingCommand
 from command_api.store import WriteStore
 from eventfold.db import create_engine
 from eventfold.settings import DatabaseSettings
-from schemas.account import OpenAccount
+from examples.bank.contracts import OpenAccount
 from schemas.position import Position
 from tests.helpers import first_versions, read_topic, uid, wait_until
+from tests.support.bank import default_aggregates
 from tests.support.counter import with_counter
 
 

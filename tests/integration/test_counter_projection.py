@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
 from eventfold.db import create_engine
-from eventfold.settings import DatabaseSettings
 from eventfold.projection import Change, Doc, Projection
+from eventfold.settings import DatabaseSettings
 from schemas.base import Event
 from schemas.envelope import EventEnvelope
 from tests.helpers import uid, wait_until

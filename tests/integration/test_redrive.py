@@ -8,14 +8,14 @@ from typing import Any
 
 from rich.console import Console
 
+from eventfold.cli.dlq import run_list, run_retry
 from eventfold.db import create_engine
-from eventfold.dlq_cli import run_list, run_retry
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
-from projector.accounts import ACCOUNTS
+from examples.bank.contracts import ACCOUNT
+from examples.bank.projection import ACCOUNTS
 from projector.redrive import list_failures, retry
 from projector.replay import replay_projection
-from schemas.account import ACCOUNT
 from tests.helpers import read_topic, wait_until
 from tests.support.projection import (
     account_events,

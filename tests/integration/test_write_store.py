@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from command_api.domain import default_aggregates
 from command_api.outcomes import Accepted, PendingCommand, VersionConflict
 from command_api.store import CommitConflict, WriteStore, _Head
 from eventfold.db import create_engine
 from eventfold.settings import DatabaseSettings, KafkaSettings
-from schemas.account import Deposit, OpenAccount
+from examples.bank.contracts import Deposit, OpenAccount
 from tests.helpers import uid
+from tests.support.bank import default_aggregates
 
 
 def pending(sid: str, command: Any, expected: int | None = None, key: str | None = None) -> PendingCommand:

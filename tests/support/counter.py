@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventfold.aggregate import Aggregate, Aggregates, Rejected
-from command_api.domain.account import ACCOUNT_AGGREGATE
+from examples.bank.account import ACCOUNT_AGGREGATE
 from schemas.base import Command, Event
 from schemas.registry import declare_stream
 

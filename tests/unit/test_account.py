@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eventfold.aggregate import Rejected
-from command_api.domain.account import ACCOUNT_AGGREGATE, Account, Status, decide, evolve
-from schemas.account import (
+from examples.bank.account import ACCOUNT_AGGREGATE, Account, Status, decide, evolve
+from examples.bank.contracts import (
     AccountClosed,
     AccountOpened,
     CloseAccount,

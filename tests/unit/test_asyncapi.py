@@ -6,17 +6,17 @@ from pathlib import Path
 
 import orjson
 
-from command_api.domain import default_aggregates
+from eventfold.cli.main import asyncapi_document
 from eventfold.settings import Settings
-from eventfold.wiring import asyncapi_document
 from schemas.asyncapi import document
+from tests.support.bank import bank, default_aggregates
 from tests.support.counter import with_counter
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.json"
 
 
 def test_checked_in_document_matches_the_registry() -> None:
-    current = asyncapi_document(Settings(kafka={"topic_prefix": "eventfold"}))
+    current = asyncapi_document(bank, Settings(kafka={"topic_prefix": "eventfold"}))
     assert CHECKED_IN.read_text().strip() == current, (
         "run `eventfold asyncapi --output schemas/asyncapi.json`"
     )

@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from projector.accounts import ACCOUNTS, closed, deposited, opened, withdrawn
+from eventfold.projection import Projection
+from examples.bank.contracts import AccountClosed, AccountOpened, Deposited, Withdrawn
+from examples.bank.projection import ACCOUNTS, closed, deposited, opened, withdrawn
+from examples.bank.tables import account_transactions
 from projector.apply import next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode, fold
-from eventfold.projection import Projection
-from projector.tables import account_transactions
 from query_api import cursor
-from schemas.account import AccountClosed, AccountOpened, Deposited, Withdrawn
 from schemas.envelope import EventEnvelope
 from schemas.mapper import encode_value
 
