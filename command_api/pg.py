@@ -22,7 +22,8 @@ HEADS = text(
 )
 
 IDEMPOTENCY = text(
-    "SELECT key, request_hash, status, response FROM idempotency_keys WHERE key = ANY(CAST(:k AS varchar[]))"
+    "SELECT key, request_hash, status, response FROM idempotency_keys "
+    "WHERE key = ANY(CAST(:k AS varchar[]))"
 )
 
 OUTBOX = text(

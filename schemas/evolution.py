@@ -1,8 +1,8 @@
 """Event schema history: JSON Schemas of every event version, and the check.
 
 An app's schema folder (`App.schema_dir`, e.g. `examples/bank/schemas/`) holds
-`<stream_type>/<Event>.v<N>.json`: the shape of each event version ever released. Records in Kafka are never rewritten, so a released
-version's shape may only change compatibly (a new optional field); any other
+`<stream_type>/<Event>.v<N>.json`: the shape of each event version ever
+released. Records in Kafka are never rewritten, so a released version's shape may only change compatibly (a new optional field); any other
 change needs a new `schema_version` and an upcaster from the previous one.
 """
 
