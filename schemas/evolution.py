@@ -3,7 +3,8 @@
 An app's schema folder (`App.schema_dir`, e.g. `examples/bank/schemas/`) holds
 `<stream_type>/<Event>.v<N>.json`: the shape of each event version ever
 released. Records in Kafka are never rewritten, so a released version's shape
-may only change compatibly (a new optional field); any other change needs a new `schema_version` and an upcaster from the previous one.
+may only change compatibly (a new optional field); any other change needs a new
+`schema_version` and an upcaster from the previous one.
 """
 
 from __future__ import annotations
