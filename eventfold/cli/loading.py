@@ -1,8 +1,8 @@
 """Loading the `App` a deployment serves, from `EVENTFOLD_APP=package.module:attribute`.
 
 The way uvicorn loads an ASGI app: the module is imported (the current
-directory and `PYTHONPATH` are searched), the attribute is read, and a
-callable that is not an `App` is called once to build one.
+directory and `PYTHONPATH` are searched) and the attribute read; it must be an
+`App`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ def load_app(spec: str) -> App:
         raise AppLoadError(
             f"module {module_name!r} has no attribute {attribute!r} (EVENTFOLD_APP={spec})"
         ) from None
-    if not isinstance(found, App) and callable(found):
-        found = found()
     if not isinstance(found, App):
         raise AppLoadError(f"{spec} is a {type(found).__name__}, not an eventfold App")
     return found
