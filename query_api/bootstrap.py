@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, projections: Sequence[Projectio
     from eventfold.settings import get_settings
     from eventfold.wiring import projections as default_projections
     from query_api.routes import router
+    from query_api.view_routes import view_router
 
     cfg = settings or get_settings()
     chosen = list(projections) if projections is not None else default_projections()
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None, projections: Sequence[Projectio
     problems.install(app)
     app.state.authenticator = Authenticator(cfg.auth, service="query API")
     app.include_router(router)
+    # The generic views of every projection served, typed from its tables.
+    app.include_router(view_router(chosen))
     app.add_middleware(QueryTiming)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)
