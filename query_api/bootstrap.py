@@ -63,6 +63,7 @@ def create_app(
     from eventfold.limits import HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware, QueryTiming
     from query_api.routes import router
+    from query_api.view_routes import view_router
 
     cfg = settings
     chosen = list(projections)
@@ -82,6 +83,8 @@ def create_app(
     problems.install(app)
     app.state.authenticator = Authenticator(cfg.auth, service="query API")
     app.include_router(router)
+    # The generic views of every projection served, typed from its tables.
+    app.include_router(view_router(chosen))
     for extra in routers:
         app.include_router(extra)
     app.add_middleware(QueryTiming)

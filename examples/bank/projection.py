@@ -69,4 +69,5 @@ ACCOUNTS = Projection(
         "Withdrawn": withdrawn,
         "AccountClosed": closed,
     },
+    filters=["owner", "status"],
 )

@@ -88,6 +88,10 @@ QUERY_ROUTES = [
     "/accounts?limit=5",
     "/accounts/{sid}/transactions",
     "/projections",
+    "/views/accounts/{sid}",
+    "/views/accounts?limit=5",
+    "/views/accounts/{sid}/account_transactions",
+    "/views/nothing",
 ]
 
 
