@@ -297,9 +297,10 @@ async def test_each_view_is_one_select(command_client, make_settings, db: Databa
     """Found or not, with child rows or without: one SELECT on the GET pool per request."""
     from query_api.bootstrap import create_app
     from tests.helpers import app_client
+    from tests.support.bank import bank
 
     settings = make_settings(db, projector=fast_projector())
-    app = create_app(settings)
+    app = create_app(settings, bank.projections, bank.routers)
     async with command_client(settings) as http, running_projector(settings), app_client(app) as q:
         cmds = Commands(http, "account")
         owner, full, empty = uid("owner"), uid("acct"), uid("acct")

@@ -149,9 +149,11 @@ def test_a_view_router_refuses_what_it_cannot_serve() -> None:
 
 
 def test_the_default_query_api_describes_the_account_views() -> None:
+    from eventfold.settings import Settings
     from query_api.bootstrap import create_app
+    from tests.support.bank import bank
 
-    spec = create_app().openapi()
+    spec = create_app(Settings(), bank.projections, bank.routers).openapi()
     paths = spec["paths"]
     doc = paths["/views/accounts/{id}"]["get"]
     assert doc["responses"]["200"]["content"]["application/json"]["schema"] == {
