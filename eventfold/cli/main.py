@@ -350,6 +350,23 @@ def dlq_retry(
 
 
 @app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="The package to write: lowercase letters, digits, '_'.")],
+    directory: Annotated[Path, typer.Option(help="Where to write it.")] = Path("."),
+) -> None:
+    """Write a package with one aggregate, one projection and their tests, ready to serve."""
+    from eventfold.cli.scaffold import ScaffoldError, write_package
+
+    try:
+        written = write_package(name, directory)
+    except ScaffoldError as exc:
+        raise _fail(str(exc)) from None
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(f"next: `pytest {name}` and `EVENTFOLD_APP={name}:app eventfold dev` in {directory}")
+
+
+@app.command()
 def dev(
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite stores live.")] = Path(".eventfold"),
     command_port: Annotated[int, typer.Option(help="Command API port.")] = 8000,
