@@ -141,7 +141,7 @@ from {name}.views import TASK_VIEW
 app = App(name="{name}", aggregates=[TASKS], projections=[TASK_VIEW])
 ''',
     "tests/__init__.py": "",
-    "tests/test_domain.py": '''"""The task's rules: given events, when a command, then events or a rejection."""
+    "tests/test_domain.py": '''"""The task's rules: given events, when a command, then events or a refusal."""
 
 from eventfold.testing import given
 from {name}.contracts import CompleteTask, OpenTask, TaskCompleted, TaskOpened
