@@ -36,10 +36,11 @@ class Dev:
     cwd: Path
 
 
-def _user_env(packages: Path) -> dict[str, str]:
+def user_env(packages: Path, app: str = "shelf:app") -> dict[str, str]:
+    """A user's environment: none of ours, their packages on PYTHONPATH, their app named."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
     env["PYTHONPATH"] = str(packages)
-    env["EVENTFOLD_APP"] = "shelf:app"
+    env["EVENTFOLD_APP"] = app
     return env
 
 
@@ -49,7 +50,13 @@ async def shelf_dev(tmp_path: Path) -> AsyncIterator[Dev]:
     packages.mkdir()
     work.mkdir()
     shutil.copy(ROOT / "examples" / "shelf.py", packages / "shelf.py")
-    env = _user_env(packages)
+    async with dev_serving(user_env(packages), work, "shelf") as dev:
+        yield dev
+
+
+@asynccontextmanager
+async def dev_serving(env: dict[str, str], work: Path, name: str) -> AsyncIterator[Dev]:
+    """`eventfold dev` on the embedded broker, run in `work` with `env`, until the block ends."""
     ports = {"command": free_port(), "query": free_port(), "kafka": free_port()}
     argv = [EVENTFOLD, "dev", "--command-port", str(ports["command"]), "--query-port", str(ports["query"])]
     argv += ["--kafka-port", str(ports["kafka"]), "--broker", "tansu"]
@@ -69,7 +76,7 @@ async def shelf_dev(tmp_path: Path) -> AsyncIterator[Dev]:
             except httpx.HTTPError:
                 return False
 
-        await wait_until(up, timeout=90, interval=0.2, what="eventfold dev serving shelf:app")
+        await wait_until(up, timeout=90, interval=0.2, what=f"eventfold dev serving {env['EVENTFOLD_APP']}")
         key = (work / ".eventfold" / "dev.key").read_text().strip()
         auth = {"Authorization": f"Bearer {key}"}
         dev_env = dict(
@@ -88,7 +95,7 @@ async def shelf_dev(tmp_path: Path) -> AsyncIterator[Dev]:
             proc.kill()
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
-    assert "app          shelf (shelf:app)" in out, out
+    assert f"app          {name} ({env['EVENTFOLD_APP']})" in out, out
 
 
 async def _send(dev: Dev, book: str, type_: str, **data: Any) -> httpx.Response:
@@ -193,7 +200,7 @@ async def test_shelf_runs_from_outside_the_repository(tmp_path: Path) -> None:
 
 
 async def test_a_wrong_app_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    env = _user_env(tmp_path)
+    env = user_env(tmp_path)
     for spec, says in [
         ("shelf", "must look like package.module:attribute"),
         ("nosuchmodule:app", "cannot import 'nosuchmodule'"),
