@@ -81,7 +81,7 @@ class WriteStore:
         return CommitResult(decision.outcomes, preds)
 
     async def _load_heads(self, conn: AsyncConnection, keys: list[StreamKey]) -> dict[StreamKey, Head]:
-        """Every stream of `keys`, in key order; one without a row is new, at version 0."""
+        """Every stream of `keys`: those with a row, then new ones at version 0, each in key order."""
         heads: dict[StreamKey, Head] = {}
         rows = await self._sql.load_heads(conn, keys) if keys else ()
         for t, i, v, s in rows:
