@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.db import create_engine
+from eventfold.projection import Projection
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
-from eventfold.projection import Projection
 from query_api.views import Reads
 from query_api.waiting import OffsetWatcher
 from query_api.watermarks import WatermarkCache
@@ -55,8 +55,7 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
 
 
 def create_app(settings: Settings | None = None, projections: Sequence[Projection] | None = None) -> FastAPI:
-    from eventfold import problems
-    from eventfold.auth import Authenticator, install_cors
+    from eventfold import auth, problems
     from eventfold.limits import HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware, QueryTiming
     from eventfold.settings import get_settings
@@ -79,10 +78,10 @@ def create_app(settings: Settings | None = None, projections: Sequence[Projectio
         lifespan=lifespan,
     )
     problems.install(app)
-    app.state.authenticator = Authenticator(cfg.auth, service="query API")
+    auth.install(app, cfg.auth, service="query API")
     app.include_router(router)
     app.add_middleware(QueryTiming)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)
-    install_cors(app, cfg.auth)
+    auth.install_cors(app, cfg.auth)
     return app
