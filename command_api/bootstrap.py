@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.aggregate import Aggregates
 from command_api.domain import default_aggregates
 from command_api.publisher import BrokerWatch, Publisher
 from command_api.service import CommandService
 from command_api.store import WriteStore
+from eventfold.aggregate import Aggregates
 from eventfold.db import create_engine
 from eventfold.kafka import new_producer
 from eventfold.settings import Settings
@@ -67,9 +67,9 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
 
 
 def create_app(settings: Settings | None = None, aggregates: Aggregates | None = None) -> FastAPI:
-    from command_api.routes import router
-    from eventfold import problems
-    from eventfold.auth import Authenticator, install_cors
+    from command_api.bodies import command_schemas
+    from command_api.routes import command_router, router
+    from eventfold import auth, openapi, problems
     from eventfold.limits import BodySizeLimit, HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware
     from eventfold.settings import get_settings
@@ -89,12 +89,14 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
         description="Send commands to event-sourced streams; events land in Kafka.",
         lifespan=lifespan,
     )
-    app.state.authenticator = Authenticator(cfg.auth, service="command API")
+    auth.install(app, cfg.auth, service="command API")
     problems.install(app)
+    app.include_router(command_router(aggs))
     app.include_router(router)
+    openapi.extend(app, lambda doc: openapi.add_schemas(doc, command_schemas(aggs)))
     drain = cfg.command_api.max_body_drain_bytes
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes, drain_bytes=drain)
     app.add_middleware(HeaderSizeLimit, drain_bytes=drain)
     app.add_middleware(CorrelationMiddleware)
-    install_cors(app, cfg.auth)
+    auth.install_cors(app, cfg.auth)
     return app
