@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -113,42 +113,40 @@ def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="eventfold"'})
 
 
-class BearerHeader(SecurityBase):
-    """The `Authorization` header as it came, declared in OpenAPI as an HTTP bearer scheme.
+BEARER_SCHEME = "bearer"
+_BEARER_MODEL = HTTPBearerModel(
+    bearerFormat="efk_<id>_<secret>",
+    description="An API key, sent as `Authorization: Bearer efk_<id>_<secret>`. Its scopes: "
+    "`commands:write` sends commands (and reads streams), `read` reads the query API, "
+    "`admin` may do everything, rebuilds included.",
+)
 
-    It only hands the header on: `Authenticator` parses and checks it.
+
+class Require(SecurityBase):
+    """A dependency that admits a principal holding any of `scopes`.
+
+    To FastAPI it is also a security scheme, the HTTP bearer one, so every
+    route that depends on it declares `bearer` in its OpenAPI operation, at no
+    cost per request: it is the same one dependency that authenticates.
     """
 
-    def __init__(self) -> None:
-        self.scheme_name = "bearer"
-        self.model = HTTPBearerModel(
-            bearerFormat="efk_<id>_<secret>",
-            description="An API key, sent as `Authorization: Bearer efk_<id>_<secret>`. Its scopes: "
-            "`commands:write` sends commands (and reads streams), `read` reads the query API, "
-            "`admin` may do everything, rebuilds included.",
-        )
+    def __init__(self, scopes: tuple[str, ...]) -> None:
+        self.scopes = scopes
+        self.scheme_name = BEARER_SCHEME
+        self.model = _BEARER_MODEL
 
-    async def __call__(self, request: Request) -> str | None:
-        return request.headers.get("authorization")
-
-
-BEARER = BearerHeader()
-
-
-def require(*scopes: str) -> Callable[..., Any]:
-    """A dependency that admits a principal holding any of `scopes`."""
-
-    async def dependency(
-        request: Request, authorization: Annotated[str | None, Depends(BEARER)]
-    ) -> Principal:
+    async def __call__(self, request: Request) -> Principal:
         authenticator: Authenticator = request.app.state.authenticator
-        principal = authenticator.authenticate(authorization)
-        if not any(principal.allows(s) for s in scopes):
+        principal = authenticator.authenticate(request.headers.get("authorization"))
+        if not any(principal.allows(s) for s in self.scopes):
             raise Problem(403, "forbidden", "the token does not grant this operation")
         request.state.principal = principal
         return principal
 
-    return dependency
+
+def require(*scopes: str) -> Require:
+    """A dependency that admits a principal holding any of `scopes`."""
+    return Require(scopes)
 
 
 CommandWriter = Annotated[Principal, Depends(require("commands:write"))]
@@ -167,7 +165,7 @@ def document_refusals(doc: openapi.Document) -> None:
     """Add the 401 and 403 problems to every operation that requires a bearer token."""
     for operations in doc.get("paths", {}).values():
         for operation in operations.values():
-            if any(BEARER.scheme_name in requirement for requirement in operation.get("security", ())):
+            if any(BEARER_SCHEME in requirement for requirement in operation.get("security", ())):
                 responses = operation.setdefault("responses", {})
                 for status in (401, 403):
                     responses.setdefault(str(status), PROBLEM_RESPONSES[status])

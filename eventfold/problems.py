@@ -134,7 +134,7 @@ PROBLEM_SCHEMAS: dict[str, dict[str, Any]] = {
             "status": {"type": "integer", "minimum": 400, "maximum": 599},
             "code": {"type": "string", "examples": ["version_conflict"]},
             "detail": {"type": "string", "description": "What went wrong with this request."},
-            "instance": {"type": "string", "format": "uri-reference", "description": "The request path."},
+            "instance": {"type": "string", "description": "The request path, as the server read it."},
             "errors": {
                 "type": "array",
                 "description": "Each invalid part of the request (422).",
