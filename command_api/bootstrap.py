@@ -67,9 +67,9 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
 
 def create_app(settings: Settings, aggregates: Aggregates) -> FastAPI:
     """The command API of these aggregates (an App's `write_side()`)."""
-    from command_api.routes import router
-    from eventfold import problems
-    from eventfold.auth import Authenticator, install_cors
+    from command_api.bodies import command_schemas
+    from command_api.routes import command_router, router
+    from eventfold import auth, openapi, problems
     from eventfold.limits import BodySizeLimit, HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware
 
@@ -88,12 +88,14 @@ def create_app(settings: Settings, aggregates: Aggregates) -> FastAPI:
         description="Send commands to event-sourced streams; events land in Kafka.",
         lifespan=lifespan,
     )
-    app.state.authenticator = Authenticator(cfg.auth, service="command API")
+    auth.install(app, cfg.auth, service="command API")
     problems.install(app)
+    app.include_router(command_router(aggs))
     app.include_router(router)
+    openapi.extend(app, lambda doc: openapi.add_schemas(doc, command_schemas(aggs)))
     drain = cfg.command_api.max_body_drain_bytes
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes, drain_bytes=drain)
     app.add_middleware(HeaderSizeLimit, drain_bytes=drain)
     app.add_middleware(CorrelationMiddleware)
-    install_cors(app, cfg.auth)
+    auth.install_cors(app, cfg.auth)
     return app

@@ -58,8 +58,7 @@ def create_app(
     settings: Settings, projections: Sequence[Projection], routers: Sequence[APIRouter] = ()
 ) -> FastAPI:
     """The query API of these projections, with an app's own routers beside the generic ones."""
-    from eventfold import problems
-    from eventfold.auth import Authenticator, install_cors
+    from eventfold import auth, problems
     from eventfold.limits import HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware, QueryTiming
     from query_api.routes import router
@@ -81,7 +80,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    app.state.authenticator = Authenticator(cfg.auth, service="query API")
+    auth.install(app, cfg.auth, service="query API")
     app.include_router(router)
     # The generic views of every projection served, typed from its tables.
     app.include_router(view_router(chosen))
@@ -90,5 +89,5 @@ def create_app(
     app.add_middleware(QueryTiming)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)
-    install_cors(app, cfg.auth)
+    auth.install_cors(app, cfg.auth)
     return app

@@ -234,7 +234,7 @@ async def test_health_readiness_and_descriptions(command_client, make_settings) 
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
         assert ready.json()["degraded"] is False
-        assert (await http.get("/openapi.json")).json()["paths"]["/commands/{stream_type}/{stream_id}"]
+        assert (await http.get("/openapi.json")).json()["paths"]["/commands/account/{stream_id}"]
         asyncapi = (await http.get("/asyncapi.json")).json()
         assert asyncapi["channels"]["accountEvents"]["address"] == settings.kafka.topic("account")
 
