@@ -155,8 +155,10 @@ async def test_command_api_documents_exactly_the_operations_that_need_a_token(
 async def test_query_api_documents_exactly_the_operations_that_need_a_token(make_settings) -> None:
     from query_api.bootstrap import create_app
     from tests.helpers import app_client
+    from tests.support.bank import bank
 
-    async with app_client(create_app(make_settings(auth=auth_settings()))) as http:
+    settings = make_settings(auth=auth_settings())
+    async with app_client(create_app(settings, bank.projections, bank.routers)) as http:
         await _documented_security_is_enforced(http)
 
 
