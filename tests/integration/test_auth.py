@@ -129,7 +129,13 @@ async def _documented_security_is_enforced(http: Any) -> None:
     that does not exist, so it stops at its 404.
     """
     sid = uid("doc")
-    values = {"stream_id": sid, "stream_type": "account", "account_id": sid, "name": "no_such_projection"}
+    values = {
+        "stream_id": sid,
+        "stream_type": "account",
+        "account_id": sid,
+        "id": sid,
+        "name": "no_such_projection",
+    }
     doc = (await http.get("/openapi.json")).json()
     seen = {True: 0, False: 0}
     for path, item in doc["paths"].items():
