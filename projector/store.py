@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold import jsonutil
-from projector.batch import Failure
 from eventfold.projection import Doc, Projection
+from projector.batch import Failure
 from projector.tables import projection_failures, projection_offsets, projection_status
 
 TopicPartitionKey = tuple[str, int]
@@ -270,6 +270,17 @@ async def mark_failed(engine: AsyncEngine, projection: str, detail: str) -> None
             update(projection_status)
             .where(c.projection == projection, c.state.notin_([REBUILDING, SWITCHING]))
             .values(state=FAILED, detail=detail[:2000], updated_at=time.time())
+        )
+
+
+async def clear_failed(engine: AsyncEngine, projection: str) -> None:
+    """Back to `live` after `mark_failed`, once the runtime can consume again."""
+    c = projection_status.c
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(projection_status)
+            .where(c.projection == projection, c.state == FAILED)
+            .values(state=LIVE, detail=None, updated_at=time.time())
         )
 
 
