@@ -20,8 +20,6 @@ from sqlalchemy import Index, MetaData, Table
 
 from eventfold.projection import Projection
 
-_metadata = MetaData()
-
 
 def physical_name(table: str, generation: int) -> str:
     return f"{table}__g{generation}"
@@ -35,7 +33,9 @@ def offsets_key(projection: str, generation: int) -> str:
 @cache
 def _clone(table: Table, generation: int) -> Table:
     name = physical_name(table.name, generation)
-    clone = table.to_metadata(_metadata, name=name)
+    # A metadata of its own: two declarations of one table (a projection's old
+    # and new version, in one process) must not meet under one clone name.
+    clone = table.to_metadata(MetaData(), name=name)
     for index in list(clone.indexes):
         if index.name is not None and not index.name.endswith(f"__g{generation}"):
             clone.indexes.discard(index)

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import Table, delete, insert, select, text, update
+from sqlalchemy import Table, delete, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold.kafka import commit_group_offsets, new_consumer, partitions_of, start_consumer
@@ -341,10 +341,13 @@ async def swap(
         if state != claimed:
             raise RuntimeError(f"projection {projection.name} became {state} before the swap")
         quote = conn.dialect.identifier_preparer.quote
+        # A table the new version added has no live generation to rename away.
+        existing = await conn.run_sync(_existing, [t.name for t in projection.tables])
         for live, built in zip(projection.tables, clone.tables, strict=True):
-            await conn.execute(
-                text(f"ALTER TABLE {quote(live.name)} RENAME TO {quote(old_name(live.name, current))}")
-            )
+            if live.name in existing:
+                await conn.execute(
+                    text(f"ALTER TABLE {quote(live.name)} RENAME TO {quote(old_name(live.name, current))}")
+                )
             await conn.execute(text(f"ALTER TABLE {quote(built.name)} RENAME TO {quote(live.name)}"))
         # The new generation read at least as far as the frozen live offsets,
         # so its own offsets describe the renamed tables exactly.
@@ -375,6 +378,11 @@ async def swap(
             )
         )
         await conn.execute(delete(projection_status).where(s.projection == clone.name))
+
+
+def _existing(sync: Any, names: list[str]) -> set[str]:
+    found = inspect(sync)
+    return {name for name in names if found.has_table(name)}
 
 
 async def abandon(
@@ -444,16 +452,19 @@ class _Reporter:
 async def rebuild_if_outdated(
     settings: Settings, projection: Projection, engine: AsyncEngine
 ) -> RebuildResult | None:
-    """Rebuild when the declared version differs from the stored one (a deploy changed the handlers).
+    """Rebuild when the declared version differs from the stored one (a deploy changed the projection).
 
     The old generation keeps serving meanwhile; the swap stores the new version.
+    A `failed` projection is rebuilt too (a new version is how a fix ships);
+    one that a replay or another rebuild holds is refused by `prepare`, for
+    the caller to try again.
     """
     c = projection_status.c
     async with engine.connect() as conn:
         row = (
             await conn.execute(select(c.state, c.version).where(c.projection == projection.name))
         ).one_or_none()
-    if row is None or row.state != store.LIVE or row.version == projection.version:
+    if row is None or row.version == projection.version:
         return None
     log.info(
         "rebuild_for_new_version", projection=projection.name, stored=row.version, declared=projection.version

@@ -8,6 +8,12 @@ tools: after each batch and whenever the runtime seeks to the stored offsets
 even when a replay moved them. While a replay rebuilds the projection, the
 runtime pauses its partitions and, when the projection is live again (or the
 replay stopped renewing its claim), seeks back to the stored offsets.
+
+Before consuming, the runtime creates the projection's tables if none exist
+(projector/live_tables.py) and, when the declared version differs from the
+stored one, rebuilds the projection blue/green in the background; tables an
+earlier version built that the new handlers cannot write are left serving
+until that rebuild swaps the new ones in.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from projector import store
 from projector.apply import BatchResult, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode
 from projector.deadletter import DeadLetterSink
+from projector.live_tables import LiveTables, ensure_live_tables
 from projector.metrics import Counters
 
 log = logging.getLogger("eventfold.projector")
 
 _LIVE_STATES = frozenset({store.LIVE, store.FAILED})
 _FAILED_AFTER = 5  # consecutive failing batches before the status says `failed`
+_RECHECK_S = 10.0  # how often tables that do not fit the declaration are looked at again
 
 
 async def seek_to_stored(
@@ -156,24 +164,79 @@ class ProjectorRuntime:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
-        if not await self._prepare(stop):
+        live = await self._prepare(stop)
+        if live is None:
             return
-        rebuild = asyncio.create_task(self._rebuild_if_outdated())
+        rebuild = asyncio.create_task(self._rebuild_while_outdated(stop))
         try:
-            await self._run(stop)
+            if await self._until_tables_fit(stop, live, rebuild):
+                await self._run(stop)
         finally:
             rebuild.cancel()
             with contextlib.suppress(BaseException):
                 await rebuild
 
-    async def _rebuild_if_outdated(self) -> None:
-        """A new declared version: build the next generation while this one serves."""
+    async def _rebuild_while_outdated(self, stop: asyncio.Event) -> None:
+        """A new declared version: build the next generation while this one serves.
+
+        Retried until the stored version is the declared one: a rebuild that
+        failed, or found the projection busy (another replica rebuilding, a
+        replay), is tried again, and one that another replica finished ends it.
+        """
         from projector.rebuild import rebuild_if_outdated
 
-        try:
-            await rebuild_if_outdated(self.settings, self.projection, self.engine)
-        except Exception:
-            log.exception("projection=%s rebuild for a new version failed", self.projection.name)
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await rebuild_if_outdated(self.settings, self.projection, self.engine)
+                return
+            except Exception as exc:
+                log.warning(
+                    "projection=%s rebuild for a new version failed (retrying in %.0f s): %r",
+                    self.projection.name,
+                    delay,
+                    exc,
+                )
+            await _sleep_unless(stop, delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _until_tables_fit(
+        self, stop: asyncio.Event, live: LiveTables, rebuild: asyncio.Task[None]
+    ) -> bool:
+        """Wait until the live tables fit the declaration; False if `stop` came first.
+
+        Tables that do not fit were built by an earlier version: they keep
+        serving what they hold while the rebuild builds the new version's, and
+        this runtime consumes once those are swapped in. Tables that do not
+        fit a version already stored cannot be fixed by a rebuild: the status
+        says so until someone changes the tables or declares a new version.
+        """
+        name = self.projection.name
+        marked = False
+        while not live.fit:
+            why = "; ".join(live.misfits)
+            if not rebuild.done():
+                log.info("projection=%s waits for the rebuild of its new version: %s", name, why)
+                await _wait_unless(stop, rebuild)
+            else:
+                detail = (
+                    f"the live tables do not fit the declaration ({why}); "
+                    "declare a new version to rebuild them"
+                )
+                if not marked:
+                    log.error("projection=%s: %s", name, detail)
+                with contextlib.suppress(Exception):
+                    await store.mark_failed(self.engine, name, detail)
+                    marked = True
+                await _sleep_unless(stop, _RECHECK_S)
+            if stop.is_set():
+                return False
+            with contextlib.suppress(Exception):
+                live = await ensure_live_tables(self.engine, self.projection)
+        if marked:
+            with contextlib.suppress(Exception):
+                await store.clear_failed(self.engine, name)
+        return True
 
     async def _run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
@@ -280,19 +343,22 @@ class ProjectorRuntime:
                 state_after=store.LIVE,
             )
 
-    async def _prepare(self, stop: asyncio.Event) -> bool:
-        """Topics and status row, retried while Kafka or the database is down (no crash loop)."""
+    async def _prepare(self, stop: asyncio.Event) -> LiveTables | None:
+        """Topics, status row and live tables, retried while Kafka or the database is down (no crash loop)."""
         delay = 0.2
         while not stop.is_set():
             try:
                 await create_topics(self.settings.kafka, [self.topic, dlq_topic(self.topic)])
                 await store.ensure_status(self.engine, self.projection)
-                return True
+                live = await ensure_live_tables(self.engine, self.projection)
+                if live.created:
+                    log.info("projection=%s created its tables; reading from offset 0", self.projection.name)
+                return live
             except Exception as exc:
                 log.warning("projection=%s cannot start yet (retrying): %r", self.projection.name, exc)
                 await _sleep_unless(stop, delay)
                 delay = min(delay * 2, 5.0)
-        return False
+        return None
 
     def expect(self, positions: dict[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
@@ -393,6 +459,15 @@ class ProjectorRuntime:
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _wait_unless(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Until `task` ends or `stop` is set, whichever comes first."""
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait([stopped])
 
 
 async def run_projectors(settings: Settings, projections: Sequence[Projection], stop: asyncio.Event) -> None:

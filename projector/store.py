@@ -273,6 +273,17 @@ async def mark_failed(engine: AsyncEngine, projection: str, detail: str) -> None
         )
 
 
+async def clear_failed(engine: AsyncEngine, projection: str) -> None:
+    """Back to `live` after `mark_failed`, once the runtime can consume again."""
+    c = projection_status.c
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(projection_status)
+            .where(c.projection == projection, c.state == FAILED)
+            .values(state=LIVE, detail=None, updated_at=time.time())
+        )
+
+
 async def load_offsets(
     engine: AsyncEngine, projection: str, topics: Iterable[str]
 ) -> dict[TopicPartitionKey, int]:

@@ -117,8 +117,8 @@ def pg_admin_url(docker_parts: Any) -> str:
     return PG_URL
 
 
-async def create_database(admin_url: str) -> str:
-    """A new, migrated PostgreSQL database; returns its SQLAlchemy URL."""
+async def create_database(admin_url: str, *, migrate: bool = True) -> str:
+    """A new PostgreSQL database, migrated unless asked not to; returns its SQLAlchemy URL."""
     url = make_url(admin_url)
     name = f"eventfold_test_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(_dsn(url))
@@ -127,8 +127,29 @@ async def create_database(admin_url: str) -> str:
     finally:
         await conn.close()
     db_url = url.set(database=name).render_as_string(hide_password=False)
-    await upgrade_all(db_url, db_url)
+    if migrate:
+        await prepare_stores(db_url, db_url)
     return db_url
+
+
+async def prepare_stores(write_url: str, read_url: str) -> None:
+    """The stores as `eventfold migrate` and a first projector start leave them.
+
+    The migrations create the framework's tables; the projector creates the
+    default projections' tables from their declarations, so a test may read
+    them (through the query API, say) before it runs a projector.
+    """
+    from eventfold.db import create_engine
+    from projector.live_tables import ensure_live_tables
+    from tests.support.bank import default_projections as projections
+
+    await upgrade_all(write_url, read_url)
+    engine = create_engine(read_url)
+    try:
+        for projection in projections():
+            await ensure_live_tables(engine, projection)
+    finally:
+        await engine.dispose()
 
 
 async def drop_database(admin_url: str, db_url: str) -> None:
@@ -183,7 +204,7 @@ async def migrated_sqlite(directory: Path) -> DatabaseSettings:
         write_db_url=f"sqlite+aiosqlite:///{directory / 'write.db'}",
         read_db_url=f"sqlite+aiosqlite:///{directory / 'read.db'}",
     )
-    await upgrade_all(db.write_db_url, db.read_db_url)
+    await prepare_stores(db.write_db_url, db.read_db_url)
     return db
 
 

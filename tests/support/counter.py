@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Column, Integer, MetaData, String, Table
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table
 
 from eventfold.aggregate import Aggregate, Aggregates, Rejected
 from eventfold.projection import Change, Doc, Projection
@@ -81,6 +81,7 @@ counters = Table(
     Column("value", Integer, nullable=False),
     Column("resets", Integer, nullable=False),
     Column("version", Integer, nullable=False),
+    Index("ix_test_counters_value", "value", "id"),
 )
 counter_steps = Table(
     "test_counter_steps",

@@ -6,7 +6,7 @@ from sqlalchemy import create_engine, inspect
 
 from examples.bank.projection import ACCOUNTS
 from examples.bank.tables import accounts
-from projector.generations import _metadata, offsets_key, tables_of
+from projector.generations import offsets_key, tables_of
 
 
 def test_generations_get_their_own_tables_indexes_and_offsets_key() -> None:
@@ -18,7 +18,8 @@ def test_generations_get_their_own_tables_indexes_and_offsets_key() -> None:
     assert {i.name for i in accounts.indexes} == {"ix_accounts_owner_id", "ix_accounts_status_id"}
     engine = create_engine("sqlite://")
     # SQLite, like PostgreSQL, wants index names unique across tables.
-    _metadata.create_all(engine, tables=[*g2, *g3])
+    for table in [*g2, *g3]:
+        table.create(engine)
     found = inspect(engine)
     assert {i["name"] for i in found.get_indexes("accounts__g3")} == {
         "ix_accounts_owner_id__g3",
@@ -29,3 +30,16 @@ def test_generations_get_their_own_tables_indexes_and_offsets_key() -> None:
         "version",
     ]
     assert offsets_key("accounts", 2) == "accounts@g2"
+
+
+def test_two_declarations_of_one_table_get_generations_of_their_own() -> None:
+    """A projection's old and new version in one process: each clone keeps its own columns."""
+    import dataclasses
+
+    from sqlalchemy import Column, MetaData, String
+
+    wider = ACCOUNTS.doc_table.to_metadata(MetaData())
+    wider.append_column(Column("note", String(20)))
+    newer = dataclasses.replace(ACCOUNTS, doc_table=wider, version=ACCOUNTS.version + 1)
+    assert "note" not in tables_of(ACCOUNTS, 5)[0].c
+    assert "note" in tables_of(newer, 5)[0].c
