@@ -266,11 +266,9 @@ async def read_stream(
 @router.get("/asyncapi.json")
 async def read_asyncapi(side: SideDep) -> Response:
     """The AsyncAPI 3 document of the topics this API appends to."""
-    from eventfold import __version__
-    from schemas.asyncapi import document
+    from eventfold.wiring import asyncapi_spec
 
-    doc = document((a.contract for a in side.aggregates), side.settings.kafka.topic, version=__version__)
-    return _json(200, doc)
+    return _json(200, asyncapi_spec((a.contract for a in side.aggregates), side.settings.kafka))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1,0 +1,102 @@
+"""Published records carry their envelope fields and CloudEvents attributes as headers.
+
+Both ways a record reaches Kafka: sent by the command API right after its
+commit, and relayed later from the outbox (headers stored as JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import orjson
+
+from command_api.domain import default_aggregates
+from command_api.outcomes import PendingCommand
+from command_api.store import WriteStore
+from eventfold.db import create_engine
+from eventfold.settings import DatabaseSettings, KafkaSettings
+from eventfold.wiring import asyncapi_spec
+from schemas.account import ACCOUNT, OpenAccount
+from tests.helpers import Record, read_topic, uid, wait_until
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def assert_event_headers(record: Record, kafka: KafkaSettings) -> None:
+    env = record.envelope()
+    h = record.headers
+    assert h["content-type"] == b"application/json"
+    assert h["ce_specversion"] == b"1.0"
+    assert h["ce_id"] == h["event_id"] == str(env.event_id).encode()
+    assert h["ce_type"] == f"account.{env.type}".encode()
+    assert h["ce_source"] == b"eventfold/account"
+    assert h["ce_subject"] == h["stream_id"] == record.key == env.stream_id.encode()
+    assert h["ce_time"].decode() == orjson.loads(record.value or b"")["occurred_at"]
+    assert datetime.fromisoformat(h["ce_time"].decode()) == env.occurred_at
+    # The envelope's own headers stay.
+    assert (h["stream_type"], h["type"]) == (b"account", env.type.encode())
+    assert (h["version"], h["schema_version"]) == (
+        str(env.version).encode(),
+        str(env.schema_version).encode(),
+    )
+    # Every header is one the AsyncAPI document describes, with the value it pins.
+    doc = asyncapi_spec([ACCOUNT], kafka)
+    described = doc["components"]["schemas"]["EventHeaders"]
+    assert set(h) <= set(described["properties"]) and set(described["required"]) <= set(h)
+    message = doc["components"]["messages"][f"account.{env.type}.v{env.schema_version}"]
+    for name, spec in message["headers"]["allOf"][1]["properties"].items():
+        assert h[name] == spec["const"].encode(), name
+
+
+async def test_records_sent_after_commit_carry_cloudevents_headers(
+    command_client, make_settings, db: DatabaseSettings
+) -> None:
+    settings = make_settings(db)
+    sid = uid("acct")
+    async with command_client(settings) as http:
+        for type_, data, headers in [
+            ("OpenAccount", {"owner": "Ann"}, {"x-correlation-id": "order-9", "traceparent": TRACE}),
+            ("Deposit", {"amount": 5, "reference": "r"}, {}),
+        ]:
+            r = await http.post(
+                f"/commands/account/{sid}", json={"type": type_, "data": data}, headers=headers
+            )
+            assert (r.status_code, r.json()["published"]) == (200, True), r.text
+    records = [
+        r for r in await read_topic(settings.kafka, settings.kafka.topic("account")) if r.key == sid.encode()
+    ]
+    assert [r.envelope().type for r in records] == ["AccountOpened", "Deposited"]
+    for record in records:
+        assert_event_headers(record, settings.kafka)
+    opened, deposited = records
+    assert (opened.headers["correlation_id"], opened.headers["traceparent"]) == (b"order-9", TRACE.encode())
+    assert "traceparent" not in deposited.headers
+    assert deposited.headers["ce_type"] == b"account.Deposited"
+
+
+async def test_records_relayed_from_the_outbox_carry_the_same_headers(
+    command_client, make_settings, own_db: DatabaseSettings
+) -> None:
+    # Committed by a process that died before sending: only the relay publishes it.
+    settings = make_settings(own_db)
+    sid = uid("acct")
+    engine = create_engine(settings.db.write_db_url)
+    try:
+        store = WriteStore(engine, default_aggregates(), settings.kafka)
+        done = asyncio.get_running_loop().create_future()
+        await store.commit(
+            [PendingCommand("account", sid, OpenAccount(owner="o"), None, None, uid("cmd"), "c-1", "k", done)]
+        )
+    finally:
+        await engine.dispose()
+    topic = settings.kafka.topic("account")
+    async with command_client(settings):
+
+        async def relayed() -> list[Record]:
+            return [r for r in await read_topic(settings.kafka, topic) if r.key == sid.encode()]
+
+        (record,) = await wait_until(relayed, timeout=30, what="the relay to publish the outbox row")
+    assert record.envelope().type == "AccountOpened"
+    assert_event_headers(record, settings.kafka)
+    assert record.headers["correlation_id"] == b"c-1"
