@@ -100,3 +100,46 @@ async def test_records_relayed_from_the_outbox_carry_the_same_headers(
     assert record.envelope().type == "AccountOpened"
     assert_event_headers(record, settings.kafka)
     assert record.headers["correlation_id"] == b"c-1"
+
+
+async def test_a_backlog_is_published_whole_whatever_its_headers_weigh(
+    command_client, make_settings, own_db: DatabaseSettings
+) -> None:
+    # One partition, so the relay hands one lane more records than fit in one
+    # producer batch: those that do not fit must wait for the next batch.
+    settings = make_settings(own_db, kafka={"partitions": 1})
+    ids = [uid("acct") for _ in range(2500)]
+    engine = create_engine(settings.db.write_db_url)
+    try:
+        store = WriteStore(engine, default_aggregates(), settings.kafka)
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(ids), 500):
+            await store.commit(
+                [
+                    PendingCommand(
+                        "account",
+                        sid,
+                        OpenAccount(owner="o"),
+                        None,
+                        None,
+                        sid,
+                        "c",
+                        sid,
+                        loop.create_future(),
+                    )
+                    for sid in ids[start : start + 500]
+                ]
+            )
+        assert (await store.outbox_stats())[0] == len(ids)
+        async with command_client(settings):
+
+            async def drained() -> bool:
+                return (await store.outbox_stats())[0] == 0
+
+            await wait_until(drained, timeout=60, what="the relay to empty the outbox")
+    finally:
+        await engine.dispose()
+    records = await read_topic(settings.kafka, settings.kafka.topic("account"))
+    assert len({r.key for r in records}) == len(ids)
+    assert {r.key for r in records} == {sid.encode() for sid in ids}
+    assert_event_headers(records[-1], settings.kafka)
