@@ -24,6 +24,7 @@ run: install ## the whole system on this machine: broker, SQLite stores, APIs, p
 test: install postgres ## every tier, against the local PostgreSQL and an embedded broker
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/eventfold schemas check
 	$(BIN)/pytest -q tests/unit tests/integration tests/e2e
 
@@ -42,6 +43,7 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install postgres ## full benchmark (several minutes); figures in bench/results/
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -21,7 +21,7 @@ from bench.env import BenchEnv, Child, peak_rss_mb, process_tree
 from bench.raw import send_partitioned
 from eventfold.kafka import create_topics, new_producer, partition_for
 from eventfold.settings import KafkaSettings
-from schemas.account import ACCOUNT
+from examples.bank.contracts import ACCOUNT
 from schemas.mapper import encode_envelope
 
 EVENTS_PER_STREAM = 10

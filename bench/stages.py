@@ -156,12 +156,13 @@ async def _serve(port: int, out: Path, patches: set[str]) -> None:
     from command_api.bootstrap import create_app
     from eventfold.runner import http_server, install_stop_signals, run_servers
     from eventfold.settings import get_settings
+    from examples.bank import app as bank
 
     _install()
     settings = get_settings()
     stop = asyncio.Event()
     install_stop_signals(stop)
-    app = create_app(settings)
+    app = create_app(settings, bank.write_side())
 
     @app.post("/_bench/stages/reset", include_in_schema=False)
     async def reset_stages() -> dict[str, str]:

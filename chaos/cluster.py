@@ -36,7 +36,7 @@ from eventfold.settings import (
     ProjectorSettings,
     Settings,
 )
-from eventfold.wiring import all_topics
+from examples.bank import app as bank
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("EVENTFOLD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -246,7 +246,7 @@ class Cluster:
     @property
     def event_topics(self) -> list[str]:
         assert self.settings is not None
-        return all_topics(self.settings)
+        return bank.topics(self.settings.kafka)
 
     @property
     def command_urls(self) -> list[str]:
@@ -258,7 +258,7 @@ class Cluster:
         self.db_url = await create_database(PG_ADMIN_URL)
         prefix = f"chaos{uuid.uuid4().hex[:8]}"
         self.settings = settings = chaos_settings(self.broker, self.db_url, prefix)
-        await create_topics(settings.kafka, all_topics(settings))
+        await create_topics(settings.kafka, bank.topics(settings.kafka))
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "EVENTFOLD_LOG_LEVEL": "WARNING"}
         for i in range(self.n_command_apis):
             self.services.append(

@@ -22,7 +22,8 @@ from chaos.oracle import Docs, Ledger, Verdict, check
 from chaos.topic import TopicSnapshot, read_topic
 from command_api.tables import outbox, streams
 from eventfold.db import create_engine
-from projector.tables import account_transactions, accounts, projection_offsets
+from examples.bank.tables import account_transactions, accounts
+from projector.tables import projection_offsets
 
 # A process restarted under load warms up for at least its first STARTUP_S
 # (imports, pools, the broker's metadata; slow on a busy machine); one with less

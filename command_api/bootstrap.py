@@ -10,15 +10,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.aggregate import Aggregates
-from command_api.domain import default_aggregates
 from command_api.publisher import BrokerWatch, Publisher
 from command_api.service import CommandService
 from command_api.store import WriteStore
+from eventfold.aggregate import Aggregates
 from eventfold.db import create_engine
 from eventfold.kafka import new_producer
 from eventfold.settings import Settings
@@ -34,6 +34,8 @@ class CommandSide:
     publisher: Publisher
     service: CommandService
     broker: BrokerWatch
+    # The app's event schema history, for the older versions /asyncapi.json describes.
+    schema_dir: Path | None = None
 
 
 # How often the broker's state is probed for `eventfold_broker_up` between readiness checks.
@@ -45,7 +47,9 @@ async def _noop_ack(_: object) -> None:
 
 
 @asynccontextmanager
-async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncIterator[CommandSide]:
+async def command_side(
+    settings: Settings, aggregates: Aggregates, schema_dir: Path | None = None
+) -> AsyncIterator[CommandSide]:
     """Open the write store and the producer, run the service, close them all."""
     engine = create_engine(settings.db.write_db_url, pool_size=settings.db.db_pool_size, pre_ping=False)
     store = WriteStore(engine, aggregates, settings.kafka)
@@ -59,27 +63,27 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
     await service.start()
     watch = asyncio.create_task(broker.run(_BROKER_WATCH_S), name="broker-watch")
     try:
-        yield CommandSide(settings, aggregates, engine, store, publisher, service, broker)
+        yield CommandSide(settings, aggregates, engine, store, publisher, service, broker, schema_dir)
     finally:
         await cancel_and_wait([watch])
         await service.stop()
         await engine.dispose()
 
 
-def create_app(settings: Settings | None = None, aggregates: Aggregates | None = None) -> FastAPI:
-    from command_api.routes import router
-    from eventfold import problems
-    from eventfold.auth import Authenticator, install_cors
+def create_app(settings: Settings, aggregates: Aggregates, schema_dir: Path | None = None) -> FastAPI:
+    """The command API of these aggregates (an App's `write_side()`; its `schema_dir`)."""
+    from command_api.bodies import command_schemas
+    from command_api.routes import command_router, router
+    from eventfold import auth, openapi, problems
     from eventfold.limits import BodySizeLimit, HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware
-    from eventfold.settings import get_settings
 
-    cfg = settings or get_settings()
-    aggs = aggregates or default_aggregates()
+    cfg = settings
+    aggs = aggregates
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with command_side(cfg, aggs) as side:
+        async with command_side(cfg, aggs, schema_dir) as side:
             app.state.side = side
             yield
 
@@ -89,12 +93,14 @@ def create_app(settings: Settings | None = None, aggregates: Aggregates | None =
         description="Send commands to event-sourced streams; events land in Kafka.",
         lifespan=lifespan,
     )
-    app.state.authenticator = Authenticator(cfg.auth, service="command API")
+    auth.install(app, cfg.auth, service="command API")
     problems.install(app)
+    app.include_router(command_router(aggs))
     app.include_router(router)
+    openapi.extend(app, lambda doc: openapi.add_schemas(doc, command_schemas(aggs)))
     drain = cfg.command_api.max_body_drain_bytes
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes, drain_bytes=drain)
     app.add_middleware(HeaderSizeLimit, drain_bytes=drain)
     app.add_middleware(CorrelationMiddleware)
-    install_cors(app, cfg.auth)
+    auth.install_cors(app, cfg.auth)
     return app

@@ -6,11 +6,23 @@ every group commit has a different size, compiling and preparing cost more
 CPU than the statements themselves (as the command API's profile showed). With arrays and
 `unnest` the text never changes, so it is compiled once and prepared once
 per connection, whatever the batch holds.
+
+`PostgresDialect` sends them; it also locks the loaded heads (`FOR UPDATE`,
+in key order) so that several command API processes queue on a hot stream
+instead of failing their compare-and-set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from command_api.decision import HeadWrite, IdempotencyWrite, StoredAnswer, StreamKey
+from command_api.dialect import NaturalKey, headers_json, outbox_record
+from command_api.outcomes import OutboxRecord
 
 _KEYS = "unnest(CAST(:t AS varchar[]), CAST(:i AS varchar[])) AS k(t, i)"
 
@@ -22,8 +34,7 @@ HEADS = text(
 )
 
 IDEMPOTENCY = text(
-    "SELECT key, request_hash, status, response FROM idempotency_keys "
-    "WHERE key = ANY(CAST(:k AS varchar[]))"
+    "SELECT key, request_hash, status, response FROM idempotency_keys WHERE key = ANY(CAST(:k AS varchar[]))"
 )
 
 OUTBOX = text(
@@ -70,3 +81,77 @@ SET_RESPONSES = text(
     "FROM unnest(CAST(:k AS varchar[]), CAST(:st AS integer[]), CAST(:r AS bytea[])) AS r(k, st, body) "
     "WHERE ik.key = r.k"
 )
+
+
+class PostgresDialect:
+    """The write store's statements on PostgreSQL, one fixed statement per table and step."""
+
+    def commit_concurrency(self, wanted: int) -> int:
+        return wanted
+
+    async def load_heads(self, conn: AsyncConnection, keys: list[StreamKey]) -> Sequence[Any]:
+        types, ids = zip(*keys, strict=True)
+        return (await conn.execute(HEADS, {"t": list(types), "i": list(ids)})).all()
+
+    async def load_idempotency(self, conn: AsyncConnection, keys: list[str]) -> dict[str, StoredAnswer]:
+        return {k: (h, st, resp) for k, h, st, resp in await conn.execute(IDEMPOTENCY, {"k": keys})}
+
+    async def load_outbox(self, conn: AsyncConnection, keys: list[StreamKey]) -> list[OutboxRecord]:
+        types, ids = zip(*keys, strict=True)
+        found = await conn.execute(OUTBOX, {"t": list(types), "i": list(ids)})
+        return [outbox_record(r) for r in found.mappings()]
+
+    async def insert_heads(self, conn: AsyncConnection, rows: list[HeadWrite], now: float) -> None:
+        await conn.execute(INSERT_HEADS, _heads(rows, now))
+
+    async def move_heads(self, conn: AsyncConnection, rows: list[HeadWrite], now: float) -> int:
+        params = _heads(rows, now)
+        params["e"] = [r.expected for r in rows]
+        return len((await conn.execute(MOVE_HEADS, params)).all())
+
+    async def insert_outbox(self, conn: AsyncConnection, records: list[OutboxRecord], now: float) -> None:
+        await conn.execute(
+            INSERT_OUTBOX,
+            {
+                "t": [r.stream_type for r in records],
+                "i": [r.stream_id for r in records],
+                "v": [r.version for r in records],
+                "topic": [r.topic for r in records],
+                "value": [r.value for r in records],
+                "headers": [headers_json(r) for r in records],
+                "c": [now] * len(records),
+            },
+        )
+
+    async def insert_idempotency(
+        self, conn: AsyncConnection, rows: list[IdempotencyWrite], now: float
+    ) -> None:
+        await conn.execute(
+            INSERT_IDEMPOTENCY,
+            {
+                "k": [r.key for r in rows],
+                "h": [r.request_hash for r in rows],
+                "st": [r.status for r in rows],
+                "r": [r.response for r in rows],
+                "c": [now] * len(rows),
+            },
+        )
+
+    async def delete_outbox(self, conn: AsyncConnection, keys: list[NaturalKey]) -> None:
+        types, ids, versions = zip(*keys, strict=True)
+        await conn.execute(DELETE_OUTBOX, {"t": list(types), "i": list(ids), "v": list(versions)})
+
+    async def set_responses(self, conn: AsyncConnection, responses: list[tuple[str, int, bytes]]) -> None:
+        keys, statuses, bodies = zip(*responses, strict=True)
+        await conn.execute(SET_RESPONSES, {"k": list(keys), "st": list(statuses), "r": list(bodies)})
+
+
+def _heads(rows: list[HeadWrite], now: float) -> dict[str, list[Any]]:
+    """New heads as one array per column."""
+    return {
+        "t": [r.stream_type for r in rows],
+        "i": [r.stream_id for r in rows],
+        "v": [r.version for r in rows],
+        "s": [r.state for r in rows],
+        "u": [now] * len(rows),
+    }

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from command_api.bodies import request_body
 from command_api.bootstrap import CommandSide
 from command_api.deps import SideDep
 from command_api.outcomes import (
@@ -24,6 +26,7 @@ from command_api.outcomes import (
     VersionConflict,
 )
 from eventfold import jsonutil
+from eventfold.aggregate import Aggregates
 from eventfold.auth import CommandWriter, Reader
 from eventfold.observability import COMMAND_SECONDS, metrics_response
 from eventfold.problems import PROBLEM_RESPONSES, Problem, problem_response
@@ -134,14 +137,58 @@ def _errors_text(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())[:1000]
 
 
-@router.post(
-    "/commands/{stream_type}/{stream_id}",
-    response_model=CommandResult,
-    responses={
-        202: {"model": CommandResult, "description": "Durable, not yet acknowledged by Kafka"},
-        **{k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 401, 403, 404, 409, 413, 422, 503)},
-    },
-)
+# What a command route may answer besides 200 and 202; 404 only for a stream type no route serves.
+_COMMAND_PROBLEMS = (400, 401, 403, 409, 413, 422, 503)
+
+
+def command_router(aggregates: Aggregates) -> APIRouter:
+    """`POST /commands/<stream_type>/{stream_id}` for each stream type, with its body documented.
+
+    One route per stream type, so each has its own request body schema
+    (command_api/bodies.py); a last, undocumented route answers every other
+    stream type with 404. All of them run the same `_timed_send`.
+    """
+    commands = APIRouter()
+    for aggregate in aggregates:
+        stream_type = aggregate.stream_type
+        commands.add_api_route(
+            f"/commands/{stream_type}/{{stream_id}}",
+            _sender(stream_type),
+            methods=["POST"],
+            response_model=CommandResult,
+            responses={
+                202: {"model": CommandResult, "description": "Durable, not yet acknowledged by Kafka"},
+                **{k: v for k, v in PROBLEM_RESPONSES.items() if k in _COMMAND_PROBLEMS},
+            },
+            summary=f"Send a command to {stream_type}/{{stream_id}}",
+            description=f"Send a command to one `{stream_type}` stream; answers with the events it appended.",
+            operation_id=f"send_{stream_type}_command",
+            openapi_extra={"requestBody": request_body(stream_type)},
+        )
+    commands.add_api_route(
+        "/commands/{stream_type}/{stream_id}",
+        send_command,
+        methods=["POST"],
+        response_model=CommandResult,
+        include_in_schema=False,
+    )
+    return commands
+
+
+def _sender(stream_type: str) -> Callable[..., Awaitable[Response]]:
+    async def send(
+        request: Request,
+        side: SideDep,
+        _: CommandWriter,
+        stream_id: Annotated[str, Path(pattern=STREAM_ID)],
+        if_match: Annotated[str | None, Header(max_length=64)] = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    ) -> Response:
+        return await _timed_send(request, side, stream_type, stream_id, if_match, idempotency_key)
+
+    return send
+
+
 async def send_command(
     request: Request,
     side: SideDep,
@@ -150,6 +197,18 @@ async def send_command(
     stream_id: Annotated[str, Path(pattern=STREAM_ID)],
     if_match: Annotated[str | None, Header(max_length=64)] = None,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> Response:
+    """Send a command to a stream type no route of its own serves: it is unknown, so 404."""
+    return await _timed_send(request, side, stream_type, stream_id, if_match, idempotency_key)
+
+
+async def _timed_send(
+    request: Request,
+    side: CommandSide,
+    stream_type: str,
+    stream_id: str,
+    if_match: str | None,
+    idempotency_key: str | None,
 ) -> Response:
     """Send a command to one stream; answers with the events it appended."""
     started, outcome_label = time.perf_counter(), "invalid"
@@ -266,9 +325,13 @@ async def read_stream(
 @router.get("/asyncapi.json")
 async def read_asyncapi(side: SideDep) -> Response:
     """The AsyncAPI 3 document of the topics this API appends to."""
-    from eventfold.wiring import asyncapi_spec
+    from eventfold import __version__
+    from eventfold.kafka import asyncapi_cluster
+    from schemas.asyncapi import document
 
-    return _json(200, asyncapi_spec((a.contract for a in side.aggregates), side.settings.kafka))
+    contracts = (a.contract for a in side.aggregates)
+    cluster = asyncapi_cluster(side.settings.kafka)
+    return _json(200, document(contracts, cluster, version=__version__, schema_root=side.schema_dir))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eventfold.aggregate import Aggregate, Aggregates
@@ -23,13 +24,17 @@ class App:
     """A domain served by eventfold: aggregates (the write side) and projections (the read side).
 
     `routers` are extra FastAPI routers the query API mounts beside the generic
-    `/views` routes, for read endpoints shaped by hand.
+    `/views` routes, for read endpoints shaped by hand. `schema_dir` holds the
+    JSON Schema of every released event version (`eventfold schemas export`
+    writes it, `eventfold schemas check` guards it); without one, the check
+    has no history to compare against.
     """
 
     name: str
     aggregates: Sequence[Aggregate[Any]] = ()
     projections: Sequence[Projection] = ()
     routers: Sequence[Any] = field(default_factory=tuple)
+    schema_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _unique("stream type", [a.stream_type for a in self.aggregates], self.name)
@@ -50,6 +55,13 @@ class App:
 
     def event_topics(self, kafka: KafkaSettings) -> list[str]:
         return [kafka.topic(c.stream_type) for c in self.contracts]
+
+    def topics(self, kafka: KafkaSettings) -> list[str]:
+        """Every topic the app needs: one per stream type, and its dead-letter topic."""
+        from eventfold.kafka import dlq_topic  # aiokafka only when topics are needed
+
+        events = self.event_topics(kafka)
+        return events + [dlq_topic(t) for t in events]
 
     def projection(self, name: str) -> Projection:
         for p in self.projections:

@@ -2,14 +2,13 @@
 
     async with EventfoldClient("http://127.0.0.1:8000", "http://127.0.0.1:8001", token=key) as ef:
         done = await ef.send("account", "alice", "Deposit", {"amount": 5}, idempotency_key="pay-1")
-        account = await ef.account("alice", wait_for=done.position)
+        account = await ef.view("accounts", "alice", wait_for=done.position)
 
 Every error answer becomes a `ProblemError` carrying the problem+json fields.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -49,32 +48,10 @@ class StreamState(BaseModel):
     state: dict[str, Any]
 
 
-class Account(BaseModel):
-    id: str
-    owner: str
-    balance: int
-    status: str
-    version: int
-    opened_at: datetime
-    updated_at: datetime
+class Page(BaseModel):
+    """A page of a view: documents (or child rows) and the cursor of the next page."""
 
-
-class Transaction(BaseModel):
-    account_id: str
-    version: int
-    type: str
-    amount: int
-    balance_after: int
-    occurred_at: datetime
-
-
-class AccountPage(BaseModel):
-    items: list[Account]
-    next_cursor: str | None
-
-
-class TransactionPage(BaseModel):
-    items: list[Transaction]
+    items: list[dict[str, Any]]
     next_cursor: str | None
 
 
@@ -140,47 +117,49 @@ class EventfoldClient:
             _ok(await self._commands.get(f"/streams/{stream_type}/{stream_id}"))
         )
 
-    async def account(
-        self, account_id: str, *, wait_for: str | None = None, wait_timeout: float | None = None
-    ) -> Account:
+    async def view(
+        self, projection: str, doc_id: str, *, wait_for: str | None = None, wait_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """One document of a projection (`GET /views/{projection}/{id}`)."""
         params = _wait(wait_for, wait_timeout)
-        return Account.model_validate(_ok(await self._queries.get(f"/accounts/{account_id}", params=params)))
+        body: dict[str, Any] = _ok(await self._queries.get(f"/views/{projection}/{doc_id}", params=params))
+        return body
 
-    async def accounts(
+    async def views(
         self,
+        projection: str,
         *,
-        owner: str | None = None,
-        status: str | None = None,
+        filters: dict[str, Any] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
         wait_for: str | None = None,
-    ) -> AccountPage:
-        params = {
-            k: v
-            for k, v in {"owner": owner, "status": status, "limit": limit, "cursor": cursor}.items()
-            if v is not None
-        }
-        params.update(_wait(wait_for, None))
-        return AccountPage.model_validate(_ok(await self._queries.get("/accounts", params=params)))
+    ) -> Page:
+        """A page of a projection's documents in id order, matching the declared filters given."""
+        params = {**(filters or {}), **_page(limit, cursor), **_wait(wait_for, None)}
+        return Page.model_validate(_ok(await self._queries.get(f"/views/{projection}", params=params)))
 
-    async def transactions(
+    async def children(
         self,
-        account_id: str,
+        projection: str,
+        doc_id: str,
+        table: str,
         *,
         limit: int | None = None,
         cursor: str | None = None,
         wait_for: str | None = None,
-    ) -> TransactionPage:
-        params: dict[str, Any] = {
-            k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v is not None
-        }
-        params.update(_wait(wait_for, None))
-        r = await self._queries.get(f"/accounts/{account_id}/transactions", params=params)
-        return TransactionPage.model_validate(_ok(r))
+    ) -> Page:
+        """A page of a document's rows in a child table, in version order."""
+        params = {**_page(limit, cursor), **_wait(wait_for, None)}
+        r = await self._queries.get(f"/views/{projection}/{doc_id}/{table}", params=params)
+        return Page.model_validate(_ok(r))
 
     async def projections(self) -> list[dict[str, Any]]:
         body = _ok(await self._queries.get("/projections"))
         return list(body["projections"] if isinstance(body, dict) else body)
+
+
+def _page(limit: int | None, cursor: str | None) -> dict[str, Any]:
+    return {k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v is not None}
 
 
 def _wait(wait_for: str | None, wait_timeout: float | None) -> dict[str, Any]:

@@ -9,9 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from eventfold import jsonutil
+from eventfold import jsonutil, openapi
 
 PROBLEM_JSON = "application/problem+json"
+_PROBLEM_TYPE_PREFIX = "https://eventfold.dev/problems/"
 
 _TITLES = {
     400: "Bad Request",
@@ -61,7 +62,7 @@ def problem_response(
     **extra: Any,
 ) -> Response:
     body: dict[str, Any] = {
-        "type": f"https://eventfold.dev/problems/{code}",
+        "type": f"{_PROBLEM_TYPE_PREFIX}{code}",
         "title": _TITLES.get(status, "Error"),
         "status": status,
         "code": code,
@@ -74,7 +75,8 @@ def problem_response(
 
 
 def install(app: FastAPI) -> None:
-    """Route every error through problem+json, including FastAPI's own."""
+    """Route every error through problem+json, including FastAPI's own; document the Problem schema."""
+    openapi.extend(app, lambda doc: openapi.add_schemas(doc, PROBLEM_SCHEMAS))
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
@@ -113,6 +115,58 @@ def install(app: FastAPI) -> None:
             instance=request.url.path,
         )
 
+
+# The members every problem has, and the extension members some carry; others may follow.
+PROBLEM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Problem": {
+        "title": "Problem",
+        "description": "RFC 9457 problem details. `code` is stable and machine-readable; "
+        "`type` is the same code as a URI.",
+        "type": "object",
+        "required": ["type", "title", "status", "code", "detail"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "format": "uri",
+                "examples": [f"{_PROBLEM_TYPE_PREFIX}version_conflict"],
+            },
+            "title": {"type": "string", "description": "The HTTP status, in words."},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "code": {"type": "string", "examples": ["version_conflict"]},
+            "detail": {"type": "string", "description": "What went wrong with this request."},
+            "instance": {"type": "string", "description": "The request path, as the server read it."},
+            "errors": {
+                "type": "array",
+                "description": "Each invalid part of the request (422).",
+                "items": {"$ref": "#/components/schemas/ProblemError"},
+            },
+            "known": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The command types the stream type has (`unknown_command_type`).",
+            },
+            "current_version": {
+                "type": "integer",
+                "description": "The stream's version (`version_conflict`); also its ETag.",
+            },
+            "checks": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "The state of each dependency (`not_ready`).",
+            },
+        },
+        "additionalProperties": True,
+    },
+    "ProblemError": {
+        "title": "ProblemError",
+        "type": "object",
+        "required": ["loc", "msg"],
+        "properties": {
+            "loc": {"type": "array", "items": {"type": "string"}, "description": "Where, from the top."},
+            "msg": {"type": "string"},
+        },
+    },
+}
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {

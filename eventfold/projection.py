@@ -61,7 +61,9 @@ class Projection:
                 raise ValueError(f"table {self.doc_table.name!r} needs a {col!r} column")
         unknown = [f for f in self.filters if f not in self.doc_table.c]
         if unknown:
-            raise ValueError(f"projection {self.name!r} filters on {unknown}, not columns of {self.doc_table.name!r}")
+            raise ValueError(
+                f"projection {self.name!r} filters on {unknown}, not columns of {self.doc_table.name!r}"
+            )
 
     @property
     def stream_type(self) -> str:

@@ -12,8 +12,6 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI
 
-from eventfold.settings import Settings
-
 T = TypeVar("T")
 
 
@@ -52,8 +50,13 @@ def run_fast(main: Coroutine[Any, Any, T]) -> T:
 
 def http_server(app: FastAPI, host: str, port: int) -> _Server:
     config = uvicorn.Config(
-        app, host=host, port=port, lifespan="on", log_level="warning",
-        access_log=False, timeout_graceful_shutdown=10,
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
     )
     return _Server(config)
 
@@ -79,54 +82,3 @@ async def run_servers(servers: list[_Server], stop: asyncio.Event) -> None:
     for s in servers:
         if not s.started and not stop.is_set():
             raise RuntimeError("a server failed to start (is its port free?)")
-
-
-SERVICES = ("command-api", "query-api", "projector", "publisher")
-
-
-async def serve_one(
-    settings: Settings,
-    service: str,
-    *,
-    host: str | None,
-    port: int | None,
-    projection: str | None = None,
-) -> None:
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    if service == "command-api":
-        from command_api.bootstrap import create_app
-
-        server = http_server(
-            create_app(settings), host or settings.command_api.host, port or settings.command_api.command_port
-        )
-        await run_servers([server], stop)
-        return
-    if service == "query-api":
-        from query_api.bootstrap import create_app as query_app
-
-        server = http_server(
-            query_app(settings), host or settings.query_api.host, port or settings.query_api.query_port
-        )
-        await run_servers([server], stop)
-        return
-    if service == "projector":
-        from eventfold.wiring import projections
-        from eventfold.projection import by_name
-        from projector.runtime import run_projectors
-
-        chosen = projections()
-        if projection is not None:
-            chosen = [by_name(chosen, projection)]
-        await run_projectors(settings, chosen, stop)
-        return
-    if service == "publisher":
-        # The outbox relay alone, without HTTP: publishes what command API
-        # processes committed but could not publish (crash, outage).
-        from command_api.bootstrap import command_side
-        from eventfold.wiring import aggregates
-
-        async with command_side(settings, aggregates()):
-            await stop.wait()
-        return
-    raise ValueError(f"unknown service {service!r}: {', '.join(SERVICES)}")

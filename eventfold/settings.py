@@ -147,6 +147,8 @@ class Settings(BaseSettings):
 
     model_config = _ENV
 
+    # The App to serve, as package.module:attribute (the bank example by default).
+    app: str = "examples.bank:app"
     data_dir: Path = Path(".eventfold")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -157,7 +159,7 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as `EVENTFOLD_*` variables, for a child process."""
-        env = {"EVENTFOLD_DATA_DIR": str(self.data_dir)}
+        env = {"EVENTFOLD_APP": self.app, "EVENTFOLD_DATA_DIR": str(self.data_dir)}
         for part in (self.kafka, self.db, self.command_api, self.query_api, self.projector, self.auth):
             for name, value in part.model_dump().items():
                 if value is None:

@@ -26,9 +26,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold.observability import DEAD_LETTERS
+from eventfold.projection import Doc, Projection
 from projector import store
 from projector.batch import Decoded, Failure, Folded, failed, fold, stream_ids
-from eventfold.projection import Doc, Projection
 
 log = structlog.get_logger("eventfold.projector")
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from eventfold.kafka import dlq_topic
-from projector.batch import Failure
 from eventfold.projection import Projection
+from projector.batch import Failure
 
 
 def dead_letter_headers(projection: str, f: Failure) -> list[tuple[str, bytes]]:

@@ -27,12 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold.kafka import commit_group_offsets, new_consumer, partitions_of, start_consumer
 from eventfold.observability import REBUILD_PROGRESS
+from eventfold.projection import Change, Doc, Handler, Projection
 from eventfold.settings import Settings
 from projector import store
 from projector.apply import DocCache, apply_rebuilding
 from projector.batch import decode
 from projector.generations import offsets_key, tables_of
-from eventfold.projection import Change, Doc, Handler, Projection
 from projector.reading import capture_ends, take_below
 from projector.tables import projection_failures, projection_offsets, projection_status
 from schemas.base import Event

@@ -30,10 +30,10 @@ import orjson
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from eventfold.projection import Projection
 from projector import store
 from projector.apply import BatchResult, Items, fold_and_write, isolating, log_failures
 from projector.batch import Folded, decode
-from eventfold.projection import Projection
 from projector.tables import projection_failures
 
 _F = projection_failures.c

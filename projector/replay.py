@@ -31,16 +31,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.aggregate import Aggregate
 from command_api.tables import streams
 from eventfold import jsonutil
+from eventfold.aggregate import Aggregate
 from eventfold.broker import die_with_parent
 from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of, start_consumer
+from eventfold.projection import Projection
 from eventfold.settings import KafkaSettings, Settings
 from projector import rebuild, store
 from projector.apply import DeadLetter, DocCache, apply_rebuilding
 from projector.batch import Decoded, Failure, decode
-from eventfold.projection import Projection
 from projector.reading import capture_ends, take_below
 from schemas.mapper import PoisonRecord, decode_event
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
 from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BATCH, PROJECTOR_BATCH_SECONDS
+from eventfold.projection import Projection
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
 from projector import store
@@ -32,7 +33,6 @@ from projector.apply import BatchResult, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode
 from projector.deadletter import DeadLetterSink
 from projector.metrics import Counters
-from eventfold.projection import Projection
 
 log = logging.getLogger("eventfold.projector")
 

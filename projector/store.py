@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold import jsonutil
-from projector.batch import Failure
 from eventfold.projection import Doc, Projection
+from projector.batch import Failure
 from projector.tables import projection_failures, projection_offsets, projection_status
 
 TopicPartitionKey = tuple[str, int]

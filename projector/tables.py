@@ -1,13 +1,14 @@
-"""Read-side tables: runtime bookkeeping and the account read models."""
+"""The projector's own tables in the read store: offsets, status and dead letters.
+
+Read-model tables are not here: each projection declares its own.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
     Column,
-    DateTime,
     Float,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -63,31 +64,4 @@ projection_failures = Table(
     Column("headers", LargeBinary),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("projection", "topic", "partition", "offset", name="uq_failure_record"),
-)
-
-accounts = Table(
-    "accounts",
-    metadata,
-    Column("id", String(128), primary_key=True),
-    Column("owner", String(200), nullable=False),
-    Column("balance", BigInteger, nullable=False),
-    Column("status", String(20), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("opened_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index("ix_accounts_owner_id", "owner", "id"),
-    Index("ix_accounts_status_id", "status", "id"),
-)
-
-account_transactions = Table(
-    "account_transactions",
-    metadata,
-    Column("account_id", String(128), primary_key=True),
-    Column("version", Integer, primary_key=True),
-    Column("type", String(40), nullable=False),
-    Column("amount", BigInteger, nullable=False),
-    Column("balance_after", BigInteger, nullable=False),
-    Column("occurred_at", DateTime(timezone=True), nullable=False),
-    # Added by read_0002: Deposited/Withdrawn carry a reference since schema v2.
-    Column("reference", String(200), nullable=False, server_default=""),
 )

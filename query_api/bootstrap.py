@@ -12,13 +12,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.db import create_engine
+from eventfold.projection import Projection
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
-from eventfold.projection import Projection
 from query_api.views import Reads
 from query_api.waiting import OffsetWatcher
 from query_api.watermarks import WatermarkCache
@@ -54,17 +54,18 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
         await engine.dispose()
 
 
-def create_app(settings: Settings | None = None, projections: Sequence[Projection] | None = None) -> FastAPI:
-    from eventfold import problems
-    from eventfold.auth import Authenticator, install_cors
+def create_app(
+    settings: Settings, projections: Sequence[Projection], routers: Sequence[APIRouter] = ()
+) -> FastAPI:
+    """The query API of these projections, with an app's own routers beside the generic ones."""
+    from eventfold import auth, problems
     from eventfold.limits import HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware, QueryTiming
-    from eventfold.settings import get_settings
-    from eventfold.wiring import projections as default_projections
     from query_api.routes import router
+    from query_api.view_routes import view_router
 
-    cfg = settings or get_settings()
-    chosen = list(projections) if projections is not None else default_projections()
+    cfg = settings
+    chosen = list(projections)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,10 +80,14 @@ def create_app(settings: Settings | None = None, projections: Sequence[Projectio
         lifespan=lifespan,
     )
     problems.install(app)
-    app.state.authenticator = Authenticator(cfg.auth, service="query API")
+    auth.install(app, cfg.auth, service="query API")
     app.include_router(router)
+    # The generic views of every projection served, typed from its tables.
+    app.include_router(view_router(chosen))
+    for extra in routers:
+        app.include_router(extra)
     app.add_middleware(QueryTiming)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)
-    install_cors(app, cfg.auth)
+    auth.install_cors(app, cfg.auth)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
@@ -63,4 +63,6 @@ def _waiter(projection: str):  # type: ignore[no-untyped-def]
     return wait_for_position
 
 
-AccountsCaughtUp = Depends(_waiter("accounts"))
+def caught_up(projection: str) -> Any:
+    """A route dependency: with `wait_for`, answer only once `projection` has applied it."""
+    return Depends(_waiter(projection))

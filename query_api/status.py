@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.settings import KafkaSettings
 from eventfold.projection import Projection
+from eventfold.settings import KafkaSettings
 from query_api import views
 from query_api.watermarks import WatermarkCache
 

@@ -13,13 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.db import create_engine
 from eventfold.settings import DatabaseSettings
-from projector.tables import (
-    account_transactions,
-    accounts,
-    projection_failures,
-    projection_offsets,
-    projection_status,
-)
+from projector.tables import projection_failures, projection_offsets, projection_status
 
 
 class Reads:
@@ -63,61 +57,6 @@ def iso(value: datetime | None) -> str | None:
         return None
     aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return aware.isoformat()
-
-
-def _account(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "owner": row.owner,
-        "balance": int(row.balance),
-        "status": row.status,
-        "version": int(row.version),
-        "opened_at": iso(row.opened_at),
-        "updated_at": iso(row.updated_at),
-    }
-
-
-async def get_account(reads: Reads, account_id: str) -> dict[str, Any] | None:
-    rows = await reads.rows(select(accounts).where(accounts.c.id == account_id))
-    return _account(rows[0]) if rows else None
-
-
-async def list_accounts(
-    reads: Reads, *, owner: str | None, status: str | None, after: str | None, limit: int
-) -> tuple[list[dict[str, Any]], bool]:
-    """A page in id order, and whether more rows follow."""
-    stmt = select(accounts).order_by(accounts.c.id).limit(limit + 1)
-    if owner is not None:
-        stmt = stmt.where(accounts.c.owner == owner)
-    if status is not None:
-        stmt = stmt.where(accounts.c.status == status)
-    if after is not None:
-        stmt = stmt.where(accounts.c.id > after)
-    rows = await reads.rows(stmt)
-    return [_account(r) for r in rows[:limit]], len(rows) > limit
-
-
-async def list_transactions(
-    reads: Reads, account_id: str, *, after: int | None, limit: int
-) -> tuple[list[dict[str, Any]], bool]:
-    t = account_transactions
-    stmt = select(t).where(t.c.account_id == account_id).order_by(t.c.version).limit(limit + 1)
-    if after is not None:
-        stmt = stmt.where(t.c.version > after)
-    rows = await reads.rows(stmt)
-    items = [
-        {
-            "account_id": r.account_id,
-            "version": int(r.version),
-            "type": r.type,
-            "amount": int(r.amount),
-            "balance_after": int(r.balance_after),
-            "occurred_at": iso(r.occurred_at),
-            "reference": r.reference,
-        }
-        for r in rows[:limit]
-    ]
-    return items, len(rows) > limit
 
 
 async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, dict[str, Any]]:

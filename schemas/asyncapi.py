@@ -5,7 +5,7 @@ tells them the cluster, the topic of each stream type and its dead-letter
 topic, the key, the headers, and the payload of every schema version of every
 event ever released, with the upcasts that bring an older version to the
 current one. The current version's schema comes from its model; older ones
-from their recorded JSON Schemas (`schemas/json`, see `schemas.evolution`).
+from their recorded JSON Schemas (the app's schema_dir, see `schemas.evolution`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import orjson
 
 from schemas.asyncapi_headers import dead_letter_headers_schema, event_headers_schema, typed_headers_schema
 from schemas.envelope import EventEnvelope
-from schemas.evolution import JSON_DIR, current_schema, schema_path
+from schemas.evolution import current_schema, schema_path
 from schemas.registry import StreamContract
 
 BINDING = "0.5.0"  # the AsyncAPI Kafka bindings version used throughout
@@ -50,8 +50,9 @@ class Cluster:
 
 
 def document(
-    contracts: Iterable[StreamContract], cluster: Cluster, *, version: str, schema_root: Path = JSON_DIR
+    contracts: Iterable[StreamContract], cluster: Cluster, *, version: str, schema_root: Path | None
 ) -> dict[str, Any]:
+    """The document; older event versions' schemas are read from `schema_root` (an app's schema_dir)."""
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {"DeadLetter": _dead_letter_message()}
@@ -280,14 +281,14 @@ def _doc(fn: Callable[..., Any] | None) -> str:
 
 
 def _data_schema(
-    c: StreamContract, name: str, v: int, model: Any, root: Path, *, prefix: str
+    c: StreamContract, name: str, v: int, model: Any, root: Path | None, *, prefix: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The JSON Schema of an event's data at version v, with its `$defs` lifted into components."""
     if v == model.schema_version:
         schema = current_schema(model)
     else:
-        path = schema_path(root, c.stream_type, name, v)
-        if not path.exists():
+        path = None if root is None else schema_path(root, c.stream_type, name, v)
+        if path is None or not path.exists():
             return {"type": "object", "description": f"{name} v{v}: no schema recorded."}, {}
         schema = orjson.loads(path.read_bytes())
     return _lift_defs(schema, prefix)

@@ -1,9 +1,10 @@
 """Event schema history: JSON Schemas of every event version, and the check.
 
-`schemas/json/<stream_type>/<Event>.v<N>.json` records the shape of each event
-version ever released. Records in Kafka are never rewritten, so a released
-version's shape may only change compatibly (a new optional field); any other
-change needs a new `schema_version` and an upcaster from the previous one.
+An app's schema folder (`App.schema_dir`, e.g. `examples/bank/schemas/`) holds
+`<stream_type>/<Event>.v<N>.json`: the shape of each event version ever
+released. Records in Kafka are never rewritten, so a released version's shape
+may only change compatibly (a new optional field); any other change needs a new
+`schema_version` and an upcaster from the previous one.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 import orjson
 
 from schemas.registry import StreamContract
-
-JSON_DIR = Path(__file__).parent / "json"
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ def current_schema(model: Any) -> dict[str, Any]:
     return schema
 
 
-def export(contracts: Iterable[StreamContract], root: Path = JSON_DIR) -> list[Path]:
+def export(contracts: Iterable[StreamContract], root: Path) -> list[Path]:
     """Write the current version of every event; earlier versions stay as they are."""
     written = []
     for c in contracts:
@@ -53,7 +52,7 @@ def export(contracts: Iterable[StreamContract], root: Path = JSON_DIR) -> list[P
     return written
 
 
-def check(contracts: Iterable[StreamContract], root: Path = JSON_DIR) -> list[Finding]:
+def check(contracts: Iterable[StreamContract], root: Path) -> list[Finding]:
     findings: list[Finding] = []
     for c in contracts:
         for name, model in sorted(c.events.items()):
@@ -72,9 +71,7 @@ def _check_event(c: StreamContract, name: str, model: Any, root: Path) -> list[F
         earlier = schema_path(root, c.stream_type, name, model.schema_version - 1)
         if model.schema_version > 1 and not earlier.exists():
             findings.append(Finding(label, f"no recorded schema for v{model.schema_version - 1}", True))
-        findings.append(
-            Finding(label, "new version not exported yet: run `eventfold schemas export`", True)
-        )
+        findings.append(Finding(label, "new version not exported yet: run `eventfold schemas export`", True))
         return findings
     recorded = orjson.loads(path.read_bytes())
     for problem in incompatibilities(recorded, current_schema(model)):

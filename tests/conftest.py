@@ -243,8 +243,8 @@ def command_client(
     from contextlib import asynccontextmanager
 
     from command_api.bootstrap import create_app
-    from command_api.domain import default_aggregates
     from tests.helpers import app_client
+    from tests.support.bank import default_aggregates
 
     @asynccontextmanager
     async def open_client(

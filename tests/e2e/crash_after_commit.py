@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from command_api.bootstrap import create_app
 from eventfold.runner import http_server, install_stop_signals, run_servers
 from eventfold.settings import Settings
+from examples.bank import app as bank
 
 
 async def _die(*_: object, **__: object) -> None:
@@ -26,7 +27,7 @@ async def main(port: int) -> None:
     AIOKafkaProducer.send_batch = _die  # type: ignore[method-assign]
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await run_servers([http_server(create_app(Settings()), "127.0.0.1", port)], stop)
+    await run_servers([http_server(create_app(Settings(), bank.write_side()), "127.0.0.1", port)], stop)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ import orjson
 import pytest
 
 from eventfold.auth import new_key
-from eventfold.client import EventfoldClient, ProblemError
+from eventfold.client import ProblemError
 from eventfold.kafka import create_topics
 from eventfold.settings import AuthSettings, DatabaseSettings
-from eventfold.wiring import all_topics
+from examples.bank.client import BankClient as EventfoldClient
 from tests.e2e.processes import ServiceProcess, started
 from tests.helpers import uid
+from tests.support.bank import all_topics
 
 
 async def test_client_commands_and_queries_with_read_your_writes(

@@ -14,9 +14,9 @@ import orjson
 from eventfold.broker import free_port
 from eventfold.kafka import create_topics
 from eventfold.settings import DatabaseSettings, ProjectorSettings
-from eventfold.wiring import all_topics
 from tests.e2e.processes import ServiceProcess, started
 from tests.helpers import uid, wait_until
+from tests.support.bank import all_topics
 
 
 async def test_projector_port_and_correlation_from_http_to_projector_logs(

@@ -24,7 +24,7 @@ from sqlalchemy import inspect, select
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic, new_producer, partition_for
 from eventfold.settings import DatabaseSettings
-from projector.accounts import ACCOUNTS
+from examples.bank.projection import ACCOUNTS
 from projector.rebuild import RebuildProgress, rebuild_projection, stored_generation
 from projector.tables import projection_status
 from schemas.envelope import EventEnvelope

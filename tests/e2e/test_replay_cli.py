@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from command_api.domain.account import ACCOUNT_AGGREGATE
 from command_api.tables import streams
 from eventfold import jsonutil
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
+from examples.bank.account import ACCOUNT_AGGREGATE
 from tests.conftest import create_database, drop_database
 from tests.helpers import read_topic, wait_until
 from tests.support import processes

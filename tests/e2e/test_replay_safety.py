@@ -22,7 +22,7 @@ from eventfold.broker import free_port
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic, fetch_highwaters
 from eventfold.settings import DatabaseSettings, Settings
-from projector.accounts import ACCOUNTS
+from examples.bank.projection import ACCOUNTS
 from projector.tables import projection_offsets, projection_status
 from tests.helpers import read_topic, wait_until
 from tests.support import processes

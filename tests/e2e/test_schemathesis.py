@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from eventfold.kafka import create_topics
-from eventfold.wiring import all_topics
+from tests.support.bank import all_topics, bank
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 BOUNDED = settings(
@@ -50,14 +50,16 @@ def _settings(make_settings: Any) -> Any:
 def command_schema(make_settings: Any) -> Any:
     from command_api.bootstrap import create_app
 
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app(_settings(make_settings)))
+    app = create_app(_settings(make_settings), bank.write_side())
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @pytest.fixture
 def query_schema(make_settings: Any) -> Any:
     from query_api.bootstrap import create_app
 
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app(_settings(make_settings)))
+    app = create_app(_settings(make_settings), bank.projections, bank.routers)
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 # Failures found and reported, not yet fixed: operation -> a fragment of the failure.

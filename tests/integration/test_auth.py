@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from eventfold.auth import new_key
 from eventfold.settings import AuthSettings
 from tests.helpers import uid
+from tests.support.counter import with_counter
 
 TOKENS: dict[str, str] = {}
 
@@ -88,6 +90,10 @@ QUERY_ROUTES = [
     "/accounts?limit=5",
     "/accounts/{sid}/transactions",
     "/projections",
+    "/views/accounts/{sid}",
+    "/views/accounts?limit=5",
+    "/views/accounts/{sid}/account_transactions",
+    "/views/nothing",
 ]
 
 
@@ -99,7 +105,9 @@ async def test_query_api_routes(make_settings, path: str) -> None:
     settings = make_settings(auth=auth_settings())
     url = path.format(sid=uid("auth"))
     forged = TOKENS["reader"][:-4] + "AAAA"
-    async with app_client(create_app(settings)) as http:
+    from tests.support.bank import bank
+
+    async with app_client(create_app(settings, bank.projections, bank.routers)) as http:
         for label, headers in [*BAD.items(), ("forged", {"Authorization": f"Bearer {forged}"})]:
             r = await http.get(url, headers=headers)
             assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), label
@@ -111,6 +119,53 @@ async def test_query_api_routes(make_settings, path: str) -> None:
             r = await http.get(url, headers=bearer(who))
             assert r.status_code not in (401, 403), (who, r.text)
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def _documented_security_is_enforced(http: Any) -> None:
+    """Call every documented operation without a token, then with an admin's.
+
+    Only the operations that declare the bearer scheme may refuse the first
+    with 401; none refuses the second. The rebuild is asked of a projection
+    that does not exist, so it stops at its 404.
+    """
+    sid = uid("doc")
+    values = {
+        "stream_id": sid,
+        "stream_type": "account",
+        "account_id": sid,
+        "id": sid,
+        "name": "no_such_projection",
+    }
+    doc = (await http.get("/openapi.json")).json()
+    seen = {True: 0, False: 0}
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            url = path.format(**values)
+            body = {"type": "OpenAccount", "data": {"owner": "x"}} if method == "post" else None
+            r = await http.request(method, url, json=body)
+            secured = "security" in op
+            seen[secured] += 1
+            assert (r.status_code == 401) == secured, (method, path, r.status_code, r.text)
+            r = await http.request(method, url, json=body, headers=bearer("admin"))
+            assert r.status_code != 401, (method, path, r.text)
+    assert seen[True] and seen[False]
+
+
+async def test_command_api_documents_exactly_the_operations_that_need_a_token(
+    command_client, make_settings
+) -> None:
+    async with command_client(make_settings(auth=auth_settings()), with_counter()) as http:
+        await _documented_security_is_enforced(http)
+
+
+async def test_query_api_documents_exactly_the_operations_that_need_a_token(make_settings) -> None:
+    from query_api.bootstrap import create_app
+    from tests.helpers import app_client
+    from tests.support.bank import bank
+
+    settings = make_settings(auth=auth_settings())
+    async with app_client(create_app(settings, bank.projections, bank.routers)) as http:
+        await _documented_security_is_enforced(http)
 
 
 async def test_cors_is_off_unless_configured(command_client, make_settings) -> None:

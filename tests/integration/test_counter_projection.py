@@ -5,54 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, select
+from sqlalchemy import select
 
 from eventfold.db import create_engine
 from eventfold.settings import DatabaseSettings
-from eventfold.projection import Change, Doc, Projection
-from schemas.base import Event
-from schemas.envelope import EventEnvelope
 from tests.helpers import uid, wait_until
-from tests.support.counter import COUNTER, Incremented, with_counter
+from tests.support.counter import COUNTERS, counter_steps, counters, metadata, with_counter
 from tests.support.projection import fast_projector, running_projector
-
-metadata = MetaData()
-counters = Table(
-    "test_counters",
-    metadata,
-    Column("id", String(128), primary_key=True),
-    Column("value", Integer, nullable=False),
-    Column("resets", Integer, nullable=False),
-    Column("version", Integer, nullable=False),
-)
-counter_steps = Table(
-    "test_counter_steps",
-    metadata,
-    Column("counter_id", String(128), primary_key=True),
-    Column("version", Integer, primary_key=True),
-    Column("value_after", Integer, nullable=False),
-)
-
-
-def incremented(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
-    assert isinstance(event, Incremented)
-    value = (doc["value"] if doc else 0) + event.by
-    step = {"counter_id": env.stream_id, "version": env.version, "value_after": value}
-    return Change({"value": value, "resets": doc["resets"] if doc else 0}, [(counter_steps, step)])
-
-
-def was_reset(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
-    step = {"counter_id": env.stream_id, "version": env.version, "value_after": 0}
-    return Change({"value": 0, "resets": (doc["resets"] if doc else 0) + 1}, [(counter_steps, step)])
-
-
-COUNTERS = Projection(
-    name="test_counters",
-    contract=COUNTER,
-    doc_table=counters,
-    child_tables=(counter_steps,),
-    handlers={"Incremented": incremented, "WasReset": was_reset},
-)
 
 
 async def test_counter_projection_needs_no_runtime_change(

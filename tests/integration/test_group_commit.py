@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from command_api.bootstrap import create_app
-from command_api.domain import default_aggregates
 from eventfold.kafka import create_topics
 from eventfold.settings import DatabaseSettings
 from tests.helpers import app_client, uid, wait_until
+from tests.support.bank import default_aggregates
 
 IDLE = {
     "queued": 0,

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
-from projector.accounts import ACCOUNTS
+from examples.bank.projection import ACCOUNTS
 from projector.redrive import retry
 from projector.tables import projection_failures
 from tests.helpers import read_topic, uid, wait_until

@@ -20,11 +20,11 @@ from sqlalchemy import CheckConstraint, Column, Integer, MetaData, String, Table
 from sqlalchemy.exc import DBAPIError
 
 from eventfold.db import create_engine
+from eventfold.projection import Change, Doc, Projection
 from eventfold.settings import DatabaseSettings
 from projector import store
 from projector.apply import apply_batch, next_offsets
 from projector.batch import Failure, decode
-from eventfold.projection import Change, Doc, Projection
 from projector.tables import projection_failures, projection_offsets
 from schemas.base import Event
 from schemas.envelope import EnvelopeMeta, EventEnvelope

@@ -149,6 +149,7 @@ async def test_order_holds_when_the_partition_leader_dies(
     first = {e.version: e.event_id for e in reversed(mine)}
     assert all(first[e.version] == e.event_id for e in mine)
 
+
 async def _ge(codes: list[int], count: int) -> bool:
     return len(codes) >= count
 
@@ -162,4 +163,3 @@ async def _leader(kafka: KafkaSettings, topic: str, partition: int) -> int:
         return int(led["leader"])
     finally:
         await admin.close()
-

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
-from projector.accounts import ACCOUNTS
+from examples.bank.projection import ACCOUNTS
 from projector.replay import replay_projection
 from projector.tables import projection_failures, projection_status
 from tests.helpers import read_topic, wait_until

@@ -11,14 +11,15 @@ from datetime import datetime
 
 import orjson
 
-from command_api.domain import default_aggregates
 from command_api.outcomes import PendingCommand
 from command_api.store import WriteStore
 from eventfold.db import create_engine
+from eventfold.kafka import asyncapi_cluster
 from eventfold.settings import DatabaseSettings, KafkaSettings
-from eventfold.wiring import asyncapi_spec
-from schemas.account import ACCOUNT, OpenAccount
+from examples.bank.contracts import ACCOUNT, OpenAccount
+from schemas.asyncapi import document
 from tests.helpers import Record, read_topic, uid, wait_until
+from tests.support.bank import bank, default_aggregates
 
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -41,7 +42,7 @@ def assert_event_headers(record: Record, kafka: KafkaSettings) -> None:
         str(env.schema_version).encode(),
     )
     # Every header is one the AsyncAPI document describes, with the value it pins.
-    doc = asyncapi_spec([ACCOUNT], kafka)
+    doc = document([ACCOUNT], asyncapi_cluster(kafka), version="x", schema_root=bank.schema_dir)
     described = doc["components"]["schemas"]["EventHeaders"]
     assert set(h) <= set(described["properties"]) and set(described["required"]) <= set(h)
     message = doc["components"]["messages"][f"account.{env.type}.v{env.schema_version}"]

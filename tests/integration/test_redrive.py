@@ -8,15 +8,16 @@ from typing import Any
 
 from rich.console import Console
 
+from eventfold.cli.dlq import run_list, run_retry
 from eventfold.db import create_engine
-from eventfold.dlq_cli import run_list, run_retry
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
-from projector.accounts import ACCOUNTS
+from examples.bank.contracts import ACCOUNT
+from examples.bank.projection import ACCOUNTS
 from projector.redrive import list_failures, retry
 from projector.replay import replay_projection
-from schemas.account import ACCOUNT
 from tests.helpers import read_topic, wait_until
+from tests.support.bank import bank
 from tests.support.projection import (
     account_events,
     caught_up,
@@ -88,7 +89,7 @@ async def test_retry_applies_failures_once_the_upcaster_exists(
 
     # ... and `dlq retry --all` catches the streams up through the recorded gaps.
     out = io.StringIO()
-    await run_retry(settings, None, None, console=Console(file=out, width=200))
+    await run_retry(settings, bank, None, None, console=Console(file=out, width=200))
     assert "applied 3" in out.getvalue() and "still failing 0" in out.getvalue()
     assert await read_tables(own_db.read_db_url) == fold_accounts(records)
 
@@ -97,7 +98,7 @@ async def test_retry_applies_failures_once_the_upcaster_exists(
     records = await _project(settings, topic, ACCOUNTS)
     assert await read_tables(own_db.read_db_url) == fold_accounts(records)
     listing = io.StringIO()
-    assert await run_list(settings, "accounts", console=Console(file=listing, width=200)) == 0
+    assert await run_list(settings, bank, "accounts", console=Console(file=listing, width=200)) == 0
 
 
 async def test_a_record_that_still_fails_keeps_its_new_reason(

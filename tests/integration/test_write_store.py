@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from command_api.domain import default_aggregates
+from command_api.decision import Head
 from command_api.outcomes import Accepted, PendingCommand, VersionConflict
-from command_api.store import CommitConflict, WriteStore, _Head
+from command_api.store import CommitConflict, WriteStore
 from eventfold.db import create_engine
 from eventfold.settings import DatabaseSettings, KafkaSettings
-from schemas.account import Deposit, OpenAccount
+from examples.bank.contracts import Deposit, OpenAccount
 from tests.helpers import uid
+from tests.support.bank import default_aggregates
 
 
 def pending(sid: str, command: Any, expected: int | None = None, key: str | None = None) -> PendingCommand:
@@ -34,13 +36,9 @@ def pending(sid: str, command: Any, expected: int | None = None, key: str | None
 class StaleStore(WriteStore):
     """Reads heads one version behind, as if another writer committed meanwhile."""
 
-    async def _load_heads(self, conn: Any, keys: Any) -> dict[Any, _Head]:
+    async def _load_heads(self, conn: Any, keys: Any) -> dict[Any, Head]:
         heads = await super()._load_heads(conn, keys)
-        for h in heads.values():
-            if h.exists:
-                h.version -= 1
-                h.start_version -= 1
-        return heads
+        return {k: replace(h, version=h.version - 1) if h.exists else h for k, h in heads.items()}
 
 
 @pytest.fixture
@@ -96,9 +94,9 @@ async def test_two_creators_of_one_stream_cannot_both_win(engine) -> None:
     class Blind(WriteStore):
         """Believes the stream does not exist yet."""
 
-        async def _load_heads(self, conn: Any, keys: Any) -> dict[Any, _Head]:
+        async def _load_heads(self, conn: Any, keys: Any) -> dict[Any, Head]:
             agg = self.aggregates.get("account")
-            return {k: _Head(0, agg.initial, False, 0) for k in keys}
+            return {k: Head(0, agg.initial, False) for k in keys}
 
     await store.commit([pending(sid, OpenAccount(owner="first"))])
     with pytest.raises(CommitConflict):

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Column, Integer, MetaData, String, Table
 
 from eventfold.aggregate import Aggregate, Aggregates, Rejected
-from command_api.domain.account import ACCOUNT_AGGREGATE
+from eventfold.projection import Change, Doc, Projection
+from examples.bank.account import ACCOUNT_AGGREGATE
 from schemas.base import Command, Event
+from schemas.envelope import EventEnvelope
 from schemas.registry import declare_stream
 
 
@@ -67,3 +70,44 @@ COUNTER_AGGREGATE: Aggregate[Counter] = Aggregate(COUNTER, Counter(), decide, ev
 
 def with_counter() -> Aggregates:
     return Aggregates([ACCOUNT_AGGREGATE, COUNTER_AGGREGATE])
+
+
+# Its projection: one row per counter, and a step row per event.
+metadata = MetaData()
+counters = Table(
+    "test_counters",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("value", Integer, nullable=False),
+    Column("resets", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+counter_steps = Table(
+    "test_counter_steps",
+    metadata,
+    Column("counter_id", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("value_after", Integer, nullable=False),
+)
+
+
+def incremented(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    assert isinstance(event, Incremented)
+    value = (doc["value"] if doc else 0) + event.by
+    step = {"counter_id": env.stream_id, "version": env.version, "value_after": value}
+    return Change({"value": value, "resets": doc["resets"] if doc else 0}, [(counter_steps, step)])
+
+
+def was_reset(doc: Doc | None, env: EventEnvelope, event: Event) -> Change:
+    step = {"counter_id": env.stream_id, "version": env.version, "value_after": 0}
+    return Change({"value": 0, "resets": (doc["resets"] if doc else 0) + 1}, [(counter_steps, step)])
+
+
+COUNTERS = Projection(
+    name="test_counters",
+    contract=COUNTER,
+    doc_table=counters,
+    child_tables=(counter_steps,),
+    handlers={"Incremented": incremented, "WasReset": was_reset},
+    filters=["resets"],
+)

@@ -13,10 +13,11 @@ import httpx
 from sqlalchemy import select
 
 from eventfold.db import create_engine
-from eventfold.settings import Settings
 from eventfold.projection import Projection
+from eventfold.settings import Settings
+from examples.bank.tables import account_transactions, accounts
 from projector.runtime import run_projectors
-from projector.tables import account_transactions, accounts, projection_offsets
+from projector.tables import projection_offsets
 from tests.helpers import Record, app_client
 
 
@@ -25,7 +26,7 @@ async def running_projector(
     settings: Settings, projections: Sequence[Projection] | None = None
 ) -> AsyncIterator[asyncio.Task[None]]:
     """The projector runtime in this event loop; stopped (gracefully) on exit."""
-    from eventfold.wiring import projections as default
+    from tests.support.bank import default_projections as default
 
     stop = asyncio.Event()
     task = asyncio.create_task(run_projectors(settings, list(projections or default()), stop))
@@ -42,8 +43,11 @@ async def query_client(
     settings: Settings, projections: Sequence[Projection] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     from query_api.bootstrap import create_app
+    from tests.support.bank import bank
 
-    async with app_client(create_app(settings, projections)) as client:
+    chosen = list(projections) if projections is not None else list(bank.projections)
+    routers = bank.routers if projections is None or any(p.name == "accounts" for p in chosen) else ()
+    async with app_client(create_app(settings, chosen, routers)) as client:
         yield client
 
 

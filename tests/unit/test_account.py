@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from eventfold.aggregate import Rejected
-from command_api.domain.account import ACCOUNT_AGGREGATE, Account, Status, decide, evolve
-from schemas.account import (
+from eventfold.testing import given
+from examples.bank.account import ACCOUNT_AGGREGATE, Account, Status, decide
+from examples.bank.contracts import (
     AccountClosed,
     AccountOpened,
     CloseAccount,
@@ -16,23 +16,25 @@ from schemas.account import (
     Withdraw,
     Withdrawn,
 )
+from schemas.base import Command, Event
 
-
-def run(*commands: object) -> Account:
-    state = Account()
-    for c in commands:
-        for e in decide(state, c):  # type: ignore[arg-type]
-            state = evolve(state, e)
-    return state
+OPENED = AccountOpened(owner="a")
+FIVE = Deposited(amount=5, reference="")
 
 
 def test_open_deposit_withdraw_close() -> None:
-    state = run(OpenAccount(owner="ann"), Deposit(amount=70), Withdraw(amount=70), CloseAccount())
-    assert state == Account(status=Status.CLOSED, owner="ann", balance=0)
+    outcome = (
+        given(ACCOUNT_AGGREGATE)
+        .when(OpenAccount(owner="ann"))
+        .when(Deposit(amount=70))
+        .when(Withdraw(amount=70))
+        .when(CloseAccount())
+    )
+    assert outcome.state == Account(status=Status.CLOSED, owner="ann", balance=0)
 
 
 def test_decide_returns_events_without_changing_state() -> None:
-    state = run(OpenAccount(owner="ann"))
+    state = given(ACCOUNT_AGGREGATE, AccountOpened(owner="ann")).state
     assert decide(state, Deposit(amount=5)) == [Deposited(amount=5, reference="")]
     assert state.balance == 0
 
@@ -40,25 +42,21 @@ def test_decide_returns_events_without_changing_state() -> None:
 @pytest.mark.parametrize(
     ("history", "command", "code"),
     [
-        ([OpenAccount(owner="a")], OpenAccount(owner="b"), "account_exists"),
+        ([OPENED], OpenAccount(owner="b"), "account_exists"),
         ([], Deposit(amount=1), "account_not_open"),
         ([], CloseAccount(), "account_not_open"),
-        ([OpenAccount(owner="a"), Deposit(amount=5)], Withdraw(amount=6), "insufficient_funds"),
-        ([OpenAccount(owner="a"), Deposit(amount=5)], CloseAccount(), "balance_not_zero"),
-        ([OpenAccount(owner="a"), CloseAccount()], Deposit(amount=1), "account_closed"),
-        ([OpenAccount(owner="a"), CloseAccount()], OpenAccount(owner="a"), "account_exists"),
+        ([OPENED, FIVE], Withdraw(amount=6), "insufficient_funds"),
+        ([OPENED, FIVE], CloseAccount(), "balance_not_zero"),
+        ([OPENED, AccountClosed()], Deposit(amount=1), "account_closed"),
+        ([OPENED, AccountClosed()], OpenAccount(owner="a"), "account_exists"),
     ],
 )
-def test_rules(history: list[object], command: object, code: str) -> None:
-    state = run(*history)
-    with pytest.raises(Rejected) as err:
-        decide(state, command)  # type: ignore[arg-type]
-    assert err.value.code == code
+def test_rules(history: list[Event], command: Command, code: str) -> None:
+    given(ACCOUNT_AGGREGATE, *history).when(command).rejects(code)
 
 
 def test_withdraw_whole_balance_is_allowed() -> None:
-    state = run(OpenAccount(owner="a"), Deposit(amount=5))
-    assert decide(state, Withdraw(amount=5)) == [Withdrawn(amount=5, reference="")]
+    given(ACCOUNT_AGGREGATE, OPENED, FIVE).when(Withdraw(amount=5)).then(Withdrawn(amount=5, reference=""))
 
 
 def test_fold_replays_history() -> None:

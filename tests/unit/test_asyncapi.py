@@ -10,19 +10,19 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel
 
-from command_api.domain import default_aggregates
-from eventfold.kafka import dlq_topic
+from eventfold.cli.main import asyncapi_document
+from eventfold.kafka import asyncapi_cluster, dlq_topic
 from eventfold.settings import KafkaSettings, Settings
-from eventfold.wiring import asyncapi_document, asyncapi_spec
+from examples.bank.contracts import ACCOUNT
 from projector.batch import Failure
 from projector.deadletter import dead_letter_headers
-from schemas.account import ACCOUNT
 from schemas.asyncapi import Cluster, document
 from schemas.asyncapi_headers import DEAD_LETTER_REASONS
 from schemas.base import Event
-from schemas.evolution import JSON_DIR, current_schema
+from schemas.evolution import current_schema
 from schemas.mapper import encode_envelope
-from schemas.registry import declare_stream
+from schemas.registry import StreamContract, declare_stream
+from tests.support.bank import bank, default_aggregates
 from tests.support.counter import with_counter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +32,11 @@ CHECKED_IN = ROOT / "schemas" / "asyncapi.json"
 def defaults() -> KafkaSettings:
     """The settings' defaults, whatever EVENTFOLD_* variables this process has."""
     return KafkaSettings.model_construct()
+
+
+def spec(contracts: list[StreamContract], kafka: KafkaSettings) -> dict[str, Any]:
+    """The document of these contracts on this cluster, older versions from the bank's history."""
+    return document(contracts, asyncapi_cluster(kafka), version="x", schema_root=bank.schema_dir)
 
 
 def cluster(**over: Any) -> Cluster:
@@ -61,7 +66,7 @@ def refs(node: Any) -> list[str]:
 
 
 def test_checked_in_document_matches_the_registry() -> None:
-    current = asyncapi_document(Settings.model_construct(kafka=defaults()))
+    current = asyncapi_document(bank, Settings.model_construct(kafka=defaults()))
     assert CHECKED_IN.read_text().strip() == current, (
         "run `eventfold asyncapi --output schemas/asyncapi.json` with no EVENTFOLD_* variables set"
     )
@@ -69,7 +74,7 @@ def test_checked_in_document_matches_the_registry() -> None:
 
 def test_every_schema_version_of_every_event_is_a_message() -> None:
     aggs = with_counter()
-    doc = document((a.contract for a in aggs), cluster(), version="x")
+    doc = document((a.contract for a in aggs), cluster(), version="x", schema_root=bank.schema_dir)
     assert doc["asyncapi"] == "3.0.0"
     for agg in aggs:
         events = doc["channels"][f"{agg.stream_type}Events"]
@@ -87,7 +92,8 @@ def test_every_schema_version_of_every_event_is_a_message() -> None:
                 if v == model.schema_version:
                     assert data == current_schema(model)
                 else:
-                    recorded = JSON_DIR / agg.stream_type / f"{name}.v{v}.json"
+                    assert bank.schema_dir is not None
+                    recorded = bank.schema_dir / agg.stream_type / f"{name}.v{v}.json"
                     assert data == orjson.loads(recorded.read_bytes())
         # The command API sends the current versions only.
         sent = doc["operations"][f"publish{agg.stream_type.title()}Events"]
@@ -141,7 +147,7 @@ def test_nested_models_resolve_inside_the_document() -> None:
     class Ordered(Event):
         lines: list[Line]
 
-    doc = document([declare_stream("order", [], [Ordered])], cluster(), version="x")
+    doc = document([declare_stream("order", [], [Ordered])], cluster(), version="x", schema_root=None)
     schema = doc["components"]["schemas"]["order.Ordered.v1"]
     assert "$defs" not in schema
     line = resolve(doc, schema["properties"]["lines"]["items"]["$ref"])
@@ -151,7 +157,7 @@ def test_nested_models_resolve_inside_the_document() -> None:
 
 
 def test_servers_and_topic_bindings_come_from_the_kafka_settings() -> None:
-    plain = asyncapi_spec([ACCOUNT], defaults())
+    plain = spec([ACCOUNT], defaults())
     server = plain["servers"]["kafka"]
     assert (server["host"], server["protocol"]) == ("{bootstrap}", "kafka")
     assert server["variables"]["bootstrap"]["default"] == "127.0.0.1:9092"
@@ -168,7 +174,7 @@ def test_servers_and_topic_bindings_come_from_the_kafka_settings() -> None:
         min_insync_replicas=2,
         topic_prefix="shop",
     )
-    secure = asyncapi_spec([ACCOUNT], kafka)
+    secure = spec([ACCOUNT], kafka)
     server = secure["servers"]["kafka"]
     assert server["protocol"] == "kafka-secure"
     assert server["variables"]["bootstrap"]["default"] == "k1:9093,k2:9093"
@@ -188,19 +194,17 @@ def test_servers_and_topic_bindings_come_from_the_kafka_settings() -> None:
 
 def test_a_client_certificate_is_the_security_scheme_without_sasl() -> None:
     kafka = KafkaSettings.model_construct(kafka_security_protocol="SSL", kafka_ssl_certfile=Path("c.pem"))
-    doc = asyncapi_spec([ACCOUNT], kafka)
+    doc = spec([ACCOUNT], kafka)
     (scheme,) = doc["servers"]["kafka"]["security"]
     assert resolve(doc, scheme["$ref"])["type"] == "X509"
     assert (
         "security"
-        not in asyncapi_spec([ACCOUNT], kafka.model_copy(update={"kafka_ssl_certfile": None}))["servers"][
-            "kafka"
-        ]
+        not in spec([ACCOUNT], kafka.model_copy(update={"kafka_ssl_certfile": None}))["servers"]["kafka"]
     )
 
 
 def test_the_event_headers_described_are_those_written() -> None:
-    doc = asyncapi_spec([ACCOUNT], defaults())
+    doc = spec([ACCOUNT], defaults())
     described = doc["components"]["schemas"]["EventHeaders"]
     fields: dict[str, Any] = {
         "event_id": "0b7e4f1e-4c5a-4d1e-9b5e-0c1f2a3b4c5d",
@@ -217,15 +221,15 @@ def test_the_event_headers_described_are_those_written() -> None:
     assert set(described["properties"]) == {k for k, _ in most} | {"traceparent"}
     assert set(described["required"]) <= {k for k, _ in fewest}
     for name, value in most:
-        spec = described["properties"][name]
-        assert spec.get("const", value.decode()) == value.decode()
-        assert re.match(spec.get("pattern", ""), value.decode())
+        header = described["properties"][name]
+        assert header.get("const", value.decode()) == value.decode()
+        assert re.match(header.get("pattern", ""), value.decode())
     typed = doc["components"]["messages"]["account.Deposited.v2"]["headers"]["allOf"][1]["properties"]
     assert {k: v["const"] for k, v in typed.items()} == {name: dict(most)[name].decode() for name in typed}
 
 
 def test_the_dead_letter_headers_described_are_those_written() -> None:
-    doc = asyncapi_spec([ACCOUNT], defaults())
+    doc = spec([ACCOUNT], defaults())
     described = doc["components"]["schemas"]["DeadLetterHeaders"]
     f = Failure("t", 1, 2, "not_json", "bad", b"k", b"v", (("event_id", b"e"), ("dlq.reason", b"old")))
     written = dead_letter_headers("accounts", f)
@@ -251,5 +255,5 @@ def test_every_dead_letter_reason_the_projector_gives_is_described() -> None:
 
 
 def test_default_registry_has_account_only() -> None:
-    doc = document((a.contract for a in default_aggregates()), cluster(), version="x")
+    doc = document((a.contract for a in default_aggregates()), cluster(), version="x", schema_root=None)
     assert list(doc["channels"]) == ["accountEvents", "accountDeadLetters"]

@@ -17,8 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
+from eventfold.kafka import asyncapi_cluster
 from eventfold.settings import KafkaSettings
-from eventfold.wiring import asyncapi_spec
+from schemas.asyncapi import document
+from tests.support.bank import bank
 from tests.support.counter import with_counter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +69,15 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path]
     folder = tmp_path_factory.mktemp("asyncapi")
     paths = {"checked-in": CHECKED_IN}
     for name, doc in [
-        ("secure", asyncapi_spec([a.contract for a in with_counter()], SECURE)),
+        (
+            "secure",
+            document(
+                [a.contract for a in with_counter()],
+                asyncapi_cluster(SECURE),
+                version="x",
+                schema_root=bank.schema_dir,
+            ),
+        ),
         ("broken", broken()),
     ]:
         paths[name] = folder / f"{name}.json"

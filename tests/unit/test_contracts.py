@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from command_api.domain import default_aggregates
-from schemas.account import ACCOUNT, Deposited
+from examples.bank.contracts import ACCOUNT, Deposited
 from schemas.envelope import EventEnvelope
 from schemas.mapper import PoisonRecord, decode_value, encode_value, envelope_headers
 from schemas.position import InvalidPosition, Position
 from schemas.registry import Registry, UnknownCommandType, UnknownEventType, UnknownStreamType
+from tests.support.bank import default_aggregates
 from tests.support.counter import COUNTER, with_counter
 
 
@@ -192,7 +192,7 @@ def test_commands_refuse_strings_no_store_can_hold(
 ) -> None:
     from pydantic import ValidationError
 
-    from schemas.account import OpenAccount
+    from examples.bank.contracts import OpenAccount
     from schemas.base import UNSTORABLE, unstorable
 
     found = unstorable(data)
@@ -203,7 +203,7 @@ def test_commands_refuse_strings_no_store_can_hold(
 
 
 def test_commands_take_any_other_unicode() -> None:
-    from schemas.account import OpenAccount
+    from examples.bank.contracts import OpenAccount
     from schemas.base import unstorable
 
     owner = "Zoë 😀 \u200b \t \\u0000"

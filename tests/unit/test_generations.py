@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, inspect
 
-from projector.accounts import ACCOUNTS
+from examples.bank.projection import ACCOUNTS
+from examples.bank.tables import accounts
 from projector.generations import _metadata, offsets_key, tables_of
-from projector.tables import accounts
 
 
 def test_generations_get_their_own_tables_indexes_and_offsets_key() -> None:

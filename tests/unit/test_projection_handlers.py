@@ -10,13 +10,14 @@ from typing import Any
 import orjson
 import pytest
 
-from projector.accounts import ACCOUNTS, closed, deposited, opened, withdrawn
+from eventfold.projection import Projection
+from eventfold.testing import envelope, project
+from examples.bank.contracts import AccountClosed, AccountOpened, Deposited, Withdrawn
+from examples.bank.projection import ACCOUNTS, opened
+from examples.bank.tables import account_transactions
 from projector.apply import next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode, fold
-from eventfold.projection import Projection
-from projector.tables import account_transactions
 from query_api import cursor
-from schemas.account import AccountClosed, AccountOpened, Deposited, Withdrawn
 from schemas.envelope import EventEnvelope
 from schemas.mapper import encode_value
 
@@ -36,53 +37,62 @@ def env(version: int, type_: str, data: dict[str, Any], sid: str = "a1", at: dat
 
 
 def test_opened_starts_an_empty_open_account() -> None:
-    change = opened(None, env(1, "AccountOpened", {"owner": "o"}), AccountOpened(owner="o"))
-    assert change.doc == {"owner": "o", "balance": 0, "status": "open", "opened_at": T0, "updated_at": T0}
-    assert change.appends == ()
-
-
-def test_deposit_and_withdrawal_move_the_balance_and_append_a_ledger_row() -> None:
-    doc = {
+    view = project(ACCOUNTS, AccountOpened(owner="o"), stream_id="a1", occurred_at=T0)
+    assert view.doc == {
         "id": "a1",
-        "owner": "o",
-        "balance": 10,
-        "status": "open",
         "version": 1,
+        "owner": "o",
+        "balance": 0,
+        "status": "open",
         "opened_at": T0,
         "updated_at": T0,
     }
-    later = T0 + timedelta(minutes=1)
-    dep = deposited(
-        doc,
-        env(2, "Deposited", {"amount": 5, "reference": "r1"}, at=later),
-        Deposited(amount=5, reference="r1"),
+    assert view.rows(account_transactions) == []
+
+
+def ledger_row(
+    version: int, kind: str, amount: int, after: int, at: datetime, reference: str
+) -> dict[str, Any]:
+    return {
+        "account_id": "a1",
+        "version": version,
+        "type": kind,
+        "amount": amount,
+        "balance_after": after,
+        "occurred_at": at,
+        "reference": reference,
+    }
+
+
+def test_deposit_and_withdrawal_move_the_balance_and_append_a_ledger_row() -> None:
+    opened_with_10 = project(
+        ACCOUNTS, AccountOpened(owner="o"), Deposited(amount=10, reference=""), stream_id="a1", occurred_at=T0
     )
+    later = T0 + timedelta(minutes=1)
+    dep = opened_with_10.project(Deposited(amount=5, reference="r1"), stream_id="a1", occurred_at=later)
     assert dep.doc["balance"] == 15 and dep.doc["updated_at"] == later
-    assert dep.appends == [
-        (
-            account_transactions,
-            {
-                "account_id": "a1",
-                "version": 2,
-                "type": "deposit",
-                "amount": 5,
-                "balance_after": 15,
-                "occurred_at": later,
-                "reference": "r1",
-            },
-        )
+    assert dep.rows(account_transactions) == [
+        ledger_row(2, "deposit", 10, 10, T0, ""),
+        ledger_row(3, "deposit", 5, 15, later, "r1"),
     ]
-    wd = withdrawn(dep.doc, env(3, "Withdrawn", {"amount": 15}), Withdrawn(amount=15, reference=""))
+    wd = dep.project(Withdrawn(amount=15, reference=""), stream_id="a1", occurred_at=later)
     assert wd.doc["balance"] == 0
-    assert wd.appends[0][1]["type"] == "withdrawal" and wd.appends[0][1]["amount"] == 15
-    assert closed(wd.doc, env(4, "AccountClosed", {}), AccountClosed()).doc["status"] == "closed"
+    assert wd.rows(account_transactions)[2:] == [ledger_row(4, "withdrawal", 15, 0, later, "")]
+    assert wd.project(AccountClosed(), stream_id="a1").doc["status"] == "closed"
 
 
 def test_timestamps_are_stored_in_utc() -> None:
     cet = timezone(timedelta(hours=1))
-    at = T0.astimezone(cet)
-    change = opened(None, env(1, "AccountOpened", {"owner": "o"}, at=at), AccountOpened(owner="o"))
-    assert change.doc["opened_at"].utcoffset() == timedelta(0) and change.doc["opened_at"] == T0
+    view = project(ACCOUNTS, AccountOpened(owner="o"), stream_id="a1", occurred_at=T0.astimezone(cet))
+    assert view.doc["opened_at"].utcoffset() == timedelta(0) and view.doc["opened_at"] == T0
+
+
+def test_handlers_take_an_envelope_as_their_meta() -> None:
+    # A handler called directly: `envelope` builds the meta the runtime would pass.
+    meta = envelope(AccountOpened(owner="o"), stream_type=ACCOUNTS, stream_id="a1", occurred_at=T0)
+    change = opened(None, meta, AccountOpened(owner="o"))
+    assert change.doc == {"owner": "o", "balance": 0, "status": "open", "opened_at": T0, "updated_at": T0}
+    assert change.appends == ()
 
 
 def decoded(e: EventEnvelope, offset: int, partition: int = 0) -> Decoded:

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventfold.aggregate import Aggregate, Rejected
-from command_api.domain.account import ACCOUNT_AGGREGATE, Status
-from schemas.account import CloseAccount, Deposit, OpenAccount, Withdraw
+from examples.bank.account import ACCOUNT_AGGREGATE, Status
+from examples.bank.contracts import CloseAccount, Deposit, OpenAccount, Withdraw
 from schemas.base import Command
 from tests.support.counter import COUNTER_AGGREGATE, LIMIT, Increment, Reset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from projector.accounts import ACCOUNTS
+from examples.bank.projection import ACCOUNTS
 from projector.batch import Decoded, fold
 from projector.rebuild import generation_projection
 from schemas.envelope import EventEnvelope

@@ -7,11 +7,12 @@ from pathlib import Path
 from pydantic import Field
 from typer.testing import CliRunner
 
-from eventfold.cli import app
-from schemas.account import ACCOUNT, Deposited, Withdrawn
+from eventfold.cli.main import app
+from examples.bank.contracts import ACCOUNT, Deposited, Withdrawn
 from schemas.base import Event
 from schemas.evolution import check, export
 from schemas.registry import MissingUpcaster, declare_stream
+from tests.support.bank import bank
 
 
 def test_v1_money_movements_load_as_v2_with_empty_reference() -> None:
@@ -21,7 +22,8 @@ def test_v1_money_movements_load_as_v2_with_empty_reference() -> None:
 
 
 def test_recorded_history_matches_the_code() -> None:
-    assert [f for f in check([ACCOUNT]) if f.fatal] == []
+    assert bank.schema_dir is not None
+    assert [f for f in check([ACCOUNT], bank.schema_dir) if f.fatal] == []
 
 
 def test_cli_check_passes_on_this_repository() -> None:

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from eventfold.app import App
 from eventfold.db import create_engine
 from eventfold.settings import Settings
 
@@ -45,23 +46,27 @@ def quiet_kafka_client() -> None:
 
 
 async def run_replay(
-    settings: Settings, name: str, *, write_side: bool, console: Console, workers: int | None = None
+    settings: Settings,
+    app: App,
+    name: str,
+    *,
+    write_side: bool,
+    console: Console,
+    workers: int | None = None,
 ) -> None:
-    from eventfold.wiring import aggregates, projections
-    from eventfold.projection import by_name
     from projector.replay import ReplayRefused, replay_projection, replay_workers, replay_write_side
 
     quiet_kafka_client()
     # Names are checked before the progress bar starts, so a typo is one line.
     aggregate = projection = None
     if write_side:
-        known = aggregates()
+        known = app.write_side()
         if name not in known.registry:
             kinds = ", ".join(a.stream_type for a in known)
             raise LookupError(f"no stream type named {name!r} (known: {kinds})")
         aggregate = known.get(name)
     else:
-        projection = by_name(projections(), name)
+        projection = app.projection(name)
     with _bar(console) as bar:
         task = bar.add_task(f"replay {name}", total=None, rate="-")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from eventfold.projection import Change, Doc, Projection
-from projector.tables import account_transactions, accounts
-from schemas.account import ACCOUNT, AccountClosed, AccountOpened, Deposited, Withdrawn
+from examples.bank.contracts import ACCOUNT, AccountClosed, AccountOpened, Deposited, Withdrawn
+from examples.bank.tables import account_transactions, accounts
 from schemas.base import Event
 from schemas.envelope import EnvelopeMeta
 
@@ -69,4 +69,5 @@ ACCOUNTS = Projection(
         "Withdrawn": withdrawn,
         "AccountClosed": closed,
     },
+    filters=["owner", "status"],
 )

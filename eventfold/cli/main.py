@@ -2,7 +2,7 @@
 
 Every failure ends in one short message on stderr and exit code 1: failures a
 user can fix (an unmigrated or unreachable store, an unreachable broker, an
-unknown name) are explained by `_run` through `eventfold.cli_errors`, anything
+unknown name) are explained by `_run` through `eventfold.cli.errors`, anything
 else is summarised by `_App` with a pointer to its traceback (`--debug` or
 EVENTFOLD_DEBUG=1).
 """
@@ -20,7 +20,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from eventfold.cli_errors import USER_ERRORS, explain, explain_settings, one_line, redact
+from eventfold.app import App
+from eventfold.cli.errors import USER_ERRORS, explain, explain_settings, one_line, redact
+from eventfold.cli.loading import AppLoadError, load_app
 from eventfold.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -40,7 +42,7 @@ class _App(typer.Typer):
         except Exception as exc:
             if _debugging():
                 raise
-            bad_setting = explain_settings(exc)
+            bad_setting = str(exc) if isinstance(exc, AppLoadError) else explain_settings(exc)
             if bad_setting is not None:
                 _fail(bad_setting)
             else:
@@ -55,7 +57,7 @@ class _App(typer.Typer):
 app = _App(no_args_is_help=True, help="eventfold: Kafka-backed event sourcing and CQRS.")
 topics_app = typer.Typer(no_args_is_help=True, help="Manage the Kafka topics of the registry.")
 app.add_typer(topics_app, name="topics")
-schemas_app = typer.Typer(no_args_is_help=True, help="Event schema history (schemas/json).")
+schemas_app = typer.Typer(no_args_is_help=True, help="Event schema history (the app's schema_dir).")
 app.add_typer(schemas_app, name="schemas")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for the command and query APIs.")
 app.add_typer(keys_app, name="keys")
@@ -71,10 +73,26 @@ def _fail(message: str) -> typer.Exit:
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    app_: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            metavar="MODULE:ATTRIBUTE",
+            help="The App to serve (default EVENTFOLD_APP, else the bank example examples.bank:app).",
+        ),
+    ] = None,
 ) -> None:
     """eventfold: Kafka-backed event sourcing and CQRS."""
     if debug:
         os.environ[_DEBUG_ENV] = "1"  # replay's worker processes inherit it
+    if app_ is not None:
+        os.environ["EVENTFOLD_APP"] = app_  # so do the services `dev` starts
+        get_settings.cache_clear()
+
+
+def current_app() -> App:
+    """The App these settings name, loaded once."""
+    return load_app(get_settings().app)
 
 
 def _run(
@@ -129,14 +147,14 @@ def migrate(
 def topics_create() -> None:
     """Create one topic per registered stream type, with the configured partitions."""
     from eventfold.kafka import create_topics
-    from eventfold.wiring import all_topics
 
     settings = get_settings()
+    topics = current_app().topics(settings.kafka)
     try:
-        created = asyncio.run(create_topics(settings.kafka, all_topics(settings)))
+        created = asyncio.run(create_topics(settings.kafka, topics))
     except Exception as exc:
         raise _fail(f"cannot reach Kafka at {settings.kafka.kafka_bootstrap}: {exc!r}") from None
-    for name in all_topics(settings):
+    for name in topics:
         console.print(f"{'created' if name in created else 'exists '} {name}")
 
 
@@ -167,11 +185,11 @@ def keys_create(
 
 @schemas_app.command("export")
 def schemas_export() -> None:
-    """Record the JSON Schema of every current event version under schemas/json."""
-    from eventfold.wiring import aggregates
+    """Record the JSON Schema of every current event version in the app's schema_dir."""
     from schemas.evolution import export
 
-    written = export(a.contract for a in aggregates())
+    served = current_app()
+    written = export(served.contracts, _schema_dir(served))
     for path in written:
         console.print(f"wrote {path}")
     if not written:
@@ -181,10 +199,10 @@ def schemas_export() -> None:
 @schemas_app.command("check")
 def schemas_check() -> None:
     """Fail if an event changed incompatibly without a new schema version and upcaster."""
-    from eventfold.wiring import aggregates
     from schemas.evolution import check
 
-    findings = check(a.contract for a in aggregates())
+    served = current_app()
+    findings = check(served.contracts, _schema_dir(served))
     for f in findings:
         console.print(str(f))
     if any(f.fatal for f in findings):
@@ -192,16 +210,22 @@ def schemas_check() -> None:
     console.print("event schemas: compatible with every recorded version")
 
 
+def _schema_dir(served: App) -> Path:
+    if served.schema_dir is None:
+        raise _fail(f"app {served.name!r} declares no schema_dir to keep its event schema history in")
+    return served.schema_dir
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Every projection's state, offsets, lag and dead letters (as GET /projections)."""
-    from eventfold.status_cli import gather, render
+    from eventfold.cli.status import gather, render
 
     # An unreachable broker shows as "?" lag, not as an error.
     settings = get_settings()
-    report = _run(gather(settings), settings, store="read")
+    report = _run(gather(settings, current_app()), settings, store="read")
     if as_json:
         import orjson
 
@@ -210,14 +234,25 @@ def status(
         render(report, Console())
 
 
+def asyncapi_document(served: App, settings: Settings) -> str:
+    """The AsyncAPI document of an app's topics as JSON text, stable for diffing."""
+    import orjson
+
+    from eventfold import __version__
+    from eventfold.kafka import asyncapi_cluster
+    from schemas.asyncapi import document
+
+    cluster = asyncapi_cluster(settings.kafka)
+    doc = document(served.contracts, cluster, version=__version__, schema_root=served.schema_dir)
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
 @app.command()
 def asyncapi(
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
-    """Print the AsyncAPI 3 document of the topics, generated from the registry."""
-    from eventfold.wiring import asyncapi_document
-
-    text = asyncapi_document(get_settings())
+    """Print the AsyncAPI 3 document of the app's topics, generated from its contracts."""
+    text = asyncapi_document(current_app(), get_settings())
     if output is None:
         typer.echo(text)
     else:
@@ -235,15 +270,16 @@ def serve(
     ] = None,
 ) -> None:
     """Run one service in the foreground (what the container image runs)."""
-    from eventfold.runner import serve_one
+    from eventfold.cli.serve import serve_one
 
+    served = current_app()
     try:
         from eventfold.observability import configure_logging
 
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "INFO"))
         from eventfold.runner import run_fast
 
-        run_fast(serve_one(get_settings(), service, host=host, port=port, projection=projection))
+        run_fast(serve_one(get_settings(), served, service, host=host, port=port, projection=projection))
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -266,10 +302,10 @@ def replay(
     ] = None,
 ) -> None:
     """Rebuild a projection from offset 0 (the live projector pauses meanwhile)."""
-    from eventfold.replay_cli import run_replay
+    from eventfold.cli.replay import run_replay
 
     settings = get_settings()
-    main = run_replay(settings, name, write_side=write_side, console=console, workers=workers)
+    main = run_replay(settings, current_app(), name, write_side=write_side, console=console, workers=workers)
     _run(main, settings, store="write" if write_side else "read", fast=True)
 
 
@@ -278,10 +314,10 @@ def rebuild(
     name: Annotated[str, typer.Argument(help="The projection to rebuild.")],
 ) -> None:
     """Rebuild a projection beside the live one and swap it in (no downtime)."""
-    from eventfold.rebuild_cli import run_rebuild
+    from eventfold.cli.rebuild import run_rebuild
 
     settings = get_settings()
-    _run(run_rebuild(settings, name, console=console), settings, store="read", fast=True)
+    _run(run_rebuild(settings, current_app(), name, console=console), settings, store="read", fast=True)
 
 
 dlq_app = typer.Typer(help="Inspect and re-drive records a projection could not apply.")
@@ -293,10 +329,10 @@ def dlq_list(
     projection: Annotated[str | None, typer.Option(help="Only this projection's failures.")] = None,
 ) -> None:
     """List recorded failures (poison records and version gaps) with their reasons."""
-    from eventfold.dlq_cli import run_list
+    from eventfold.cli.dlq import run_list
 
     settings = get_settings()
-    _run(run_list(settings, projection, console=console), settings, store="read")
+    _run(run_list(settings, current_app(), projection, console=console), settings, store="read")
 
 
 @dlq_app.command("retry")
@@ -306,13 +342,30 @@ def dlq_retry(
     projection: Annotated[str | None, typer.Option(help="Only this projection's failures.")] = None,
 ) -> None:
     """Re-apply recorded failures once their cause is fixed; those that still fail stay."""
-    from eventfold.dlq_cli import run_retry
+    from eventfold.cli.dlq import run_retry
 
     if not ids and not all_:
         raise _fail("give failure ids or --all")
     settings = get_settings()
-    main = run_retry(settings, projection, None if all_ else list(ids or []), console=console)
+    main = run_retry(settings, current_app(), projection, None if all_ else list(ids or []), console=console)
     _run(main, settings, store="read")
+
+
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="The package to write: lowercase letters, digits, '_'.")],
+    directory: Annotated[Path, typer.Option(help="Where to write it.")] = Path("."),
+) -> None:
+    """Write a package with one aggregate, one projection and their tests, ready to serve."""
+    from eventfold.cli.scaffold import ScaffoldError, write_package
+
+    try:
+        written = write_package(name, directory)
+    except ScaffoldError as exc:
+        raise _fail(str(exc)) from None
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(f"next: `pytest {name}` and `EVENTFOLD_APP={name}:app eventfold dev` in {directory}")
 
 
 @app.command()
@@ -332,8 +385,9 @@ def dev(
     """Run the whole system on this machine: broker, SQLite stores, APIs, projector."""
     if broker not in ("tansu", "apache"):
         raise _fail(f"--broker must be tansu or apache, not {broker!r}")
-    from eventfold.dev import run_dev
+    from eventfold.cli.dev import run_dev
 
+    served = current_app()
     external = os.environ.get("EVENTFOLD_KAFKA_BOOTSTRAP")
     try:
         from eventfold.observability import configure_logging
@@ -341,7 +395,7 @@ def dev(
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "WARNING"), json=False)
         from eventfold.runner import run_fast
 
-        run_fast(run_dev(data_dir, command_port, query_port, kafka_port, external, broker))
+        run_fast(run_dev(served, data_dir, command_port, query_port, kafka_port, external, broker))
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:

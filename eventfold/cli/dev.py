@@ -10,13 +10,13 @@ import orjson
 from rich.console import Console
 
 from eventfold.apache_kafka import ApacheKafkaCluster
+from eventfold.app import App
 from eventfold.auth import ApiKey, digest, load_keys, new_key
 from eventfold.broker import EmbeddedBroker
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
 from eventfold.runner import http_server, install_stop_signals, run_servers
 from eventfold.settings import AuthSettings, DatabaseSettings, KafkaSettings, Settings
-from eventfold.wiring import all_topics
 
 console = Console(soft_wrap=True)  # long curl lines must stay copy-pasteable
 
@@ -46,6 +46,7 @@ def dev_settings(data_dir: Path, bootstrap: str, broker: LocalBroker | None) -> 
 def write_env_file(settings: Settings) -> Path:
     """The settings other commands (status, replay, ...) need to reach this system."""
     names = (
+        "EVENTFOLD_APP",
         "EVENTFOLD_KAFKA_BOOTSTRAP",
         "EVENTFOLD_KAFKA_IDEMPOTENCE",
         "EVENTFOLD_KAFKA_HIGHWATER_FROM_FETCH",
@@ -104,6 +105,7 @@ async def start_broker(kind: str, data_dir: Path, kafka_port: int) -> LocalBroke
 
 
 async def run_dev(
+    app: App,
     data_dir: Path,
     command_port: int,
     query_port: int,
@@ -112,7 +114,6 @@ async def run_dev(
     broker_kind: str = "tansu",
 ) -> None:
     from command_api.bootstrap import create_app as command_app
-    from eventfold.wiring import projections
     from projector.runtime import run_projectors
     from query_api.bootstrap import create_app as query_app
 
@@ -123,22 +124,22 @@ async def run_dev(
         settings = dev_settings(data_dir, bootstrap, broker)
         await upgrade_all(settings.db.write_db_url, settings.db.read_db_url)
         env_file = write_env_file(settings)
-        await create_topics(settings.kafka, all_topics(settings))
+        await create_topics(settings.kafka, app.topics(settings.kafka))
         stop = asyncio.Event()
         install_stop_signals(stop)
         servers = [
-            http_server(command_app(settings), "127.0.0.1", command_port),
-            http_server(query_app(settings), "127.0.0.1", query_port),
+            http_server(command_app(settings, app.write_side(), app.schema_dir), "127.0.0.1", command_port),
+            http_server(query_app(settings, app.projections, app.routers), "127.0.0.1", query_port),
         ]
-        projector = asyncio.create_task(run_projectors(settings, projections(), stop))
+        projector = asyncio.create_task(run_projectors(settings, list(app.projections), stop))
+        console.print(f"[green]app[/green]          {app.name} ({settings.app})")
         console.print(f"[green]command API[/green]  http://127.0.0.1:{command_port}/docs")
         console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
-        console.print(f"[green]projector[/green]    {', '.join(p.name for p in projections())}")
+        console.print(f"[green]projector[/green]    {', '.join(p.name for p in app.projections) or '-'}")
         console.print(f"[green]stores[/green]       {settings.data_dir}/write.db, read.db")
         console.print(
             f"[green]settings[/green]     {env_file} (`set -a; . {env_file}; set +a` for other commands)"
         )
-        body = '{"type": "OpenAccount", "data": {"owner": "Alice"}}'
         if settings.auth.auth_disabled:
             console.print("[red]authentication is DISABLED (EVENTFOLD_AUTH_DISABLED=true)[/red]")
             auth = ""
@@ -147,16 +148,10 @@ async def run_dev(
             token = dev_key(settings.data_dir)
             console.print(f"[green]dev key[/green]      {token} (scope admin; {key_file})")
             auth = '-H "Authorization: Bearer $(cat ' + str(key_file) + ')" '
-        console.print(
-            "\ntry (the command answers with a position; wait_for reads your write):\n"
-            f"  POS=$(curl -s -X POST http://127.0.0.1:{command_port}/commands/account/alice {auth}\\\n"
-            f"      -H 'content-type: application/json' -d '{body}' \\\n"
-            "      | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"position\"])')\n"
-            f'  curl -s {auth}"http://127.0.0.1:{query_port}/accounts/alice?wait_for=$POS"\n'
-            "\nCtrl-C stops everything.",
-            markup=False,
-            highlight=False,
-        )
+        hint = try_it(app, command_port, query_port, auth)
+        if hint:
+            console.print(hint, markup=False, highlight=False)
+        console.print("\nCtrl-C stops everything.")
         try:
             await run_servers(servers, stop)
         finally:
@@ -166,3 +161,43 @@ async def run_dev(
         if broker is not None:
             broker.stop()
         console.print("stopped.")
+
+
+def try_it(app: App, command_port: int, query_port: int, auth: str) -> str | None:
+    """A curl session for the app's first command and the view that reads its stream."""
+    if not app.aggregates:
+        return None
+    aggregate = app.aggregates[0]
+    command_type, model = next(iter(aggregate.contract.commands.items()))
+    body = orjson.dumps({"type": command_type, "data": example_data(model)}).decode()
+    stream = aggregate.stream_type
+    lines = [
+        "\ntry (the command answers with a position; wait_for reads your write):",
+        f"  POS=$(curl -s -X POST http://127.0.0.1:{command_port}/commands/{stream}/demo-1 {auth}\\",
+        f"      -H 'content-type: application/json' -d '{body}' \\",
+        "      | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"position\"])')",
+    ]
+    view = next((p for p in app.projections if p.stream_type == stream), None)
+    if view is not None:
+        lines.append(
+            f'  curl -s {auth}"http://127.0.0.1:{query_port}/views/{view.name}/demo-1?wait_for=$POS"'
+        )
+    return "\n".join(lines)
+
+
+def example_data(model: type) -> dict[str, object]:
+    """Data that satisfies a command model's required fields, for the curl hint."""
+    schema = model.model_json_schema()  # type: ignore[attr-defined]
+    data: dict[str, object] = {}
+    for name in schema.get("required", []):
+        field = schema["properties"].get(name, {})
+        kind = field.get("type")
+        if kind == "integer":
+            data[name] = max(1, int(field.get("minimum", field.get("exclusiveMinimum", 0) + 1)))
+        elif kind == "number":
+            data[name] = 1.0
+        elif kind == "boolean":
+            data[name] = True
+        else:
+            data[name] = "example"[: field.get("maxLength", 7)] or "x"
+    return data

@@ -11,17 +11,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from eventfold.app import App
 from eventfold.db import create_engine
 from eventfold.settings import Settings
-from eventfold.wiring import projections
 from query_api.status import projection_report
 from query_api.watermarks import WatermarkCache
 
 
-async def gather(settings: Settings) -> list[dict[str, Any]]:
+async def gather(settings: Settings, app: App) -> list[dict[str, Any]]:
     engine = create_engine(settings.db.read_db_url, pool_size=1, writer=False)
     try:
-        return await projection_report(engine, projections(), settings.kafka, WatermarkCache(settings.kafka))
+        return await projection_report(
+            engine, list(app.projections), settings.kafka, WatermarkCache(settings.kafka)
+        )
     finally:
         await engine.dispose()
 

@@ -8,7 +8,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from eventfold.aggregate import Aggregate, Rejected, replace
-from schemas.account import (
+from examples.bank.contracts import (
     ACCOUNT,
     AccountClosed,
     AccountOpened,

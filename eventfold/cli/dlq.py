@@ -7,17 +7,16 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.table import Table
 
+from eventfold.app import App
 from eventfold.db import create_engine
 from eventfold.settings import Settings
 
 
-async def run_list(settings: Settings, projection: str | None, *, console: Console) -> int:
-    from eventfold.wiring import projections
-    from eventfold.projection import by_name
+async def run_list(settings: Settings, app: App, projection: str | None, *, console: Console) -> int:
     from projector.redrive import list_failures
 
     if projection is not None:
-        by_name(projections(), projection)  # an unknown name is an error, not an empty list
+        app.projection(projection)  # an unknown name is an error, not an empty list
     engine = create_engine(settings.db.read_db_url, pool_size=2, writer=False)
     try:
         rows = await list_failures(engine, projection)
@@ -42,13 +41,11 @@ async def run_list(settings: Settings, projection: str | None, *, console: Conso
 
 
 async def run_retry(
-    settings: Settings, projection: str | None, ids: list[int] | None, *, console: Console
+    settings: Settings, app: App, projection: str | None, ids: list[int] | None, *, console: Console
 ) -> None:
-    from eventfold.wiring import projections
-    from eventfold.projection import by_name
     from projector.redrive import list_failures, retry
 
-    chosen = None if projection is None else by_name(projections(), projection)
+    chosen = None if projection is None else app.projection(projection)
     engine = create_engine(settings.db.read_db_url, pool_size=2)
     try:
         recorded = await list_failures(engine, projection)
@@ -71,7 +68,7 @@ async def run_retry(
         if not names:
             console.print("no dead letters to retry")
         for name in names:
-            result = await retry(engine, by_name(projections(), name), ids)
+            result = await retry(engine, app.projection(name), ids)
             console.print(
                 f"{name}: retried {result.retried}, applied {result.applied}, "
                 f"already applied {result.duplicates}, still failing {result.still_failing}"

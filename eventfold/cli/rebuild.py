@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from eventfold.app import App
+from eventfold.cli.replay import _bar, quiet_kafka_client
 from eventfold.db import create_engine
-from eventfold.replay_cli import _bar, quiet_kafka_client
 from eventfold.settings import Settings
 
 
-async def run_rebuild(settings: Settings, name: str, *, console: Console) -> None:
-    from eventfold.wiring import projections
-    from eventfold.projection import by_name
+async def run_rebuild(settings: Settings, app: App, name: str, *, console: Console) -> None:
     from projector.rebuild import RebuildProgress, rebuild_projection
 
     quiet_kafka_client()
-    projection = by_name(projections(), name)
+    projection = app.projection(name)
     engine = create_engine(settings.db.read_db_url, pool_size=2)
     try:
         with _bar(console) as bar:

@@ -1,0 +1,5 @@
+"""`python -m eventfold.cli`: the same command as `eventfold`."""
+
+from eventfold.cli.main import app
+
+app()

@@ -1,0 +1,1 @@
+"""Example domains served by eventfold; `examples.bank` is the default app."""

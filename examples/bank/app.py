@@ -1,0 +1,18 @@
+"""The bank app: the account aggregate, the accounts projection and their routes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eventfold import App
+from examples.bank.account import ACCOUNT_AGGREGATE
+from examples.bank.projection import ACCOUNTS
+from examples.bank.routes import router
+
+app = App(
+    name="bank",
+    aggregates=[ACCOUNT_AGGREGATE],
+    projections=[ACCOUNTS],
+    routers=[router],
+    schema_dir=Path(__file__).parent / "schemas",
+)
