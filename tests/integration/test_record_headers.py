@@ -144,3 +144,17 @@ async def test_a_backlog_is_published_whole_whatever_its_headers_weigh(
     assert len({r.key for r in records}) == len(ids)
     assert {r.key for r in records} == {sid.encode() for sid in ids}
     assert_event_headers(records[-1], settings.kafka)
+
+
+async def test_the_command_api_serves_the_document_the_cli_prints(make_settings) -> None:
+    from command_api.bootstrap import create_app
+    from eventfold.cli.main import asyncapi_document
+    from tests.helpers import app_client
+
+    settings = make_settings()
+    async with app_client(create_app(settings, bank.write_side(), bank.schema_dir)) as http:
+        served = (await http.get("/asyncapi.json")).json()
+    assert served == orjson.loads(asyncapi_document(bank, settings))
+    older = served["components"]["schemas"]["account.Deposited.v1"]
+    assert older["required"] == ["amount"]  # from the bank's recorded history
+    assert served["servers"]["kafka"]["variables"]["bootstrap"]["default"] == settings.kafka.kafka_bootstrap
