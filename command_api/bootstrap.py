@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,6 +34,8 @@ class CommandSide:
     publisher: Publisher
     service: CommandService
     broker: BrokerWatch
+    # The app's event schema history, for the older versions /asyncapi.json describes.
+    schema_dir: Path | None = None
 
 
 # How often the broker's state is probed for `eventfold_broker_up` between readiness checks.
@@ -44,7 +47,9 @@ async def _noop_ack(_: object) -> None:
 
 
 @asynccontextmanager
-async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncIterator[CommandSide]:
+async def command_side(
+    settings: Settings, aggregates: Aggregates, schema_dir: Path | None = None
+) -> AsyncIterator[CommandSide]:
     """Open the write store and the producer, run the service, close them all."""
     engine = create_engine(settings.db.write_db_url, pool_size=settings.db.db_pool_size, pre_ping=False)
     store = WriteStore(engine, aggregates, settings.kafka)
@@ -58,15 +63,15 @@ async def command_side(settings: Settings, aggregates: Aggregates) -> AsyncItera
     await service.start()
     watch = asyncio.create_task(broker.run(_BROKER_WATCH_S), name="broker-watch")
     try:
-        yield CommandSide(settings, aggregates, engine, store, publisher, service, broker)
+        yield CommandSide(settings, aggregates, engine, store, publisher, service, broker, schema_dir)
     finally:
         await cancel_and_wait([watch])
         await service.stop()
         await engine.dispose()
 
 
-def create_app(settings: Settings, aggregates: Aggregates) -> FastAPI:
-    """The command API of these aggregates (an App's `write_side()`)."""
+def create_app(settings: Settings, aggregates: Aggregates, schema_dir: Path | None = None) -> FastAPI:
+    """The command API of these aggregates (an App's `write_side()`; its `schema_dir`)."""
     from command_api.bodies import command_schemas
     from command_api.routes import command_router, router
     from eventfold import auth, openapi, problems
@@ -78,7 +83,7 @@ def create_app(settings: Settings, aggregates: Aggregates) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with command_side(cfg, aggs) as side:
+        async with command_side(cfg, aggs, schema_dir) as side:
             app.state.side = side
             yield
 

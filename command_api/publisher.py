@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from command_api.outcomes import OutboxRecord
 from eventfold.kafka import partition_for
@@ -217,11 +218,8 @@ class Publisher:
             await lane.wake.wait()
             lane.wake.clear()
             while lane.pending and not self._closed:
-                take = _take(lane.pending)
                 batch = self.producer.create_batch()
-                now_ms = int(time.time() * 1000)
-                for rec, _ in take:
-                    batch.append(key=rec.key, value=rec.value, timestamp=now_ms, headers=rec.headers)
+                take = _fill(batch, _take(lane.pending), int(time.time() * 1000))
                 batch.close()
                 try:
                     fut = await asyncio.wait_for(
@@ -259,6 +257,21 @@ def _take(
         if n >= _MAX_BATCH_RECORDS or (n > 0 and size > _MAX_BATCH_BYTES):
             return pending[:n]
     return pending[:]
+
+
+def _fill(
+    batch: BatchBuilder, take: list[tuple[OutboxRecord, Ticket | None]], timestamp_ms: int
+) -> list[tuple[OutboxRecord, Ticket | None]]:
+    """Append records until the batch is full; returns those it holds, the first at least.
+
+    `_take` only estimates sizes. The builder knows each record's encoded size,
+    headers included, and refuses one that would overflow the batch; that one
+    and those after it stay pending for the next batch, never counted as sent.
+    """
+    for n, (rec, _) in enumerate(take):
+        if batch.append(key=rec.key, value=rec.value, timestamp=timestamp_ms, headers=rec.headers) is None:
+            return take[:n]
+    return take
 
 
 async def check_broker(publisher: Publisher, timeout_s: float) -> None:

@@ -326,10 +326,12 @@ async def read_stream(
 async def read_asyncapi(side: SideDep) -> Response:
     """The AsyncAPI 3 document of the topics this API appends to."""
     from eventfold import __version__
+    from eventfold.kafka import asyncapi_cluster
     from schemas.asyncapi import document
 
-    doc = document((a.contract for a in side.aggregates), side.settings.kafka.topic, version=__version__)
-    return _json(200, doc)
+    contracts = (a.contract for a in side.aggregates)
+    cluster = asyncapi_cluster(side.settings.kafka)
+    return _json(200, document(contracts, cluster, version=__version__, schema_root=side.schema_dir))
 
 
 @router.get("/metrics", include_in_schema=False)

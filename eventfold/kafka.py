@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -20,6 +20,9 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
 from eventfold.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from schemas.asyncapi import Cluster
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -171,6 +174,23 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
 
 def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
+
+
+def asyncapi_cluster(settings: KafkaSettings) -> Cluster:
+    """What the AsyncAPI document says about this cluster: its topics, and how they are made."""
+    from schemas.asyncapi import Cluster
+
+    return Cluster(
+        bootstrap=settings.kafka_bootstrap,
+        topic_of=settings.topic,
+        dead_letters_of=dlq_topic,
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
+        security_protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        client_certificate=settings.kafka_ssl_certfile is not None,
+    )
 
 
 Watermarks = dict[tuple[str, int], int]

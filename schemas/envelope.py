@@ -10,19 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from schemas.base import Event
 
-# Envelope fields that are also copied into Kafka headers, so tools can route
-# and filter records without parsing their values.
-HEADER_FIELDS = (
-    "event_id",
-    "stream_type",
-    "stream_id",
-    "version",
-    "type",
-    "schema_version",
-    "correlation_id",
-    "causation_id",
-)
-
 
 class EnvelopeMeta(BaseModel):
     """What every record carries besides its data: all a projection handler reads."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.base import Event
-from schemas.envelope import HEADER_FIELDS, EnvelopeMeta, EventEnvelope, TypedEnvelope
+from schemas.envelope import EnvelopeMeta, EventEnvelope, TypedEnvelope
 from schemas.registry import StreamContract
 
 Headers = list[tuple[str, bytes]]
@@ -24,13 +25,46 @@ class PoisonRecord(ValueError):
         self.detail = detail
 
 
-def envelope_headers(env: EventEnvelope) -> Headers:
-    out: Headers = []
-    for name in HEADER_FIELDS:
-        value = getattr(env, name)
-        if value is not None:
-            out.append((name, str(value).encode()))
-    return out
+# CloudEvents 1.0 in binary content mode (its Kafka protocol binding): the
+# record value is the event's data (the envelope, JSON) and its attributes
+# travel as `ce_*` headers, so CloudEvents SDKs read our records as they are.
+CONTENT_TYPE = ("content-type", b"application/json")
+CE_SPECVERSION = ("ce_specversion", b"1.0")
+
+
+def cloudevents_type(stream_type: str, type: str) -> str:
+    return f"{stream_type}.{type}"
+
+
+def cloudevents_source(stream_type: str) -> str:
+    return f"eventfold/{stream_type}"
+
+
+@lru_cache(maxsize=1024)
+def _per_type(stream_type: str, type: str) -> tuple[tuple[str, bytes], ...]:
+    """The headers fixed by an event's stream type and type, encoded once."""
+    return (
+        ("stream_type", stream_type.encode()),
+        ("type", type.encode()),
+        ("ce_type", cloudevents_type(stream_type, type).encode()),
+        ("ce_source", cloudevents_source(stream_type).encode()),
+    )
+
+
+def envelope_headers(env: EnvelopeMeta) -> Headers:
+    """The headers `encode_envelope` gives this envelope's record."""
+    return encode_envelope(
+        event_id=str(env.event_id),
+        stream_type=env.stream_type,
+        stream_id=env.stream_id,
+        version=env.version,
+        type=env.type,
+        schema_version=env.schema_version,
+        occurred_at=env.occurred_at,
+        correlation_id=env.correlation_id,
+        causation_id=env.causation_id,
+        data={},
+    )[1]
 
 
 def encode_value(env: EventEnvelope) -> bytes:
@@ -69,18 +103,32 @@ def encode_envelope(
             "data": data,
         }
     )
+    # Envelope fields first, then the CloudEvents attributes; what depends only
+    # on the event type is encoded once per type, the rest reuses shared bytes.
+    eid, sid = event_id.encode(), stream_id.encode()
+    st, kind, ce_type, ce_source = _per_type(stream_type, type)
     headers: Headers = [
-        ("event_id", event_id.encode()),
-        ("stream_type", stream_type.encode()),
-        ("stream_id", stream_id.encode()),
+        ("event_id", eid),
+        st,
+        ("stream_id", sid),
         ("version", str(version).encode()),
-        ("type", type.encode()),
+        kind,
         ("schema_version", str(schema_version).encode()),
     ]
     if correlation_id is not None:
         headers.append(("correlation_id", correlation_id.encode()))
     if causation_id is not None:
         headers.append(("causation_id", causation_id.encode()))
+    headers += (
+        CONTENT_TYPE,
+        CE_SPECVERSION,
+        ("ce_id", eid),
+        ce_type,
+        ce_source,
+        ("ce_subject", sid),
+        # The same RFC 3339 text as the value's occurred_at: both are orjson's.
+        ("ce_time", orjson.dumps(occurred_at)[1:-1]),
+    )
     return value, headers
 
 

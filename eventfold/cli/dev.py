@@ -128,7 +128,7 @@ async def run_dev(
         stop = asyncio.Event()
         install_stop_signals(stop)
         servers = [
-            http_server(command_app(settings, app.write_side()), "127.0.0.1", command_port),
+            http_server(command_app(settings, app.write_side(), app.schema_dir), "127.0.0.1", command_port),
             http_server(query_app(settings, app.projections, app.routers), "127.0.0.1", query_port),
         ]
         projector = asyncio.create_task(run_projectors(settings, list(app.projections), stop))

@@ -239,9 +239,11 @@ def asyncapi_document(served: App, settings: Settings) -> str:
     import orjson
 
     from eventfold import __version__
+    from eventfold.kafka import asyncapi_cluster
     from schemas.asyncapi import document
 
-    doc = document(served.contracts, settings.kafka.topic, version=__version__)
+    cluster = asyncapi_cluster(settings.kafka)
+    doc = document(served.contracts, cluster, version=__version__, schema_root=served.schema_dir)
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
 
 

@@ -26,7 +26,7 @@ async def serve_one(
         from command_api.bootstrap import create_app
 
         server = http_server(
-            create_app(settings, app.write_side()),
+            create_app(settings, app.write_side(), app.schema_dir),
             host or settings.command_api.host,
             port or settings.command_api.command_port,
         )
