@@ -108,7 +108,9 @@ async def test_unreachable_and_misconfigured_parts_never_show_the_password(make_
     env["EVENTFOLD_READ_DB_URL"] = "postgresql://eventfold:hunter2@127.0.0.1:9/none"
     for command in (["status"], ["dlq", "list"], ["dlq", "retry", "--all"]):
         done = await asyncio.to_thread(eventfold, *command, env=env)
-        _one_line_error(done, "cannot reach the read store at postgresql+asyncpg://eventfold:***@127.0.0.1:9/")
+        _one_line_error(
+            done, "cannot reach the read store at postgresql+asyncpg://eventfold:***@127.0.0.1:9/"
+        )
         assert "hunter2" not in done.stderr + done.stdout
     env["EVENTFOLD_READ_DB_URL"] = "oracle://eventfold:hunter2@127.0.0.1:9/none"  # no such driver installed
     done = await asyncio.to_thread(eventfold, "status", env=env)

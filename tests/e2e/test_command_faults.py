@@ -22,13 +22,9 @@ async def _post(http: httpx.AsyncClient, url: str, type_: str, data: dict[str, i
     return await http.post(url, json={"type": type_, "data": data}, timeout=30)
 
 
-async def test_broker_outage_gives_202_then_publishes(
-    command_client, make_settings, broker: Any
-) -> None:
+async def test_broker_outage_gives_202_then_publishes(command_client, make_settings, broker: Any) -> None:
     # The session's local broker, which can be frozen (even in Docker mode).
-    settings = make_settings(
-        kafka={"publish_timeout_s": 2.0, **broker_kafka_settings(broker)}
-    )
+    settings = make_settings(kafka={"publish_timeout_s": 2.0, **broker_kafka_settings(broker)})
     sid = uid("acct")
     url = f"/commands/account/{sid}"
     async with command_client(settings) as http:

@@ -48,9 +48,7 @@ async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
 def _frozen_broker_settings(make_settings: Any, broker: Any, db: DatabaseSettings) -> Any:
     # The session's local broker, which can be frozen (even in Docker mode). A long publish
     # timeout keeps the burst in flight well past the SIGTERM, even on a slow machine.
-    return make_settings(
-        db, kafka={**broker_kafka_settings(broker), "publish_timeout_s": 8.0}
-    )
+    return make_settings(db, kafka={**broker_kafka_settings(broker), "publish_timeout_s": 8.0})
 
 
 async def _in_outbox(url: str, sids: list[str], version: int) -> int:

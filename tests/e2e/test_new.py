@@ -38,7 +38,9 @@ async def test_new_writes_a_package_that_tests_and_serves(tmp_path: Path) -> Non
         assert r.status_code == 200, r.text
         done = await dev.commands.post("/commands/task/t-1", json={"type": "CompleteTask", "data": {}})
         assert done.status_code == 200, done.text
-        view = await dev.queries.get("/views/tasks/t-1", params={"wait_for": done.json()["position"]})
+        view = await dev.queries.get(
+            "/views/tasks/t-1", params={"wait_for": done.json()["position"], "wait_timeout": 30}
+        )
         assert view.status_code == 200, view.text
         assert view.json() == {"id": "t-1", "version": 2, "title": "ship", "done": True}
         page = (await dev.queries.get("/views/tasks", params={"done": "true"})).json()

@@ -135,7 +135,9 @@ async def test_shelf_runs_from_outside_the_repository(tmp_path: Path) -> None:
         _problem(await _send(dev, "b-1", "LendBook", member="bob"), 422, "book_lent")
 
         # The document, read after the write.
-        r = await dev.queries.get("/views/books/b-1", params={"wait_for": lent.json()["position"]})
+        r = await dev.queries.get(
+            "/views/books/b-1", params={"wait_for": lent.json()["position"], "wait_timeout": 30}
+        )
         assert r.status_code == 200, r.text
         doc = r.json()
         assert (doc["id"], doc["version"], doc["title"], doc["lent_to"], doc["times_lent"]) == (
