@@ -40,7 +40,7 @@ Cursor = Annotated[
     str | None, Query(alias="cursor", max_length=1024, description="`next_cursor` of the last page.")
 ]
 WAIT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 404, 422, 504)
+    k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 404, 422, 503, 504)
 }
 
 

@@ -12,8 +12,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.db import create_engine
+from eventfold.problems import Problem
 from eventfold.settings import DatabaseSettings
 from projector.tables import projection_failures, projection_offsets, projection_status
+
+
+def _missing_table(exc: DBAPIError) -> bool:
+    # asyncpg: UndefinedTableError (SQLSTATE 42P01); SQLite: "no such table".
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "42P01" or "no such table" in str(orig)
 
 
 class Reads:
@@ -43,6 +50,14 @@ class Reads:
                     async with self.engine.connect() as conn:
                         return (await conn.execute(stmt)).all()
                 except DBAPIError as exc:
+                    if _missing_table(exc):
+                        # The projector creates a projection's tables when it first starts.
+                        raise Problem(
+                            503,
+                            "projection_not_ready",
+                            "the read model's tables do not exist yet: its projector has not started",
+                            headers={"Retry-After": "2"},
+                        ) from None
                     if attempt == 2 or not exc.connection_invalidated:
                         raise
         raise AssertionError("unreachable")

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 from openapi_spec_validator import validate
 from sqlalchemy import event, inspect
 
@@ -329,3 +330,36 @@ async def test_each_view_is_one_select(command_client, make_settings, db: Databa
                 assert len(selects) == 1 and set(statements) - set(selects) <= {"BEGIN"}, (path, statements)
         finally:
             event.remove(sync_engine, "before_cursor_execute", listener)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_a_read_model_whose_projector_never_started_is_503_not_ready(
+    make_settings, pg_admin_url: str, tmp_path, backend: str
+) -> None:
+    # `eventfold migrate` makes only eventfold's own tables; the projector makes a
+    # projection's tables when it first starts. Until then the views say so.
+    from eventfold.migrate import upgrade_all
+    from query_api.bootstrap import create_app
+    from tests.conftest import create_database, drop_database
+    from tests.helpers import app_client
+    from tests.support.bank import bank
+
+    if backend == "postgres":
+        url = await create_database(pg_admin_url, migrate=False)
+        db = DatabaseSettings(write_db_url=url, read_db_url=url)
+    else:
+        db = DatabaseSettings(
+            write_db_url=f"sqlite+aiosqlite:///{tmp_path / 'write.db'}",
+            read_db_url=f"sqlite+aiosqlite:///{tmp_path / 'read.db'}",
+        )
+    try:
+        await upgrade_all(db.write_db_url, db.read_db_url)
+        async with app_client(create_app(make_settings(db), bank.projections, bank.routers)) as q:
+            for url in ("/views/accounts/a-1", "/views/accounts", "/views/accounts/a-1/account_transactions"):
+                r = await q.get(url)
+                assert r.status_code == 503, (url, r.text)
+                assert r.json()["code"] == "projection_not_ready" and r.headers["retry-after"] == "2"
+            assert (await q.get("/accounts/a-1")).json()["code"] == "projection_not_ready"
+    finally:
+        if backend == "postgres":
+            await drop_database(pg_admin_url, db.read_db_url)
