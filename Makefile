@@ -26,10 +26,10 @@ test: install postgres ## every tier, against the local PostgreSQL and an embedd
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/eventfold schemas check
-	$(BIN)/pytest -q tests/unit tests/integration tests/e2e
+	$(BIN)/pytest -q examples tests/unit tests/integration tests/e2e
 
 test-unit: install
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q examples tests/unit
 
 test-integration: install postgres
 	$(BIN)/pytest -q tests/integration

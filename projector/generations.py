@@ -9,7 +9,7 @@ physical tables of a generation from it: the same columns and keys, the name
 suffixed `__g<n>`, and every index and constraint renamed too (PostgreSQL
 index names are unique per schema, so two generations cannot share them).
 Offsets of a generation under construction live under their own key
-(`accounts@g2`) so they never mix with the live generation's.
+(`<projection>@g2`) so they never mix with the live generation's.
 """
 
 from __future__ import annotations

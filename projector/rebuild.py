@@ -1,8 +1,8 @@
 """Zero-downtime (blue/green) rebuild of a projection by renaming tables.
 
-Generation g+1 of the projection's tables (`accounts__g2`, ...) is built from
-offset 0 under its own offsets key (`accounts@g2`) and status row, while the
-live projector keeps writing generation g (the tables named `accounts`, ...)
+Generation g+1 of the projection's tables (`<table>__g2`, ...) is built from
+offset 0 under its own offsets key (`<projection>@g2`) and status row, while the
+live projector keeps writing generation g (the tables under their declared names)
 and the query API keeps reading it. Catch-up rounds shrink the lag; then the
 handover sets the live state to `switching` (the live runtime pauses), catches
 the new generation up to the now frozen live offsets, and in ONE transaction

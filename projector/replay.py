@@ -2,8 +2,8 @@
 
 A projection replay changes nothing until everything it needs answered: the
 read store (the projection's state) and Kafka (the topic's partition ends).
-It then builds the projection's next generation of tables (`accounts__g2`,
-offsets under `accounts@g2`, projector/generations.py) from offset 0 up to
+It then builds the projection's next generation of tables (`<table>__g2`,
+offsets under `<projection>@g2`, projector/generations.py) from offset 0 up to
 the fetch high-watermarks, through the same `apply_batch` as the live path
 (`apply_rebuilding`), while the live tables keep serving what they served.
 The live runtime is paused meanwhile by the `rebuilding` claim on the status

@@ -221,3 +221,35 @@ async def test_a_wrong_app_is_one_line_and_exit_1(tmp_path: Path) -> None:
         assert done.returncode == 1, (spec, done.stdout, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and says in lines[0], (spec, done.stderr)
+
+
+async def test_the_warehouse_example_is_served_through_eventfold_app(tmp_path: Path) -> None:
+    env = user_env(tmp_path, "examples.warehouse:app")
+    async with dev_serving(env, tmp_path, "warehouse") as dev:
+
+        async def send(stream: str, sid: str, type_: str, **data: Any) -> httpx.Response:
+            return await dev.commands.post(f"/commands/{stream}/{sid}", json={"type": type_, "data": data})
+
+        assert (await send("product", "p-1", "RegisterProduct", name="lamp")).status_code == 200
+        assert (await send("product", "p-1", "Restock", quantity=5)).status_code == 200
+        _problem(await send("product", "p-1", "Reserve", quantity=9, order_id="o-1"), 422, "out_of_stock")
+        reserved = await send("product", "p-1", "Reserve", quantity=2, order_id="o-1")
+        assert reserved.status_code == 200, reserved.text
+        for n, customer in enumerate(["ann", "bob", "ann"], 1):
+            r = await send("order", f"o-{n}", "PlaceOrder", customer=customer, product_id="p-1", quantity=1)
+            assert r.status_code == 200, r.text
+        last_placed = r.json()["position"]
+        shipped = await send("order", "o-1", "ShipOrder")
+        assert shipped.status_code == 200
+        _problem(await send("order", "o-1", "CancelOrder"), 422, "order_shipped")
+
+        wait = {"wait_for": reserved.json()["position"], "wait_timeout": 30}
+        stock = (await dev.queries.get("/views/stock/p-1", params=wait)).json()
+        assert (stock["on_hand"], stock["reserved"], stock["version"]) == (3, 2, 3)
+        moves = (await dev.queries.get("/views/stock/p-1/warehouse_movements")).json()["items"]
+        assert [(m["change"], m["order_id"]) for m in moves] == [(5, None), (-2, "o-1")]
+        wait = {"wait_for": shipped.json()["position"], "wait_timeout": 30}
+        assert (await dev.queries.get("/views/orders/o-1", params=wait)).json()["status"] == "shipped"
+        query = {"status": "placed", "customer": "ann", "wait_for": last_placed, "wait_timeout": 30}
+        placed = (await dev.queries.get("/views/orders", params=query)).json()
+        assert [o["id"] for o in placed["items"]] == ["o-3"]
