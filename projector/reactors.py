@@ -248,7 +248,10 @@ class ReactorRuntime:
                 continue
             async with self.lock:
                 if generation != self.generation or self.needs_seek:
-                    continue  # an assignment moved positions meanwhile: read again from there
+                    # An assignment moved positions while this was fetched: the
+                    # consumer's position is past records never dispatched.
+                    self.needs_seek = True
+                    continue
                 records = contiguous(batch, self.expected)
                 if records is None:
                     log.warning("reactor=%s: records were skipped; re-reading", self.reactor.name)
