@@ -2,7 +2,8 @@
 
 The names a domain package needs are exported here:
 
-    from eventfold import App, Aggregate, Change, Command, Event, Projection, Rejected, declare_stream
+    from eventfold import (App, Aggregate, Change, Command, Event, Projection, Reactor, Rejected,
+                           declare_stream)
 
 The rest of this package is the shared plumbing the services stand on
 (settings, database and Kafka factories, problems, observability), and, in
@@ -12,6 +13,7 @@ The rest of this package is the shared plumbing the services stand on
 from eventfold.aggregate import Aggregate, Rejected, replace
 from eventfold.app import App
 from eventfold.projection import Change, Doc, Projection
+from eventfold.reaction import Reactor
 from schemas.base import Command, Event
 from schemas.envelope import EnvelopeMeta
 from schemas.registry import declare_stream
@@ -27,6 +29,7 @@ __all__ = [
     "EnvelopeMeta",
     "Event",
     "Projection",
+    "Reactor",
     "Rejected",
     "declare_stream",
     "replace",

@@ -15,6 +15,7 @@ from typing import Any
 
 from eventfold.aggregate import Aggregate, Aggregates
 from eventfold.projection import Projection
+from eventfold.reaction import Reactor
 from eventfold.settings import KafkaSettings
 from schemas.registry import StreamContract
 
@@ -35,12 +36,16 @@ class App:
     projections: Sequence[Projection] = ()
     routers: Sequence[Any] = field(default_factory=tuple)
     schema_dir: Path | None = None
+    # Durable side effects on events (eventfold/reaction.py), served by `eventfold serve reactors`.
+    reactors: Sequence[Reactor] = ()
 
     def __post_init__(self) -> None:
         _unique("stream type", [a.stream_type for a in self.aggregates], self.name)
         _unique("projection", [p.name for p in self.projections], self.name)
         tables = [t.name for p in self.projections for t in p.tables]
         _unique("read table", tables, self.name)
+        # Reactors keep offsets and failures beside the projections', keyed by name.
+        _unique("projection or reactor", [p.name for p in self.projections] + self.reactor_names, self.name)
 
     def write_side(self) -> Aggregates:
         return Aggregates(self.aggregates)
@@ -51,7 +56,14 @@ class App:
         seen: dict[str, StreamContract] = {a.stream_type: a.contract for a in self.aggregates}
         for p in self.projections:
             seen.setdefault(p.stream_type, p.contract)
+        for r in self.reactors:
+            for c in r.contracts:
+                seen.setdefault(c.stream_type, c)
         return list(seen.values())
+
+    @property
+    def reactor_names(self) -> list[str]:
+        return [r.name for r in self.reactors]
 
     def event_topics(self, kafka: KafkaSettings) -> list[str]:
         return [kafka.topic(c.stream_type) for c in self.contracts]
@@ -69,6 +81,13 @@ class App:
                 return p
         known = ", ".join(p.name for p in self.projections) or "none"
         raise ValueError(f"no projection named {name!r} (known: {known})")
+
+    def reactor(self, name: str) -> Reactor:
+        for r in self.reactors:
+            if r.name == name:
+                return r
+        known = ", ".join(self.reactor_names) or "none"
+        raise ValueError(f"no reactor named {name!r} (known: {known})")
 
 
 def _unique(kind: str, names: list[str], app: str) -> None:

@@ -31,12 +31,16 @@ class DeadLetterSink:
         self.producer = producer
 
     async def __call__(self, projection: Projection, failures: Sequence[Failure]) -> None:
+        await self.send(projection.name, failures)
+
+    async def send(self, name: str, failures: Sequence[Failure]) -> None:
+        """Dead-letter `failures` of the projection or reactor `name`."""
         futures = [
             await self.producer.send(
                 dlq_topic(f.topic),
                 key=f.key,
                 value=f.value,
-                headers=dead_letter_headers(projection.name, f),
+                headers=dead_letter_headers(name, f),
                 partition=f.partition % await self._partitions(dlq_topic(f.topic)),
             )
             for f in failures

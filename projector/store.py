@@ -240,6 +240,11 @@ async def count_applied(
 
 async def ensure_status(engine: AsyncEngine, projection: Projection) -> None:
     """Create the status row (state `live`) if this projection never ran."""
+    await ensure_status_row(engine, projection.name, projection.version)
+
+
+async def ensure_status_row(engine: AsyncEngine, name: str, version: int) -> None:
+    """Create the status row of a projection or reactor (state `live`) if it never ran."""
     async with engine.begin() as conn:
         stmt = _insert(conn, projection_status).on_conflict_do_nothing(
             index_elements=[projection_status.c.projection]
@@ -247,9 +252,9 @@ async def ensure_status(engine: AsyncEngine, projection: Projection) -> None:
         await conn.execute(
             stmt,
             {
-                "projection": projection.name,
+                "projection": name,
                 "state": LIVE,
-                "version": projection.version,
+                "version": version,
                 "events_applied": 0,
                 "updated_at": time.time(),
             },

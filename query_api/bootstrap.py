@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.db import create_engine
 from eventfold.projection import Projection
+from eventfold.reaction import Reactor
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
 from query_api.views import Reads
@@ -35,15 +36,25 @@ class QuerySide:
     # Rebuilds started by POST /projections/{name}/rebuild, by projection name;
     # cancelled when the app stops (an unfinished rebuild drops its tables).
     rebuilds: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    # Reactors whose progress GET /projections reports beside the projections.
+    reactors: Sequence[Reactor] = ()
 
 
 @asynccontextmanager
-async def query_side(settings: Settings, projections: Sequence[Projection]) -> AsyncIterator[QuerySide]:
+async def query_side(
+    settings: Settings, projections: Sequence[Projection], reactors: Sequence[Reactor] = ()
+) -> AsyncIterator[QuerySide]:
     """Open the read store for reading; close it when the app stops."""
     engine = create_engine(settings.db.read_db_url, pool_size=settings.db.db_pool_size, writer=False)
     reads = Reads(settings.db)
     side = QuerySide(
-        settings, projections, engine, reads, OffsetWatcher(engine), WatermarkCache(settings.kafka)
+        settings,
+        projections,
+        engine,
+        reads,
+        OffsetWatcher(engine),
+        WatermarkCache(settings.kafka),
+        reactors=reactors,
     )
     try:
         yield side
@@ -55,7 +66,10 @@ async def query_side(settings: Settings, projections: Sequence[Projection]) -> A
 
 
 def create_app(
-    settings: Settings, projections: Sequence[Projection], routers: Sequence[APIRouter] = ()
+    settings: Settings,
+    projections: Sequence[Projection],
+    routers: Sequence[APIRouter] = (),
+    reactors: Sequence[Reactor] = (),
 ) -> FastAPI:
     """The query API of these projections, with an app's own routers beside the generic ones."""
     from eventfold import auth, problems
@@ -69,7 +83,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with query_side(cfg, chosen) as side:
+        async with query_side(cfg, chosen, list(reactors)) as side:
             app.state.side = side
             yield
 

@@ -1,4 +1,4 @@
-"""The state of every projection: what `GET /projections` and `eventfold status` show."""
+"""The state of every projection and reactor: what `GET /projections` and `eventfold status` show."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.projection import Projection
+from eventfold.reaction import Reactor
 from eventfold.settings import KafkaSettings
 from query_api import views
 from query_api.watermarks import WatermarkCache
@@ -60,6 +61,66 @@ async def projection_report(
                 "generation": row["generation"],
                 "rebuild_progress": row["rebuild_progress"],
                 "rebuild_detail": row["rebuild_detail"],
+            }
+        )
+    return out
+
+
+async def reactor_report(
+    engine: AsyncEngine, reactors: Sequence[Reactor], kafka: KafkaSettings, watermarks: WatermarkCache
+) -> list[dict[str, Any]]:
+    """A reactor's progress in the shape of a projection's: offsets and lag over all its topics.
+
+    `events_applied` counts events its handlers finished; `dead_letters` the
+    events dead-lettered, `held_back` the later events of their streams.
+    """
+    if not reactors:
+        return []
+    rows = await views.projection_rows(engine, [r.name for r in reactors])
+    topics = sorted({t for r in reactors for t in r.topics(kafka)})
+    stored_all = {k: v for row in rows.values() for k, v in row["offsets"].items()}
+    marks = await watermarks.get(topics, stored_all)
+    out = []
+    for r in reactors:
+        row = rows[r.name]
+        partitions = []
+        for topic in r.topics(kafka):
+            parts = sorted(
+                {part for t, part in row["offsets"] if t == topic}
+                | {part for t, part in (marks or {}) if t == topic}
+            )
+            for part in parts:
+                stored = row["offsets"].get((topic, part), 0)
+                hw = marks.get((topic, part)) if marks is not None else None
+                partitions.append(
+                    {
+                        "topic": topic,
+                        "partition": part,
+                        "offset": stored,
+                        "high_watermark": hw,
+                        "lag": None if hw is None else max(hw - stored, 0),
+                    }
+                )
+        lags = [x["lag"] for x in partitions]
+        failures = row["failures"]
+        out.append(
+            {
+                "name": r.name,
+                "kind": "reactor",
+                "state": row["state"],
+                "detail": row["detail"],
+                "topics": r.topics(kafka),
+                "partitions": partitions,
+                "lag": None if any(x is None for x in lags) else sum(lags),
+                "events_applied": row["events_applied"],
+                "dead_letters": sum(n for reason, n in failures.items() if reason != "held_back"),
+                "held_back": failures.get("held_back", 0),
+                "version_gaps": 0,
+                "failures_by_reason": failures,
+                "last_event_at": row["last_event_at"],
+                "generation": 1,
+                "rebuild_progress": None,
+                "rebuild_detail": None,
             }
         )
     return out

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from rich.console import Console
@@ -22,6 +24,9 @@ console = Console(soft_wrap=True)  # long curl lines must stay copy-pasteable
 
 
 LocalBroker = ApacheKafkaCluster | EmbeddedBroker
+
+if TYPE_CHECKING:
+    from eventfold.cli.mail_sink import MailSink
 
 
 def dev_settings(data_dir: Path, bootstrap: str, broker: LocalBroker | None) -> Settings:
@@ -114,6 +119,7 @@ async def run_dev(
     broker_kind: str = "tansu",
 ) -> None:
     from command_api.bootstrap import create_app as command_app
+    from projector.reactors import run_reactors
     from projector.runtime import run_projectors
     from query_api.bootstrap import create_app as query_app
 
@@ -129,13 +135,23 @@ async def run_dev(
         install_stop_signals(stop)
         servers = [
             http_server(command_app(settings, app.write_side(), app.schema_dir), "127.0.0.1", command_port),
-            http_server(query_app(settings, app.projections, app.routers), "127.0.0.1", query_port),
+            http_server(
+                query_app(settings, app.projections, app.routers, app.reactors), "127.0.0.1", query_port
+            ),
         ]
+        sink = await start_mail_sink(app, settings.data_dir)
         projector = asyncio.create_task(run_projectors(settings, list(app.projections), stop))
+        reactors = asyncio.create_task(run_reactors(settings, list(app.reactors), stop))
         console.print(f"[green]app[/green]          {app.name} ({settings.app})")
         console.print(f"[green]command API[/green]  http://127.0.0.1:{command_port}/docs")
         console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
         console.print(f"[green]projector[/green]    {', '.join(p.name for p in app.projections) or '-'}")
+        if app.reactors:
+            console.print(f"[green]reactors[/green]     {', '.join(app.reactor_names)}")
+        if sink is not None:
+            console.print(
+                f"[green]mail[/green]         smtp://127.0.0.1:{sink.port}, mails in {sink.folder}/"
+            )
         console.print(f"[green]stores[/green]       {settings.data_dir}/write.db, read.db")
         console.print(
             f"[green]settings[/green]     {env_file} (`set -a; . {env_file}; set +a` for other commands)"
@@ -157,10 +173,31 @@ async def run_dev(
         finally:
             stop.set()
             await projector
+            await reactors
+            if sink is not None:
+                await asyncio.to_thread(sink.stop)
     finally:
         if broker is not None:
             broker.stop()
         console.print("stopped.")
+
+
+async def start_mail_sink(app: App, data_dir: Path) -> MailSink | None:
+    """A local SMTP server for the app's reactors, unless EVENTFOLD_SMTP_HOST names a real one.
+
+    It sets EVENTFOLD_SMTP_HOST and EVENTFOLD_SMTP_PORT for the reactors of
+    this process, which read them when they send.
+    """
+    if not app.reactors or os.environ.get("EVENTFOLD_SMTP_HOST"):
+        return None
+    from eventfold.broker import free_port
+    from eventfold.cli.mail_sink import MailSink
+
+    sink = MailSink(data_dir / "mail", free_port())
+    await asyncio.to_thread(sink.start)
+    os.environ["EVENTFOLD_SMTP_HOST"] = "127.0.0.1"
+    os.environ["EVENTFOLD_SMTP_PORT"] = str(sink.port)
+    return sink
 
 
 def try_it(app: App, command_port: int, query_port: int, auth: str) -> str | None:

@@ -1,4 +1,9 @@
-"""`eventfold dlq list|retry`: inspect and re-drive a projection's recorded failures."""
+"""`eventfold dlq list|retry`: inspect and re-drive the failures of projections and reactors.
+
+A name given with `--projection` may be a projection's or a reactor's (they
+share one namespace): a reactor's failures are its dead letters and the
+events of their streams held back behind them.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ async def run_list(settings: Settings, app: App, projection: str | None, *, cons
     from projector.redrive import list_failures
 
     if projection is not None:
-        app.projection(projection)  # an unknown name is an error, not an empty list
+        _check_name(app, projection)  # an unknown name is an error, not an empty list
     engine = create_engine(settings.db.read_db_url, pool_size=2, writer=False)
     try:
         rows = await list_failures(engine, projection)
@@ -45,7 +50,8 @@ async def run_retry(
 ) -> None:
     from projector.redrive import list_failures, retry
 
-    chosen = None if projection is None else app.projection(projection)
+    if projection is not None:
+        _check_name(app, projection)
     engine = create_engine(settings.db.read_db_url, pool_size=2)
     try:
         recorded = await list_failures(engine, projection)
@@ -61,13 +67,22 @@ async def run_retry(
                 )
         # Without --projection, every projection that has failures to re-drive.
         names = (
-            [chosen.name]
-            if chosen
+            [projection]
+            if projection is not None
             else sorted({r["projection"] for r in recorded if ids is None or r["id"] in ids})
         )
         if not names:
             console.print("no dead letters to retry")
         for name in names:
+            if name in app.reactor_names:
+                from projector.reaction_redrive import retry_reactor
+
+                result = await retry_reactor(engine, app.reactor(name), settings.kafka, ids)
+                console.print(
+                    f"{name}: retried {result.retried}, handled {result.applied}, "
+                    f"passed over {result.duplicates}, still failing {result.still_failing}"
+                )
+                continue
             result = await retry(engine, app.projection(name), ids)
             console.print(
                 f"{name}: retried {result.retried}, applied {result.applied}, "
@@ -75,3 +90,8 @@ async def run_retry(
             )
     finally:
         await engine.dispose()
+
+
+def _check_name(app: App, name: str) -> None:
+    if name not in app.reactor_names:
+        app.projection(name)  # raises, naming the known projections

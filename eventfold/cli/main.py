@@ -262,7 +262,9 @@ def asyncapi(
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help="command-api | query-api | projector | publisher")],
+    service: Annotated[
+        str, typer.Argument(help="command-api | query-api | projector | publisher | reactors")
+    ],
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (defaults from settings).")] = None,
     projection: Annotated[
@@ -320,15 +322,17 @@ def rebuild(
     _run(run_rebuild(settings, current_app(), name, console=console), settings, store="read", fast=True)
 
 
-dlq_app = typer.Typer(help="Inspect and re-drive records a projection could not apply.")
+dlq_app = typer.Typer(help="Inspect and re-drive records a projection or reactor could not handle.")
 app.add_typer(dlq_app, name="dlq")
 
 
 @dlq_app.command("list")
 def dlq_list(
-    projection: Annotated[str | None, typer.Option(help="Only this projection's failures.")] = None,
+    projection: Annotated[
+        str | None, typer.Option(help="Only this projection's (or reactor's) failures.")
+    ] = None,
 ) -> None:
-    """List recorded failures (poison records and version gaps) with their reasons."""
+    """List recorded failures: poison records, version gaps, reactors' dead letters and held-back events."""
     from eventfold.cli.dlq import run_list
 
     settings = get_settings()
@@ -339,7 +343,9 @@ def dlq_list(
 def dlq_retry(
     ids: Annotated[list[int] | None, typer.Argument(help="Failure ids (see `dlq list`).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Retry every recorded failure.")] = False,
-    projection: Annotated[str | None, typer.Option(help="Only this projection's failures.")] = None,
+    projection: Annotated[
+        str | None, typer.Option(help="Only this projection's (or reactor's) failures.")
+    ] = None,
 ) -> None:
     """Re-apply recorded failures once their cause is fixed; those that still fail stay."""
     from eventfold.cli.dlq import run_retry

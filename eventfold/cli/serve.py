@@ -8,7 +8,7 @@ from eventfold.app import App
 from eventfold.runner import http_server, install_stop_signals, run_servers
 from eventfold.settings import Settings
 
-SERVICES = ("command-api", "query-api", "projector", "publisher")
+SERVICES = ("command-api", "query-api", "projector", "publisher", "reactors")
 
 
 async def serve_one(
@@ -36,7 +36,7 @@ async def serve_one(
         from query_api.bootstrap import create_app as query_app
 
         server = http_server(
-            query_app(settings, app.projections, app.routers),
+            query_app(settings, app.projections, app.routers, app.reactors),
             host or settings.query_api.host,
             port or settings.query_api.query_port,
         )
@@ -47,6 +47,11 @@ async def serve_one(
 
         chosen = list(app.projections) if projection is None else [app.projection(projection)]
         await run_projectors(settings, chosen, stop)
+        return
+    if service == "reactors":
+        from projector.reactors import run_reactors
+
+        await run_reactors(settings, list(app.reactors), stop)
         return
     if service == "publisher":
         # The outbox relay alone, without HTTP: publishes what command API

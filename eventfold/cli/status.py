@@ -1,4 +1,4 @@
-"""`eventfold status`: every projection's state as a terminal table.
+"""`eventfold status`: every projection's (and reactor's) state as a terminal table.
 
 It reads exactly what `GET /projections` reads (query_api.status), so the two
 can never disagree.
@@ -14,16 +14,17 @@ from rich.table import Table
 from eventfold.app import App
 from eventfold.db import create_engine
 from eventfold.settings import Settings
-from query_api.status import projection_report
+from query_api.status import projection_report, reactor_report
 from query_api.watermarks import WatermarkCache
 
 
 async def gather(settings: Settings, app: App) -> list[dict[str, Any]]:
     engine = create_engine(settings.db.read_db_url, pool_size=1, writer=False)
     try:
-        return await projection_report(
-            engine, list(app.projections), settings.kafka, WatermarkCache(settings.kafka)
-        )
+        marks = WatermarkCache(settings.kafka)
+        projections = await projection_report(engine, list(app.projections), settings.kafka, marks)
+        # Reactors follow, in the same shape, marked "kind": "reactor".
+        return projections + await reactor_report(engine, list(app.reactors), settings.kafka, marks)
     finally:
         await engine.dispose()
 

@@ -1,0 +1,67 @@
+"""The bank's welcome email: a reactor that mails every new account's owner over SMTP.
+
+The SMTP server is configured by the environment (`EVENTFOLD_SMTP_HOST`,
+`EVENTFOLD_SMTP_PORT`, `EVENTFOLD_SMTP_FROM`); `eventfold dev` starts a local
+sink and sets them when they are unset. The reactor's idempotency key is the
+mail's Message-ID, so a mail sent again after a crash is recognisably the
+same mail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from email.message import EmailMessage
+
+import aiosmtplib
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventfold import EnvelopeMeta, Event, Reactor
+from examples.bank.contracts import ACCOUNT, AccountOpened
+
+
+class MailSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTFOLD_SMTP_", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = Field(default="welcome@bank.example", validation_alias="EVENTFOLD_SMTP_FROM")
+    timeout_s: float = 10.0
+
+
+def recipient(owner: str) -> str:
+    """The owner when it is an address; else a mailbox named after the owner."""
+    if "@" in owner:
+        return owner
+    local = re.sub(r"[^a-z0-9._-]+", "-", owner.lower()).strip("-") or "owner"
+    return f"{local}@customers.bank.example"
+
+
+def welcome_message(sender: str, owner: str, account: str, key: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient(owner)
+    msg["Subject"] = "Welcome to the bank"
+    msg["Message-ID"] = f"<{key}@{sender.rpartition('@')[2] or 'bank.example'}>"
+    msg.set_content(f"Dear {owner},\n\nyour account {account} is open.\n")
+    return msg
+
+
+def welcome_reactor(mail: Callable[[], MailSettings] = MailSettings) -> Reactor:
+    """The reactor, reading its SMTP settings when it sends (dev sets them after loading the app)."""
+
+    async def send_welcome(meta: EnvelopeMeta, event: Event, key: str) -> None:
+        assert isinstance(event, AccountOpened)
+        cfg = mail()
+        await aiosmtplib.send(
+            welcome_message(cfg.sender, event.owner, meta.stream_id, key),
+            hostname=cfg.host,
+            port=cfg.port,
+            timeout=cfg.timeout_s,
+        )
+
+    return Reactor(name="welcome_email", contract=ACCOUNT, handlers={"AccountOpened": send_welcome})
+
+
+WELCOME_EMAIL = welcome_reactor()
