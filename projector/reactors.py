@@ -17,8 +17,9 @@ moves past an event only after the event was handled, passed over,
 dead-lettered or held back. A crash between a handler's side effect and the
 offset's write makes the event run again, with the same idempotency key.
 A reactor that has no stored offsets for a partition stores the current end
-(or 0 with `start="beginning"`) on its first assignment, so it acts on new
-events only, including those that arrive while it is down.
+(or 0 with `start="beginning"`) when it first starts, before it joins its
+consumer group, so it acts on events sent after it was deployed, including
+those that arrive while it is down or still joining.
 
 Replays and rebuilds of projections never run reactors: they use their own
 consumers and offsets.
@@ -218,6 +219,7 @@ class ReactorRuntime:
             try:
                 await create_topics(self.settings.kafka, self.topics + [dlq_topic(t) for t in self.topics])
                 await store.ensure_status_row(self.engine, self.reactor.name, 1)
+                await self._pin_start()
                 self.blocked = await blocking_offsets(self.engine, self.reactor.name)
                 return True
             except Exception as exc:
@@ -435,6 +437,24 @@ class ReactorRuntime:
             self.expected[tp] = (offset, True)
             self.progress.start((tp.topic, tp.partition), offset)
         self.committer.offer(positions)
+
+    async def _pin_start(self) -> None:
+        """Store where a reactor never run starts, as of its first start.
+
+        Joining the consumer group takes seconds; an event sent meanwhile
+        (the first command after `eventfold dev` is up, say) is after this
+        start and is acted on, where the ends at the first assignment would
+        already be past it.
+        """
+        stored = await store.load_offsets(self.engine, self.reactor.name, set(self.topics))
+        ends = await fetch_highwaters(self.settings.kafka, self.topics, timeout_s=10, require_all=True)
+        first = {
+            key: (end if self.reactor.start == "end" else 0) for key, end in ends.items() if key not in stored
+        }
+        if first:
+            async with self.engine.begin() as conn:
+                await store.save_offsets(conn, self.reactor.name, first)
+            log.info("reactor=%s starts at the %s: %s", self.reactor.name, self.reactor.start, first)
 
     async def _drop_lanes(self) -> None:
         """Cancel every lane: what they had not finished is read again from the stored offsets."""
