@@ -60,7 +60,8 @@ async def test_projector_port_and_correlation_from_http_to_projector_logs(
         query_metrics = (await http.get(f"{queries.url}/metrics")).text
         assert 'eventfold_query_seconds_count{route="/accounts/{account_id}",status="200"}' in query_metrics
         # `eventfold status` reads what GET /projections reads.
-        api = (await http.get(f"{queries.url}/projections")).json()["projections"]
+        report = (await http.get(f"{queries.url}/projections")).json()
+        api = report["projections"] + report["reactors"]
         cli = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "eventfold.cli", "status", "--json"],
