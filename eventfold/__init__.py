@@ -11,6 +11,7 @@ The rest of this package is the shared plumbing the services stand on
 
 from eventfold.aggregate import Aggregate, Rejected, replace
 from eventfold.app import App
+from eventfold.process import Issue, ProcessManager, Refusal, Step
 from eventfold.projection import Change, Doc, Projection
 from schemas.base import Command, Event
 from schemas.envelope import EnvelopeMeta
@@ -26,8 +27,12 @@ __all__ = [
     "Doc",
     "EnvelopeMeta",
     "Event",
+    "Issue",
+    "ProcessManager",
     "Projection",
+    "Refusal",
     "Rejected",
+    "Step",
     "declare_stream",
     "replace",
 ]

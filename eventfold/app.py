@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eventfold.aggregate import Aggregate, Aggregates
+from eventfold.process import ProcessManager
 from eventfold.projection import Projection
 from eventfold.settings import KafkaSettings
 from schemas.registry import StreamContract
@@ -35,12 +36,15 @@ class App:
     projections: Sequence[Projection] = ()
     routers: Sequence[Any] = field(default_factory=tuple)
     schema_dir: Path | None = None
+    # Commands caused by events (eventfold/process.py), served by `eventfold serve process-managers`.
+    process_managers: Sequence[ProcessManager[Any]] = ()
 
     def __post_init__(self) -> None:
         _unique("stream type", [a.stream_type for a in self.aggregates], self.name)
         _unique("projection", [p.name for p in self.projections], self.name)
         tables = [t.name for p in self.projections for t in p.tables]
         _unique("read table", tables, self.name)
+        _unique("process manager", [m.name for m in self.process_managers], self.name)
 
     def write_side(self) -> Aggregates:
         return Aggregates(self.aggregates)
@@ -51,6 +55,9 @@ class App:
         seen: dict[str, StreamContract] = {a.stream_type: a.contract for a in self.aggregates}
         for p in self.projections:
             seen.setdefault(p.stream_type, p.contract)
+        for m in self.process_managers:
+            for c in m.contracts:
+                seen.setdefault(c.stream_type, c)
         return list(seen.values())
 
     def event_topics(self, kafka: KafkaSettings) -> list[str]:
@@ -69,6 +76,13 @@ class App:
                 return p
         known = ", ".join(p.name for p in self.projections) or "none"
         raise ValueError(f"no projection named {name!r} (known: {known})")
+
+    def process_manager(self, name: str) -> ProcessManager[Any]:
+        for m in self.process_managers:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.process_managers) or "none"
+        raise ValueError(f"no process manager named {name!r} (known: {known})")
 
 
 def _unique(kind: str, names: list[str], app: str) -> None:

@@ -17,7 +17,7 @@ from eventfold.projection import Doc, Projection
 from schemas.base import Event
 from schemas.envelope import EnvelopeMeta
 from schemas.mapper import PoisonRecord, decode_value, read_current
-from schemas.registry import MissingUpcaster, UnknownEventType
+from schemas.registry import MissingUpcaster, StreamContract, UnknownEventType
 
 
 class RecordLike(Protocol):
@@ -100,19 +100,24 @@ def failed(item: Decoded, reason: str, detail: str) -> Failure:
 
 def decode(projection: Projection, record: RecordLike) -> Decoded | Failure:
     """Read one record as an event of the projection's stream type, or say why not."""
-    fast = read_current(projection.contract, record.value)
-    if fast is not None and fast.stream_type == projection.stream_type:
+    return decode_record(projection.contract, record)
+
+
+def decode_record(contract: StreamContract, record: RecordLike) -> Decoded | Failure:
+    """Read one record as an event of the contract's stream type, or say why not."""
+    fast = read_current(contract, record.value)
+    if fast is not None and fast.stream_type == contract.stream_type:
         return Decoded(record.topic, record.partition, record.offset, fast, fast.data, record)
     try:
         env = decode_value(record.value)
     except PoisonRecord as exc:
         return _poison(record, exc.reason, exc.detail)
-    if env.stream_type != projection.stream_type:
+    if env.stream_type != contract.stream_type:
         return _poison(
-            record, "unknown_stream_type", f"{env.stream_type!r} on a {projection.stream_type} topic"
+            record, "unknown_stream_type", f"{env.stream_type!r} on a {contract.stream_type} topic"
         )
     try:
-        event = projection.contract.load_event(env.type, env.schema_version, env.data)
+        event = contract.load_event(env.type, env.schema_version, env.data)
     except (UnknownEventType, MissingUpcaster) as exc:
         return _poison(record, "unknown_type", f"{env.type} v{env.schema_version}: {exc}")
     except ValidationError as exc:

@@ -114,6 +114,7 @@ async def run_dev(
     broker_kind: str = "tansu",
 ) -> None:
     from command_api.bootstrap import create_app as command_app
+    from projector.process_managers import run_process_managers
     from projector.runtime import run_projectors
     from query_api.bootstrap import create_app as query_app
 
@@ -132,6 +133,9 @@ async def run_dev(
             http_server(query_app(settings, app.projections, app.routers), "127.0.0.1", query_port),
         ]
         projector = asyncio.create_task(run_projectors(settings, list(app.projections), stop))
+        managers = asyncio.create_task(
+            run_process_managers(settings, app.process_managers, app.write_side(), stop)
+        )
         console.print(f"[green]app[/green]          {app.name} ({settings.app})")
         console.print(f"[green]command API[/green]  http://127.0.0.1:{command_port}/docs")
         console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
@@ -157,6 +161,7 @@ async def run_dev(
         finally:
             stop.set()
             await projector
+            await managers
     finally:
         if broker is not None:
             broker.stop()

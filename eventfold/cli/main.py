@@ -262,7 +262,9 @@ def asyncapi(
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help="command-api | query-api | projector | publisher")],
+    service: Annotated[
+        str, typer.Argument(help="command-api | query-api | projector | publisher | process-managers")
+    ],
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (defaults from settings).")] = None,
     projection: Annotated[
