@@ -100,6 +100,11 @@ class ProcessManager(Generic[S]):
         """One consumer group per process manager (and per topic prefix)."""
         return f"{kafka.topic_prefix}.process.{self.name}"
 
+    @property
+    def offsets_key(self) -> str:
+        """Its row key in `projection_offsets`: apart from any projection's, even one of the same name."""
+        return f"process:{self.name}"
+
     def load_state(self, raw: Mapping[str, Any] | None) -> S:
         if raw is None:
             return self.initial

@@ -6,7 +6,7 @@ ONE read-store transaction: correlate each event to its instance, load the
 instance, call the pure `handle`, and store the new state, the commands it
 asked for (each under an idempotency key derived from the causing event,
 `<pm>:<event id>:<n>`) and the deadline, with the batch's next offsets (in
-`projection_offsets`, keyed by the manager's name). The commands are sent
+`projection_offsets`, keyed `process:<name>`). The commands are sent
 afterwards, one at a time per instance, through the command path (decided and
 published like any other command); each outcome is stored before the next is
 sent. A crash anywhere therefore re-sends a command only under its stored key,
@@ -104,8 +104,9 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         rt = self.runtime
         async with rt.lock:
             rt.generation += 1
-            positions = await seek_to_stored(rt.consumer, rt.engine, rt.pm.name, list(assigned))
+            positions = await seek_to_stored(rt.consumer, rt.engine, rt.pm.offsets_key, list(assigned))
             rt.expected.update({tp: (o, True) for tp, o in positions.items()})
+        log.info("process=%s assigned=%s", rt.pm.name, sorted((tp.topic, tp.partition) for tp in assigned))
 
 
 class ProcessManagerRuntime:
@@ -123,8 +124,18 @@ class ProcessManagerRuntime:
         self.aggregates = aggregates
         self.send = send
         self.topics = {settings.kafka.topic(t): pm.contract(t) for t in pm.stream_types}
+        cfg = settings.projector
+        session = cfg.projector_session_timeout_ms
+        # The projector's group settings (projector/runtime.py), for the same reasons.
         self.consumer = new_consumer(
-            settings.kafka, group_id=pm.group_id(settings.kafka), fetch_max_wait_ms=50
+            settings.kafka,
+            group_id=pm.group_id(settings.kafka),
+            session_timeout_ms=session,
+            heartbeat_interval_ms=min(cfg.projector_heartbeat_ms, session // 3),
+            max_poll_interval_ms=max(60_000, session),
+            rebalance_timeout_ms=session,
+            request_timeout_ms=max(settings.kafka.request_timeout_ms, session + 5_000),
+            fetch_max_wait_ms=50,
         )
         self.lock = asyncio.Lock()
         self.generation = 0
@@ -148,6 +159,7 @@ class ProcessManagerRuntime:
             return
         self.consumer.subscribe(list(self.topics), listener=_SeekOnAssign(self))
         await self.consumer.start()
+        log.info("process=%s reads %s", self.pm.name, ", ".join(self.topics))
         ticking = asyncio.create_task(self._tick_loop(stop), name=f"process-{self.pm.name}-tick")
         try:
             await self._consume(stop)
@@ -187,7 +199,7 @@ class ProcessManagerRuntime:
     async def _reseek(self) -> None:
         async with self.lock:
             assigned = list(self.consumer.assignment())
-            positions = await seek_to_stored(self.consumer, self.engine, self.pm.name, assigned)
+            positions = await seek_to_stored(self.consumer, self.engine, self.pm.offsets_key, assigned)
             self.expected.update({tp: (o, True) for tp, o in positions.items()})
             self.generation += 1
 
@@ -232,7 +244,7 @@ class ProcessManagerRuntime:
                     changed[iid] = ps.apply_step(current, step, f"{pm.name}:{item.envelope.event_id}")
                     self._correlation[iid] = item.envelope.correlation_id
                 await ps.save_instances(conn, pm.name, changed.values())
-                await store.save_offsets(conn, pm.name, next_offsets(items))
+                await store.save_offsets(conn, pm.offsets_key, next_offsets(items))
             return [i for i, inst in changed.items() if inst.pending]
 
     async def _drain(self, iid: str) -> None:

@@ -70,7 +70,7 @@ projection_failures = Table(
 # One row per process-manager instance (projector/process_managers.py): its
 # state, the commands it still has to send, its deadline and its status
 # (`active`, `done`, `stuck` with the refusal in `reason`). Written in the same
-# transaction as the manager's offsets in projection_offsets (keyed by its name).
+# transaction as the manager's offsets in projection_offsets (keyed `process:<name>`).
 process_instances = Table(
     "process_instances",
     metadata,
