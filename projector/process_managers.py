@@ -257,7 +257,10 @@ class ProcessManagerRuntime:
                 if current is None or current.status == ps.STUCK or not current.pending:
                     return
                 first = current.pending[0]
-                sent = await self.send(first.key, first.issue, self._correlation.get(iid))
+                try:
+                    sent = await self.send(first.key, first.issue, self._correlation.get(iid))
+                except Exception as exc:  # whatever became of it, the same key is sent again
+                    sent = Sent("retry", detail=repr(exc))
                 if sent.outcome == "retry":
                     log.warning(
                         "process=%s instance=%s: %s not sent yet: %s", pm.name, iid, first.key, sent.detail
