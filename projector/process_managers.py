@@ -255,6 +255,7 @@ class ProcessManagerRuntime:
                 async with self.engine.begin() as conn:
                     current = (await ps.load_instances(conn, pm, self.aggregates, [iid])).get(iid)
                 if current is None or current.status == ps.STUCK or not current.pending:
+                    self._correlation.pop(iid, None)
                     return
                 first = current.pending[0]
                 try:

@@ -127,6 +127,27 @@ async def test_unreachable_and_misconfigured_parts_never_show_the_password(make_
 
 
 @pytest.mark.parametrize("broker", ["tansu", pytest.param("apache", marks=pytest.mark.apache)])
+async def _a_transfer_completes(commands: str, queries: str, key: str, source: str) -> None:
+    """`eventfold dev` runs the process managers too: the bank's transfer saga completes."""
+    auth = {"Authorization": f"Bearer {key}"}
+    target, tid = uid("dev"), uid("t")
+    async with httpx.AsyncClient(base_url=commands, headers=auth) as c:
+        for stream, body in [
+            (source, {"type": "Deposit", "data": {"amount": 9}}),
+            (target, {"type": "OpenAccount", "data": {"owner": "T"}}),
+        ]:
+            assert (await c.post(f"/commands/account/{stream}", json=body)).status_code == 200
+        request = {"type": "RequestTransfer", "data": {"source": source, "target": target, "amount": 9}}
+        assert (await c.post(f"/commands/transfer/{tid}", json=request)).status_code == 200
+    async with httpx.AsyncClient(base_url=queries, headers=auth) as q:
+
+        async def completed() -> bool:
+            r = await q.get(f"/views/transfers/{tid}")
+            return r.status_code == 200 and r.json()["status"] == "completed"
+
+        await wait_until(completed, timeout=60, what="the transfer to complete in eventfold dev")
+
+
 async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path, broker: str) -> None:
     ports = {"command": free_port(), "query": free_port(), "kafka": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
@@ -187,6 +208,7 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path, broker: str
             KafkaSettings(kafka_bootstrap=f"127.0.0.1:{ports['kafka']}"), "eventfold.account.events"
         )
         assert [r.key for r in records] == [sid.encode()]
+        await _a_transfer_completes(base, f"http://127.0.0.1:{ports['query']}", key, sid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
