@@ -47,7 +47,11 @@ async def rebuild_projection(
     return json_response({"projection": name, "generation": generation}, 202)
 
 
-@router.get("/process-managers/{name}/instances", dependencies=[CanRead])
+@router.get(
+    "/process-managers/{name}/instances",
+    dependencies=[CanRead],
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 422)},
+)
 async def read_process_instances(
     side: SideDep,
     name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")],

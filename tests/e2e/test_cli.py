@@ -92,14 +92,14 @@ async def test_unknown_names_and_ids_are_errors(make_settings, sqlite_db) -> Non
         ["rebuild", unknown],
     ):
         done = await asyncio.to_thread(eventfold, *command, env=env)
-        _one_line_error(done, f"no projection named {unknown!r} (known: accounts)")
+        _one_line_error(done, f"no projection named {unknown!r} (known: accounts, transfers)")
     done = await asyncio.to_thread(eventfold, "dlq", "retry", "999", env=env)
     _one_line_error(done, "no dead letter with id 999")
     retry = ["dlq", "retry", "998", "999", "--projection", "accounts"]
     done = await asyncio.to_thread(eventfold, *retry, env=env)
     _one_line_error(done, "no dead letters with ids 998, 999 in projection 'accounts'")
     done = await asyncio.to_thread(eventfold, "replay", "--write-side", unknown, env=env)
-    _one_line_error(done, f"no stream type named {unknown!r} (known: account)")
+    _one_line_error(done, f"no stream type named {unknown!r} (known: account, transfer)")
 
 
 async def test_unreachable_and_misconfigured_parts_never_show_the_password(make_settings, sqlite_db) -> None:
@@ -126,7 +126,6 @@ async def test_unreachable_and_misconfigured_parts_never_show_the_password(make_
     _one_line_error(done, "invalid setting EVENTFOLD_PARTITIONS")
 
 
-@pytest.mark.parametrize("broker", ["tansu", pytest.param("apache", marks=pytest.mark.apache)])
 async def _a_transfer_completes(commands: str, queries: str, key: str, source: str) -> None:
     """`eventfold dev` runs the process managers too: the bank's transfer saga completes."""
     auth = {"Authorization": f"Bearer {key}"}
@@ -148,6 +147,7 @@ async def _a_transfer_completes(commands: str, queries: str, key: str, source: s
         await wait_until(completed, timeout=60, what="the transfer to complete in eventfold dev")
 
 
+@pytest.mark.parametrize("broker", ["tansu", pytest.param("apache", marks=pytest.mark.apache)])
 async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path, broker: str) -> None:
     ports = {"command": free_port(), "query": free_port(), "kafka": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
