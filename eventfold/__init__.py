@@ -12,6 +12,7 @@ The rest of this package is the shared plumbing the services stand on
 
 from eventfold.aggregate import Aggregate, Rejected, replace
 from eventfold.app import App
+from eventfold.process import Issue, ProcessManager, Refusal, Step
 from eventfold.projection import Change, Doc, Projection
 from eventfold.reaction import Reactor
 from schemas.base import Command, Event
@@ -28,9 +29,13 @@ __all__ = [
     "Doc",
     "EnvelopeMeta",
     "Event",
+    "Issue",
+    "ProcessManager",
     "Projection",
     "Reactor",
+    "Refusal",
     "Rejected",
+    "Step",
     "declare_stream",
     "replace",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eventfold.aggregate import Aggregate, Aggregates
+from eventfold.process import ProcessManager
 from eventfold.projection import Projection
 from eventfold.reaction import Reactor
 from eventfold.settings import KafkaSettings
@@ -38,6 +39,8 @@ class App:
     schema_dir: Path | None = None
     # Durable side effects on events (eventfold/reaction.py), served by `eventfold serve reactors`.
     reactors: Sequence[Reactor] = ()
+    # Commands caused by events (eventfold/process.py), served by `eventfold serve process-managers`.
+    process_managers: Sequence[ProcessManager[Any]] = ()
 
     def __post_init__(self) -> None:
         _unique("stream type", [a.stream_type for a in self.aggregates], self.name)
@@ -46,6 +49,7 @@ class App:
         _unique("read table", tables, self.name)
         # Reactors keep offsets and failures beside the projections', keyed by name.
         _unique("projection or reactor", [p.name for p in self.projections] + self.reactor_names, self.name)
+        _unique("process manager", [m.name for m in self.process_managers], self.name)
 
     def write_side(self) -> Aggregates:
         return Aggregates(self.aggregates)
@@ -58,6 +62,9 @@ class App:
             seen.setdefault(p.stream_type, p.contract)
         for r in self.reactors:
             for c in r.contracts:
+                seen.setdefault(c.stream_type, c)
+        for m in self.process_managers:
+            for c in m.contracts:
                 seen.setdefault(c.stream_type, c)
         return list(seen.values())
 
@@ -88,6 +95,13 @@ class App:
                 return r
         known = ", ".join(self.reactor_names) or "none"
         raise ValueError(f"no reactor named {name!r} (known: {known})")
+
+    def process_manager(self, name: str) -> ProcessManager[Any]:
+        for m in self.process_managers:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.process_managers) or "none"
+        raise ValueError(f"no process manager named {name!r} (known: {known})")
 
 
 def _unique(kind: str, names: list[str], app: str) -> None:

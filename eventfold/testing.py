@@ -12,7 +12,9 @@ Projections, events in, rows out:
     view = project(ACCOUNTS, AccountOpened(owner="a"), Deposited(amount=5, reference="r"), stream_id="a-1")
     view.doc["balance"], view.rows(account_transactions)
 
-Both follow the runtime rather than a model of it. A command is decided on the
+Process managers, events in, commands out (`process`, below).
+
+All follow the runtime rather than a model of it. A command is decided on the
 state as the write store reloads it (its JSON snapshot), and must be one of
 the contract's commands; its events must be the contract's events. Events are
 encoded as the command API encodes them and decoded and folded by the
@@ -38,6 +40,7 @@ from sqlalchemy import Column, DefaultClause, Index, String, Table, UniqueConstr
 
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregate, Rejected
+from eventfold.process import Issue, ProcessManager, Refusal, Step
 from eventfold.projection import Change, Doc, Handler, Projection
 from projector.batch import Decoded, Folded, decode, fold
 from schemas.base import Command, Event
@@ -46,6 +49,7 @@ from schemas.mapper import decode_value, encode_envelope
 from schemas.registry import StreamContract
 
 S = TypeVar("S", bound=BaseModel)
+P = TypeVar("P", bound=BaseModel)
 
 # When an event happened, unless a test says otherwise: fixed, so rows are comparable.
 OCCURRED_AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -509,3 +513,123 @@ def _conflict(table: Table, new: Mapping[str, Any], old: Mapping[str, Any]) -> b
         if isinstance(constraint, UniqueConstraint) or (isinstance(constraint, Index) and constraint.unique):
             keys.append([c.name for c in constraint.columns])
     return any(cols and all(new[c] is not None and new[c] == old[c] for c in cols) for cols in keys)
+
+
+# Process managers
+
+
+def process(pm: ProcessManager[P]) -> ProcessRun[P]:
+    """A process manager with no instance yet; feed it events with `when`.
+
+        run = process(SAGA).when(TransferRequested(...), stream_id="t-1")
+        run.then(Issue("account", "a-1", Withdraw(amount=5, reference="t-1")))
+        run.refused("insufficient_funds").then(Issue("transfer", "t-1", FailTransfer(...)))
+        run.deadline_passes().then(...)
+
+    Each step is taken as the runtime takes it: the state is reloaded from its
+    stored JSON first, every event must be one of the contracts' events (its
+    stream type is the contract declaring it), and an event that correlates
+    to another instance (or to none) leaves this one as it was (`ignored`).
+    """
+    return ProcessRun(pm, None, pm.initial, (), None, False, None, False, {})
+
+
+@dataclass(frozen=True)
+class ProcessRun(Generic[P]):
+    """One instance after its latest step: its state, the commands that step sent, its deadline."""
+
+    pm: ProcessManager[P]
+    instance: str | None
+    state: P
+    commands: tuple[Issue, ...]
+    deadline: datetime | None
+    done: bool
+    stuck: str | None  # the refusal that left it stuck, if one did
+    ignored: bool  # the latest event did not concern this instance
+    versions: dict[tuple[str, str], int]
+
+    def when(
+        self,
+        event: Event,
+        *,
+        stream_id: str,
+        version: int | None = None,
+        occurred_at: datetime = OCCURRED_AT,
+        correlation_id: str | None = None,
+    ) -> ProcessRun[P]:
+        """Deliver `event` of stream `stream_id` (version: the stream's next, unless given)."""
+        contract = self._contract_of(event)
+        key = (contract.stream_type, stream_id)
+        at = version if version is not None else self.versions.get(key, 0) + 1
+        versions = {**self.versions, key: at}
+        env = envelope(
+            event,
+            stream_type=contract,
+            stream_id=stream_id,
+            version=at,
+            occurred_at=occurred_at,
+            correlation_id=correlation_id,
+        )
+        meta = EnvelopeMeta.model_validate(env.model_dump(exclude={"data"}))
+        iid = self.pm.correlate(meta, event)
+        if iid is None or (self.instance is not None and iid != self.instance) or self.stuck:
+            return dataclasses.replace(self, commands=(), ignored=True, versions=versions)
+        step = self.pm.handle(self._stored_state(), meta, event)
+        if self.instance is None and self.pm.untouched(step):
+            return dataclasses.replace(self, commands=(), ignored=True, versions=versions)
+        return self._after(iid, step, versions)
+
+    def refused(self, code: str, detail: str = "", command: int = 0) -> ProcessRun[P]:
+        """The latest step's `command`-th command was refused with `code`: `on_refused` decides."""
+        if not 0 <= command < len(self.commands):
+            raise AssertionError(f"the latest step sent {len(self.commands)} command(s), none at {command}")
+        assert self.instance is not None
+        refusal = Refusal(self.commands[command], code, detail)
+        step = self.pm.on_refused(self._stored_state(), self.instance, refusal)
+        if step is None:
+            return dataclasses.replace(self, commands=(), stuck=f"{code}: {detail}", ignored=False)
+        return self._after(self.instance, step, self.versions)
+
+    def deadline_passes(self) -> ProcessRun[P]:
+        """The deadline passed with every command sent: `on_deadline` decides."""
+        if self.deadline is None or self.done or self.stuck:
+            raise AssertionError(f"no deadline can pass: deadline={self.deadline}, done={self.done}")
+        assert self.instance is not None
+        return self._after(
+            self.instance, self.pm.on_deadline(self._stored_state(), self.instance), self.versions
+        )
+
+    def then(self, *expected: Issue) -> ProcessRun[P]:
+        """Assert the latest step sent exactly `expected`, in order (none: no commands)."""
+        if list(expected) != list(self.commands):
+            raise AssertionError(
+                f"{self.pm.name}: wrong commands\n"
+                f"expected:\n{_issues(expected)}\ngot:\n{_issues(self.commands)}"
+            )
+        return self
+
+    def _after(self, iid: str, step: Step[P], versions: dict[tuple[str, str], int]) -> ProcessRun[P]:
+        return ProcessRun(
+            self.pm, iid, step.state, tuple(step.commands), step.deadline, step.done, None, False, versions
+        )
+
+    def _contract_of(self, event: Event) -> StreamContract:
+        name = type(event).__name__
+        for c in self.pm.contracts:
+            if c.events.get(name) is type(event):
+                return c
+        raise AssertionError(f"{name} is not an event of {self.pm.name!r}'s contracts")
+
+    def _stored_state(self) -> P:
+        """The state as the runtime reloads it from its row."""
+        reloaded = self.pm.load_state(jsonutil.loads(jsonutil.dumps(self.state.model_dump(mode="json"))))
+        if reloaded != self.state:
+            raise AssertionError(
+                "the state does not survive its stored JSON:\n"
+                f"  kept:     {self.state!r}\n  reloaded: {reloaded!r}"
+            )
+        return reloaded
+
+
+def _issues(issues: Sequence[Issue]) -> str:
+    return "\n".join(f"  {i.stream_type}/{i.stream_id}: {i.command!r}" for i in issues) or "  (none)"

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -64,4 +65,22 @@ projection_failures = Table(
     Column("headers", LargeBinary),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("projection", "topic", "partition", "offset", name="uq_failure_record"),
+)
+
+# One row per process-manager instance (projector/process_managers.py): its
+# state, the commands it still has to send, its deadline and its status
+# (`active`, `done`, `stuck` with the refusal in `reason`). Written in the same
+# transaction as the manager's offsets in projection_offsets (keyed `process:<name>`).
+process_instances = Table(
+    "process_instances",
+    metadata,
+    Column("process", String(100), primary_key=True),
+    Column("instance", String(255), primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("pending", Text, nullable=False),
+    Column("deadline", Float),
+    Column("reason", Text),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_process_instances_due", "process", "status", "deadline"),
 )

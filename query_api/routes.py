@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -46,6 +46,25 @@ async def rebuild_projection(
 
     generation = await start_rebuild(side, name)
     return json_response({"projection": name, "generation": generation}, 202)
+
+
+@router.get(
+    "/process-managers/{name}/instances",
+    dependencies=[CanRead],
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 422)},
+)
+async def read_process_instances(
+    side: SideDep,
+    name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
+    status: Annotated[Literal["active", "done", "stuck"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """A process manager's instances (in id order): status, the refusal a stuck one met, deadline, state."""
+    from projector.process_store import list_instances
+
+    async with side.engine.connect() as conn:
+        rows = await list_instances(conn, name, status, limit)
+    return json_response({"process_manager": name, "instances": rows})
 
 
 @router.get("/metrics", include_in_schema=False)

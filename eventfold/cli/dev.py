@@ -119,6 +119,7 @@ async def run_dev(
     broker_kind: str = "tansu",
 ) -> None:
     from command_api.bootstrap import create_app as command_app
+    from projector.process_managers import run_process_managers
     from projector.reactors import run_reactors
     from projector.runtime import run_projectors
     from query_api.bootstrap import create_app as query_app
@@ -142,6 +143,9 @@ async def run_dev(
         sink = await start_mail_sink(app, settings.data_dir)
         projector = asyncio.create_task(run_projectors(settings, list(app.projections), stop))
         reactors = asyncio.create_task(run_reactors(settings, list(app.reactors), stop))
+        managers = asyncio.create_task(
+            run_process_managers(settings, app.process_managers, app.write_side(), stop)
+        )
         console.print(f"[green]app[/green]          {app.name} ({settings.app})")
         console.print(f"[green]command API[/green]  http://127.0.0.1:{command_port}/docs")
         console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
@@ -174,6 +178,7 @@ async def run_dev(
             stop.set()
             await projector
             await reactors
+            await managers
             if sink is not None:
                 await asyncio.to_thread(sink.stop)
     finally:

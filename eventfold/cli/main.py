@@ -263,7 +263,8 @@ def asyncapi(
 @app.command()
 def serve(
     service: Annotated[
-        str, typer.Argument(help="command-api | query-api | projector | publisher | reactors")
+        str,
+        typer.Argument(help="command-api | query-api | projector | publisher | reactors | process-managers"),
     ],
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (defaults from settings).")] = None,

@@ -8,7 +8,7 @@ from eventfold.app import App
 from eventfold.runner import http_server, install_stop_signals, run_servers
 from eventfold.settings import Settings
 
-SERVICES = ("command-api", "query-api", "projector", "publisher", "reactors")
+SERVICES = ("command-api", "query-api", "projector", "publisher", "reactors", "process-managers")
 
 
 async def serve_one(
@@ -60,5 +60,10 @@ async def serve_one(
 
         async with command_side(settings, app.write_side()):
             await stop.wait()
+        return
+    if service == "process-managers":
+        from projector.process_managers import run_process_managers
+
+        await run_process_managers(settings, app.process_managers, app.write_side(), stop)
         return
     raise ValueError(f"unknown service {service!r}: {', '.join(SERVICES)}")

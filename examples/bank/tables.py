@@ -32,3 +32,31 @@ account_transactions = Table(
     # Deposited/Withdrawn carry a reference since their schema version 2.
     Column("reference", String(200), nullable=False, server_default=""),
 )
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("target", String(128), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_transfers_status_id", "status", "id"),
+    Index("ix_transfers_source_id", "source", "id"),
+)
+
+# A transfer's steps, as its saga recorded them: requested, debited, then one of
+# completed, failed or compensated.
+transfer_steps = Table(
+    "transfer_steps",
+    metadata,
+    Column("transfer_id", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("step", String(20), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("detail", String(500), nullable=False, server_default=""),
+)

@@ -92,14 +92,14 @@ async def test_unknown_names_and_ids_are_errors(make_settings, sqlite_db) -> Non
         ["rebuild", unknown],
     ):
         done = await asyncio.to_thread(eventfold, *command, env=env)
-        _one_line_error(done, f"no projection named {unknown!r} (known: accounts)")
+        _one_line_error(done, f"no projection named {unknown!r} (known: accounts, transfers)")
     done = await asyncio.to_thread(eventfold, "dlq", "retry", "999", env=env)
     _one_line_error(done, "no dead letter with id 999")
     retry = ["dlq", "retry", "998", "999", "--projection", "accounts"]
     done = await asyncio.to_thread(eventfold, *retry, env=env)
     _one_line_error(done, "no dead letters with ids 998, 999 in projection 'accounts'")
     done = await asyncio.to_thread(eventfold, "replay", "--write-side", unknown, env=env)
-    _one_line_error(done, f"no stream type named {unknown!r} (known: account)")
+    _one_line_error(done, f"no stream type named {unknown!r} (known: account, transfer)")
 
 
 async def test_unreachable_and_misconfigured_parts_never_show_the_password(make_settings, sqlite_db) -> None:
@@ -124,6 +124,27 @@ async def test_unreachable_and_misconfigured_parts_never_show_the_password(make_
     env["EVENTFOLD_PARTITIONS"] = "many"
     done = await asyncio.to_thread(eventfold, "status", env=env)
     _one_line_error(done, "invalid setting EVENTFOLD_PARTITIONS")
+
+
+async def _a_transfer_completes(commands: str, queries: str, key: str, source: str) -> None:
+    """`eventfold dev` runs the process managers too: the bank's transfer saga completes."""
+    auth = {"Authorization": f"Bearer {key}"}
+    target, tid = uid("dev"), uid("t")
+    async with httpx.AsyncClient(base_url=commands, headers=auth) as c:
+        for stream, body in [
+            (source, {"type": "Deposit", "data": {"amount": 9}}),
+            (target, {"type": "OpenAccount", "data": {"owner": "T"}}),
+        ]:
+            assert (await c.post(f"/commands/account/{stream}", json=body)).status_code == 200
+        request = {"type": "RequestTransfer", "data": {"source": source, "target": target, "amount": 9}}
+        assert (await c.post(f"/commands/transfer/{tid}", json=request)).status_code == 200
+    async with httpx.AsyncClient(base_url=queries, headers=auth) as q:
+
+        async def completed() -> bool:
+            r = await q.get(f"/views/transfers/{tid}")
+            return r.status_code == 200 and r.json()["status"] == "completed"
+
+        await wait_until(completed, timeout=60, what="the transfer to complete in eventfold dev")
 
 
 @pytest.mark.parametrize("broker", ["tansu", pytest.param("apache", marks=pytest.mark.apache)])
@@ -187,6 +208,7 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path, broker: str
             KafkaSettings(kafka_bootstrap=f"127.0.0.1:{ports['kafka']}"), "eventfold.account.events"
         )
         assert [r.key for r in records] == [sid.encode()]
+        await _a_transfer_completes(base, f"http://127.0.0.1:{ports['query']}", key, sid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -168,7 +168,15 @@ async def _events_applied(url: str) -> int:
     engine = create_engine(url, writer=False)
     try:
         async with engine.connect() as conn:
-            return int((await conn.execute(select(projection_status.c.events_applied))).scalar_one())
+            return int(
+                (
+                    await conn.execute(
+                        select(projection_status.c.events_applied).where(
+                            projection_status.c.projection == "accounts"
+                        )
+                    )
+                ).scalar_one()
+            )
     finally:
         await engine.dispose()
 

@@ -90,7 +90,9 @@ async def _status(url: str) -> tuple[str, int]:
     try:
         async with engine.connect() as conn:
             c = projection_status.c
-            row = (await conn.execute(select(c.state, c.events_applied))).one()
+            row = (
+                await conn.execute(select(c.state, c.events_applied).where(c.projection == "accounts"))
+            ).one()
     finally:
         await engine.dispose()
     return row[0], int(row[1])

@@ -254,6 +254,11 @@ def test_every_dead_letter_reason_the_projector_gives_is_described() -> None:
     assert given - {"version_gap"} == set(DEAD_LETTER_REASONS)
 
 
-def test_default_registry_has_account_only() -> None:
+def test_default_registry_has_accounts_and_transfers() -> None:
     doc = document((a.contract for a in default_aggregates()), cluster(), version="x", schema_root=None)
-    assert list(doc["channels"]) == ["accountEvents", "accountDeadLetters"]
+    assert list(doc["channels"]) == [
+        "accountEvents",
+        "accountDeadLetters",
+        "transferEvents",
+        "transferDeadLetters",
+    ]

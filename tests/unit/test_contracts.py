@@ -80,7 +80,7 @@ def test_registry_refuses_duplicate_stream_types() -> None:
 
 
 def test_aggregates_build_their_registry() -> None:
-    assert default_aggregates().registry.stream_types == ["account"]
+    assert default_aggregates().registry.stream_types == ["account", "transfer"]
     assert with_counter().registry.stream_types == ["account", "counter"]
 
 

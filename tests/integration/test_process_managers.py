@@ -1,0 +1,166 @@
+"""The process-manager runtime over the real broker, write store and read store.
+
+The bank's transfer saga runs in-process with the real command path. Sends
+fail on purpose after the command was made durable (as a crash between the
+send and storing its outcome would), and the runtime must send the same key
+again: each transfer's money moves once. A refusal the saga does not handle
+leaves the instance `stuck`, listed with the refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from command_api.bootstrap import command_side
+from eventfold.db import create_engine
+from eventfold.kafka import create_topics
+from eventfold.process import Issue
+from eventfold.settings import DatabaseSettings, Settings
+from eventfold.tasks import cancel_and_wait
+from examples.bank import app as bank
+from examples.bank.contracts import CloseAccount, Deposit, OpenAccount
+from examples.bank.transfer import RequestTransfer
+from examples.bank.transfer_process import transfer_process
+from projector.process_managers import ProcessManagerRuntime, Sender, Sent, command_sender
+from projector.process_store import list_instances
+from schemas.mapper import decode_value
+from tests.conftest import create_database, drop_database
+from tests.helpers import read_topic, uid, wait_until
+
+
+@pytest.fixture
+async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
+    url = await create_database(pg_admin_url)
+    try:
+        yield DatabaseSettings(write_db_url=url, read_db_url=url)
+    finally:
+        await drop_database(pg_admin_url, url)
+
+
+Run = Callable[[Sender], Awaitable[None]]
+
+
+async def _instances(settings: Settings, status: str | None = None) -> list[dict[str, Any]]:
+    engine = create_engine(settings.db.read_db_url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            return await list_instances(conn, "transfers", status, 1000)
+    finally:
+        await engine.dispose()
+
+
+async def _moves(settings: Settings) -> Counter[tuple[str, str, str]]:
+    seen: set[tuple[str, int]] = set()
+    out: Counter[tuple[str, str, str]] = Counter()
+    for r in await read_topic(settings.kafka, settings.kafka.topic("account")):
+        env = decode_value(r.value)
+        if (env.stream_id, env.version) not in seen and env.type in ("Withdrawn", "Deposited"):
+            out[(env.stream_id, env.type, env.data["reference"])] += 1
+        seen.add((env.stream_id, env.version))
+    return out
+
+
+async def _with_runtime(settings: Settings, wrap: Callable[[Sender, Sender], Sender], body: Run) -> None:
+    """The saga's runtime in a task, sending through `wrap(real sender)`; `body` gets the real sender."""
+    await create_topics(settings.kafka, bank.topics(settings.kafka))
+    engine = create_engine(settings.db.read_db_url)
+    stop = asyncio.Event()
+    try:
+        async with command_side(settings, bank.write_side()) as side:
+            real = command_sender(side.service)
+            runtime = ProcessManagerRuntime(
+                settings, transfer_process(), engine, bank.write_side(), wrap(real, real)
+            )
+            task = asyncio.create_task(runtime.run(stop))
+            try:
+                await body(real)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+                await cancel_and_wait([task])
+    finally:
+        await engine.dispose()
+
+
+async def _send(real: Sender, stream_type: str, stream_id: str, command: Any) -> None:
+    sent = await real(uid("k"), Issue(stream_type, stream_id, command), None)
+    assert sent.outcome == "accepted", sent
+
+
+async def test_a_send_lost_after_the_command_was_durable_is_repeated_under_its_key(
+    make_settings: Any, own_pg: DatabaseSettings
+) -> None:
+    settings = make_settings(own_pg)
+    attempts: Counter[str] = Counter()
+
+    def crash_after_first_send(real: Sender, _: Sender) -> Sender:
+        async def send(key: str, issue: Issue, correlation_id: str | None) -> Sent:
+            attempts[key] += 1
+            sent = await real(key, issue, correlation_id)
+            if attempts[key] == 1:
+                raise ConnectionResetError("lost on the way back")
+            return sent
+
+        return send
+
+    async def body(real: Sender) -> None:
+        accounts = [uid("acc") for _ in range(3)]
+        for a in accounts:
+            await _send(real, "account", a, OpenAccount(owner="o"))
+            await _send(real, "account", a, Deposit(amount=100))
+        transfers = [(uid("t"), accounts[n % 3], accounts[(n + 1) % 3]) for n in range(6)]
+        for n, (tid, src, dst) in enumerate(transfers):
+            await _send(real, "transfer", tid, RequestTransfer(source=src, target=dst, amount=10 + n))
+
+        async def all_done() -> bool:
+            return len(await _instances(settings, "done")) == len(transfers)
+
+        await wait_until(all_done, timeout=60, what="every transfer done")
+        moves = await _moves(settings)
+        for tid, src, dst in transfers:
+            assert moves[(src, "Withdrawn", tid)] == 1, tid
+            assert moves[(dst, "Deposited", tid)] == 1, tid
+            assert moves[(src, "Deposited", tid)] == 0, tid
+        # Every command was sent twice (four per transfer), and took effect once.
+        assert len(attempts) == 4 * len(transfers) and set(attempts.values()) == {2}
+
+    await _with_runtime(settings, crash_after_first_send, body)
+
+
+async def test_a_refusal_the_saga_does_not_handle_leaves_the_instance_stuck_and_listed(
+    make_settings: Any, own_pg: DatabaseSettings
+) -> None:
+    settings = make_settings(own_pg)
+    source, closed, tid = uid("acc"), uid("acc"), uid("t")
+
+    def close_the_source_before_the_refund(real: Sender, _: Sender) -> Sender:
+        async def send(key: str, issue: Issue, correlation_id: str | None) -> Sent:
+            if issue.stream_id == source and isinstance(issue.command, Deposit):
+                await _send(real, "account", source, CloseAccount())  # its balance went to the transfer
+            return await real(key, issue, correlation_id)
+
+        return send
+
+    async def body(real: Sender) -> None:
+        await _send(real, "account", source, OpenAccount(owner="o"))
+        await _send(real, "account", source, Deposit(amount=25))
+        await _send(real, "account", closed, OpenAccount(owner="o"))
+        await _send(real, "account", closed, CloseAccount())
+        await _send(real, "transfer", tid, RequestTransfer(source=source, target=closed, amount=25))
+
+        async def stuck() -> list[dict[str, Any]]:
+            return await _instances(settings, "stuck")
+
+        [instance] = await wait_until(stuck, timeout=60, what="the instance to be stuck")
+        assert instance["instance"] == tid
+        assert "refused Deposit" in instance["reason"] and "account_closed" in instance["reason"]
+        assert instance["state"]["phase"] == "refunding"
+        moves = await _moves(settings)
+        assert moves[(source, "Withdrawn", tid)] == 1 and moves[(source, "Deposited", tid)] == 0
+
+    await _with_runtime(settings, close_the_source_before_the_refund, body)
