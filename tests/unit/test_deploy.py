@@ -377,10 +377,14 @@ def test_compose_runs_the_expected_services() -> None:
         "command-api": "command-api",
         "projector": "projector",
         "query-api": "query-api",
+        "reactors": "reactors",
+        "process-managers": "process-managers",
     }
 
 
-@pytest.mark.parametrize("name", ["migrate", "command-api", "projector", "query-api"])
+@pytest.mark.parametrize(
+    "name", ["migrate", "command-api", "projector", "query-api", "reactors", "process-managers"]
+)
 def test_compose_commands_are_real_cli_commands(name: str) -> None:
     svc = eventfold_compose_services()[name]
     for call in eventfold_calls(compose_argv(svc)):
