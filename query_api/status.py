@@ -26,23 +26,7 @@ async def projection_report(
     for p in projections:
         row = rows[p.name]
         topic = p.topic(kafka)
-        parts = sorted(
-            {part for t, part in row["offsets"] if t == topic}
-            | {part for t, part in (marks or {}) if t == topic}
-        )
-        partitions = []
-        for part in parts:
-            stored = row["offsets"].get((topic, part), 0)
-            hw = marks.get((topic, part)) if marks is not None else None
-            partitions.append(
-                {
-                    "topic": topic,
-                    "partition": part,
-                    "offset": stored,
-                    "high_watermark": hw,
-                    "lag": None if hw is None else max(hw - stored, 0),
-                }
-            )
+        partitions = _partitions(topic, row["offsets"], marks)
         lags = [x["lag"] for x in partitions]
         failures = row["failures"]
         out.append(
@@ -83,24 +67,7 @@ async def reactor_report(
     out = []
     for r in reactors:
         row = rows[r.name]
-        partitions = []
-        for topic in r.topics(kafka):
-            parts = sorted(
-                {part for t, part in row["offsets"] if t == topic}
-                | {part for t, part in (marks or {}) if t == topic}
-            )
-            for part in parts:
-                stored = row["offsets"].get((topic, part), 0)
-                hw = marks.get((topic, part)) if marks is not None else None
-                partitions.append(
-                    {
-                        "topic": topic,
-                        "partition": part,
-                        "offset": stored,
-                        "high_watermark": hw,
-                        "lag": None if hw is None else max(hw - stored, 0),
-                    }
-                )
+        partitions = [x for topic in r.topics(kafka) for x in _partitions(topic, row["offsets"], marks)]
         lags = [x["lag"] for x in partitions]
         failures = row["failures"]
         out.append(
@@ -121,6 +88,29 @@ async def reactor_report(
                 "generation": 1,
                 "rebuild_progress": None,
                 "rebuild_detail": None,
+            }
+        )
+    return out
+
+
+def _partitions(
+    topic: str, offsets: dict[tuple[str, int], int], marks: dict[tuple[str, int], int] | None
+) -> list[dict[str, Any]]:
+    """Each partition of `topic` with its stored offset, high-watermark and lag (None when unknown)."""
+    parts = sorted(
+        {part for t, part in offsets if t == topic} | {part for t, part in (marks or {}) if t == topic}
+    )
+    out = []
+    for part in parts:
+        stored = offsets.get((topic, part), 0)
+        hw = marks.get((topic, part)) if marks is not None else None
+        out.append(
+            {
+                "topic": topic,
+                "partition": part,
+                "offset": stored,
+                "high_watermark": hw,
+                "lag": None if hw is None else max(hw - stored, 0),
             }
         )
     return out
