@@ -139,11 +139,14 @@ async def test_a_new_version_with_a_new_column_is_rebuilt_before_the_runtime_wri
             async with running_projector(settings, [V2]):
 
                 async def swapped() -> Any:
+                    # Rows first, then the status: a status still at version 1
+                    # proves the rows were read before the swap.
+                    rows = await _rows(engine, V1.doc_table)
                     found = await _status(engine)
                     if found.version == 2:
                         return found
                     # The old generation serves what version 1 wrote, untouched.
-                    assert await _rows(engine, V1.doc_table) == {sid: (5, 1) for sid in ids}
+                    assert rows == {sid: (5, 1) for sid in ids}
                     return None
 
                 found = await wait_until(swapped, timeout=60, what="the rebuild to version 2")
