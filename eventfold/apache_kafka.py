@@ -108,6 +108,9 @@ def fetch_kafka(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
+_FORMAT_ATTEMPTS = 3
+
+
 @dataclass
 class KafkaNode:
     node_id: int
@@ -350,9 +353,18 @@ class ApacheKafkaCluster:
             "--cluster-id", self.cluster_id, "--config", str(props), "--add-scram", scram,
             heap_mb=256,
         )  # fmt: skip
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise BrokerUnavailable(f"kafka storage format failed: {result.stdout}{result.stderr}".strip())
+        # The tool is a JVM of its own; one that fails to start (seen once on a
+        # busy machine) is tried again: with --ignore-formatted a rerun is harmless.
+        for _ in range(_FORMAT_ATTEMPTS):
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if result.returncode == 0:
+                return
+        # The tool logs INFO lines first; its error is at the end.
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        code = result.returncode
+        raise BrokerUnavailable(
+            f"kafka storage format failed {_FORMAT_ATTEMPTS} times (exit {code}): {' | '.join(tail)}"
+        )
 
     def _spawn(self, n: KafkaNode) -> None:
         if port_open(n.port):
