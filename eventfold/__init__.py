@@ -12,7 +12,7 @@ The rest of this package is the shared plumbing the services stand on
 
 from eventfold.aggregate import Aggregate, Rejected, replace
 from eventfold.app import App
-from eventfold.process import Issue, ProcessManager, Refusal, Step
+from eventfold.process import Dispatch, ProcessManager, Refusal, Step
 from eventfold.projection import Change, Doc, Projection
 from eventfold.reaction import Reactor
 from schemas.base import Command, Event
@@ -26,10 +26,10 @@ __all__ = [
     "App",
     "Change",
     "Command",
+    "Dispatch",
     "Doc",
     "EnvelopeMeta",
     "Event",
-    "Issue",
     "ProcessManager",
     "Projection",
     "Reactor",

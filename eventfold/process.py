@@ -30,7 +30,7 @@ S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
-class Issue:
+class Dispatch:
     """A command to send to one stream: decided and published like any other."""
 
     stream_type: str
@@ -48,7 +48,7 @@ class Step(Generic[S]):
     """
 
     state: S
-    commands: Sequence[Issue] = ()
+    commands: Sequence[Dispatch] = ()
     deadline: datetime | None = None
     done: bool = False
 
@@ -57,7 +57,7 @@ class Step(Generic[S]):
 class Refusal:
     """A command the process manager sent, refused by its aggregate with this code."""
 
-    issue: Issue
+    issue: Dispatch
     code: str
     detail: str
 

@@ -40,7 +40,7 @@ from sqlalchemy import Column, DefaultClause, Index, String, Table, UniqueConstr
 
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregate, Rejected
-from eventfold.process import Issue, ProcessManager, Refusal, Step
+from eventfold.process import Dispatch, ProcessManager, Refusal, Step
 from eventfold.projection import Change, Doc, Handler, Projection
 from projector.batch import Decoded, Folded, decode, fold
 from schemas.base import Command, Event
@@ -522,8 +522,8 @@ def process(pm: ProcessManager[P]) -> ProcessRun[P]:
     """A process manager with no instance yet; feed it events with `when`.
 
         run = process(SAGA).when(TransferRequested(...), stream_id="t-1")
-        run.then(Issue("account", "a-1", Withdraw(amount=5, reference="t-1")))
-        run.refused("insufficient_funds").then(Issue("transfer", "t-1", FailTransfer(...)))
+        run.then(Dispatch("account", "a-1", Withdraw(amount=5, reference="t-1")))
+        run.refused("insufficient_funds").then(Dispatch("transfer", "t-1", FailTransfer(...)))
         run.deadline_passes().then(...)
 
     Each step is taken as the runtime takes it: the state is reloaded from its
@@ -541,7 +541,7 @@ class ProcessRun(Generic[P]):
     pm: ProcessManager[P]
     instance: str | None
     state: P
-    commands: tuple[Issue, ...]
+    commands: tuple[Dispatch, ...]
     deadline: datetime | None
     done: bool
     stuck: str | None  # the refusal that left it stuck, if one did
@@ -599,7 +599,7 @@ class ProcessRun(Generic[P]):
             self.instance, self.pm.on_deadline(self._stored_state(), self.instance), self.versions
         )
 
-    def then(self, *expected: Issue) -> ProcessRun[P]:
+    def then(self, *expected: Dispatch) -> ProcessRun[P]:
         """Assert the latest step sent exactly `expected`, in order (none: no commands)."""
         if list(expected) != list(self.commands):
             raise AssertionError(
@@ -631,5 +631,5 @@ class ProcessRun(Generic[P]):
         return reloaded
 
 
-def _issues(issues: Sequence[Issue]) -> str:
+def _issues(issues: Sequence[Dispatch]) -> str:
     return "\n".join(f"  {i.stream_type}/{i.stream_id}: {i.command!r}" for i in issues) or "  (none)"

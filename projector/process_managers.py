@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
 from eventfold.kafka import create_topics, new_consumer
-from eventfold.process import Issue, ProcessManager, Refusal, Step
+from eventfold.process import Dispatch, ProcessManager, Refusal, Step
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
 from projector import process_store as ps
@@ -62,14 +62,14 @@ class Sent:
     detail: str = ""
 
 
-Sender = Callable[[str, Issue, str | None], Awaitable[Sent]]
+Sender = Callable[[str, Dispatch, str | None], Awaitable[Sent]]
 
 
 def command_sender(service: Any) -> Sender:
     """Send through an in-process `CommandService` (command_api), as the HTTP route does."""
     from command_api.outcomes import Accepted, PendingCommand, Refused, Replayed
 
-    async def send(key: str, issue: Issue, correlation_id: str | None) -> Sent:
+    async def send(key: str, issue: Dispatch, correlation_id: str | None) -> Sent:
         data = issue.command.model_dump(mode="json")
         kind = type(issue.command).__name__
         pending = PendingCommand(

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
-from eventfold.process import Issue, ProcessManager, Step
+from eventfold.process import Dispatch, ProcessManager, Step
 from projector.tables import process_instances
 
 ACTIVE, DONE, STUCK = "active", "done", "stuck"
@@ -32,7 +32,7 @@ class Pending:
     """A command still to send, under the key it will always be sent with."""
 
     key: str
-    issue: Issue
+    issue: Dispatch
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _load_pending(raw: str, aggregates: Aggregates) -> tuple[Pending, ...]:
     out = []
     for item in jsonutil.loads(raw):
         model = aggregates.get(item["stream_type"]).contract.command_model(item["type"])
-        issue = Issue(item["stream_type"], item["stream_id"], model.model_validate(item["data"]))
+        issue = Dispatch(item["stream_type"], item["stream_id"], model.model_validate(item["data"]))
         out.append(Pending(item["key"], issue))
     return tuple(out)
 

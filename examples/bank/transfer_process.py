@@ -28,7 +28,7 @@ from enum import StrEnum
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from eventfold.aggregate import replace
-from eventfold.process import Issue, ProcessManager, Refusal, Step
+from eventfold.process import Dispatch, ProcessManager, Refusal, Step
 from examples.bank.contracts import ACCOUNT, Deposit, Deposited, Withdraw, Withdrawn
 from examples.bank.transfer import (
     TRANSFER,
@@ -78,12 +78,14 @@ def correlate(env: EnvelopeMeta, event: Event) -> str | None:
     return None
 
 
-def _transfer(tid: str, command: CompleteTransfer | FailTransfer | CompensateTransfer | RecordDebit) -> Issue:
-    return Issue(TRANSFER.stream_type, tid, command)
+def _transfer(
+    tid: str, command: CompleteTransfer | FailTransfer | CompensateTransfer | RecordDebit
+) -> Dispatch:
+    return Dispatch(TRANSFER.stream_type, tid, command)
 
 
 def _refund(state: TransferProcess, tid: str, reason: str) -> Step[TransferProcess]:
-    refund = Issue(ACCOUNT.stream_type, state.source, Deposit(amount=state.amount, reference=tid))
+    refund = Dispatch(ACCOUNT.stream_type, state.source, Deposit(amount=state.amount, reference=tid))
     return Step(replace(state, phase=Phase.REFUNDING, deadline=None, reason=reason), [refund])
 
 
@@ -104,7 +106,9 @@ def transfer_process(deadline_s: float = DEFAULT_DEADLINE_S) -> ProcessManager[T
                 amount=event.amount,
                 deadline=deadline,
             )
-            withdraw = Issue(ACCOUNT.stream_type, event.source, Withdraw(amount=event.amount, reference=tid))
+            withdraw = Dispatch(
+                ACCOUNT.stream_type, event.source, Withdraw(amount=event.amount, reference=tid)
+            )
             return Step(new, [withdraw], deadline)
         if isinstance(event, TransferCompleted | TransferFailed | TransferCompensated):
             return Step(replace(state, phase=Phase.ENDED, deadline=None), done=True)
@@ -113,7 +117,7 @@ def transfer_process(deadline_s: float = DEFAULT_DEADLINE_S) -> ProcessManager[T
             and state.phase is Phase.WITHDRAWING
             and env.stream_id == state.source
         ):
-            deposit = Issue(ACCOUNT.stream_type, state.target, Deposit(amount=state.amount, reference=tid))
+            deposit = Dispatch(ACCOUNT.stream_type, state.target, Deposit(amount=state.amount, reference=tid))
             depositing = replace(state, phase=Phase.DEPOSITING)
             return Step(depositing, [_transfer(tid, RecordDebit()), deposit], state.deadline)
         if isinstance(event, Deposited) and state.phase is Phase.DEPOSITING and env.stream_id == state.target:

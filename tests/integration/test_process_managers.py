@@ -19,7 +19,7 @@ import pytest
 from command_api.bootstrap import command_side
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics
-from eventfold.process import Issue
+from eventfold.process import Dispatch
 from eventfold.settings import DatabaseSettings, Settings
 from eventfold.tasks import cancel_and_wait
 from examples.bank import app as bank
@@ -88,7 +88,7 @@ async def _with_runtime(settings: Settings, wrap: Callable[[Sender, Sender], Sen
 
 
 async def _send(real: Sender, stream_type: str, stream_id: str, command: Any) -> None:
-    sent = await real(uid("k"), Issue(stream_type, stream_id, command), None)
+    sent = await real(uid("k"), Dispatch(stream_type, stream_id, command), None)
     assert sent.outcome == "accepted", sent
 
 
@@ -99,7 +99,7 @@ async def test_a_send_lost_after_the_command_was_durable_is_repeated_under_its_k
     attempts: Counter[str] = Counter()
 
     def crash_after_first_send(real: Sender, _: Sender) -> Sender:
-        async def send(key: str, issue: Issue, correlation_id: str | None) -> Sent:
+        async def send(key: str, issue: Dispatch, correlation_id: str | None) -> Sent:
             attempts[key] += 1
             sent = await real(key, issue, correlation_id)
             if attempts[key] == 1:
@@ -139,7 +139,7 @@ async def test_a_refusal_the_saga_does_not_handle_leaves_the_instance_stuck_and_
     source, closed, tid = uid("acc"), uid("acc"), uid("t")
 
     def close_the_source_before_the_refund(real: Sender, _: Sender) -> Sender:
-        async def send(key: str, issue: Issue, correlation_id: str | None) -> Sent:
+        async def send(key: str, issue: Dispatch, correlation_id: str | None) -> Sent:
             if issue.stream_id == source and isinstance(issue.command, Deposit):
                 await _send(real, "account", source, CloseAccount())  # its balance went to the transfer
             return await real(key, issue, correlation_id)

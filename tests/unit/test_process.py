@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventfold import App, Issue
+from eventfold import App, Dispatch
 from eventfold.settings import KafkaSettings
 from eventfold.testing import process
 from examples.bank.contracts import ACCOUNT, Deposited, Withdraw
@@ -36,8 +36,8 @@ def test_offsets_are_kept_apart_from_a_projection_of_the_same_name() -> None:
 def test_then_names_the_commands_expected_and_sent() -> None:
     run = process(SAGA).when(TransferRequested(source="a", target="b", amount=1), stream_id="t")
     with pytest.raises(AssertionError, match=r"(?s)expected:.*CompleteTransfer.*got:.*Withdraw"):
-        run.then(Issue(TRANSFER.stream_type, "t", CompleteTransfer()))
-    run.then(Issue(ACCOUNT.stream_type, "a", Withdraw(amount=1, reference="t")))
+        run.then(Dispatch(TRANSFER.stream_type, "t", CompleteTransfer()))
+    run.then(Dispatch(ACCOUNT.stream_type, "a", Withdraw(amount=1, reference="t")))
 
 
 def test_an_event_outside_the_contracts_is_refused() -> None:

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from eventfold import Issue
+from eventfold import Dispatch
 from eventfold.testing import OCCURRED_AT, ProcessRun, given, process, project
 from examples.bank.contracts import AccountOpened, Deposit, Deposited, Withdraw, Withdrawn
 from examples.bank.tables import transfer_steps
@@ -29,11 +29,11 @@ from schemas.base import Command, Event
 
 SAGA = transfer_process(deadline_s=30)
 REQUESTED = TransferRequested(source="a", target="b", amount=40)
-WITHDRAW = Issue("account", "a", Withdraw(amount=40, reference="t-1"))
-DEPOSIT = Issue("account", "b", Deposit(amount=40, reference="t-1"))
-REFUND = Issue("account", "a", Deposit(amount=40, reference="t-1"))
-DEBIT = Issue("transfer", "t-1", RecordDebit())
-COMPLETE = Issue("transfer", "t-1", CompleteTransfer())
+WITHDRAW = Dispatch("account", "a", Withdraw(amount=40, reference="t-1"))
+DEPOSIT = Dispatch("account", "b", Deposit(amount=40, reference="t-1"))
+REFUND = Dispatch("account", "a", Deposit(amount=40, reference="t-1"))
+DEBIT = Dispatch("transfer", "t-1", RecordDebit())
+COMPLETE = Dispatch("transfer", "t-1", CompleteTransfer())
 
 
 def requested() -> ProcessRun[TransferProcess]:
@@ -58,7 +58,7 @@ def test_a_transfer_completes_withdraw_then_deposit_then_complete() -> None:
 def test_a_refused_withdrawal_fails_the_transfer_and_moves_no_money() -> None:
     run = requested().refused("insufficient_funds", "balance 0 is less than the withdrawal 40")
     fail = FailTransfer(reason="insufficient_funds: balance 0 is less than the withdrawal 40")
-    run.then(Issue("transfer", "t-1", fail))
+    run.then(Dispatch("transfer", "t-1", fail))
     assert run.deadline is None
     assert run.when(TransferFailed(reason=fail.reason), stream_id="t-1").then().done
 
@@ -67,7 +67,7 @@ def test_a_refused_deposit_is_compensated_by_a_refund_to_the_source() -> None:
     run = withdrawn().refused("account_closed", "this account is closed", command=1).then(REFUND)
     assert run.state.phase is Phase.REFUNDING and run.deadline is None
     run = run.when(Deposited(amount=40, reference="t-1"), stream_id="a", version=4)
-    run.then(Issue("transfer", "t-1", CompensateTransfer(reason="account_closed: this account is closed")))
+    run.then(Dispatch("transfer", "t-1", CompensateTransfer(reason="account_closed: this account is closed")))
     assert run.when(TransferCompensated(reason="x"), stream_id="t-1").done
 
 
@@ -77,7 +77,7 @@ def test_a_deadline_after_the_withdrawal_refunds_once_and_ignores_the_late_withd
     late = run.when(Withdrawn(amount=40, reference="t-1"), stream_id="a", version=3).then()
     assert late.state.phase is Phase.REFUNDING  # no deposit to the target, no second refund
     late.when(Deposited(amount=40, reference="t-1"), stream_id="a").then(
-        Issue("transfer", "t-1", CompensateTransfer(reason="not completed within 30 s"))
+        Dispatch("transfer", "t-1", CompensateTransfer(reason="not completed within 30 s"))
     )
 
 
