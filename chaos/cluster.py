@@ -21,10 +21,13 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from chaos.mail import MailServer
 from eventfold.apache_kafka import ApacheKafkaCluster, java_available
 from eventfold.broker import EmbeddedBroker, free_port
+from eventfold.db import create_engine
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
 from eventfold.rss import RssSampler
@@ -37,6 +40,7 @@ from eventfold.settings import (
     Settings,
 )
 from examples.bank import app as bank
+from projector.tables import projection_offsets
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("EVENTFOLD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -149,7 +153,7 @@ class Service:
     """One `eventfold serve <kind>` process, restartable on the same port."""
 
     name: str
-    kind: str  # command-api | publisher | projector
+    kind: str  # command-api | publisher | projector | reactors | process-managers
     env: dict[str, str]
     log: Path
     port: int = field(default_factory=free_port)
@@ -188,6 +192,16 @@ class Service:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
 
+    def pause(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
+
     def terminate(self, timeout_s: float = 30.0) -> int | None:
         if self.proc is None:
             return None
@@ -220,12 +234,24 @@ class Service:
                 await asyncio.sleep(0.1)
 
 
+# How long a transfer has to complete before the saga compensates it: short, so
+# that faults which stall a transfer make deadlines fire within a chaos run.
+TRANSFER_DEADLINE_S = 10.0
+
+
 class Cluster:
-    """Broker (3 Apache Kafka nodes, or the embedded one), database, 2 command APIs,
-    1 publisher, 2 projectors."""
+    """Broker (3 Apache Kafka nodes, or the embedded one), database, SMTP server,
+    2 command APIs, 1 publisher, 2 projectors, 2 reactor processes (one consumer
+    group) and 1 process-manager process."""
 
     def __init__(
-        self, workdir: Path, *, broker: str = "apache", command_apis: int = 2, projectors: int = 2
+        self,
+        workdir: Path,
+        *,
+        broker: str = "apache",
+        command_apis: int = 2,
+        projectors: int = 2,
+        reactors: int = 2,
     ) -> None:
         self.workdir = workdir
         self.broker: LocalBroker = (
@@ -237,6 +263,8 @@ class Cluster:
         self.settings: Settings | None = None
         self.n_command_apis = command_apis
         self.n_projectors = projectors
+        self.n_reactors = reactors
+        self.mail = MailServer()
         self.services: list[Service] = []
         self.rss = RssSampler(interval_s=1.0)
 
@@ -259,7 +287,17 @@ class Cluster:
         prefix = f"chaos{uuid.uuid4().hex[:8]}"
         self.settings = settings = chaos_settings(self.broker, self.db_url, prefix)
         await create_topics(settings.kafka, bank.topics(settings.kafka))
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "EVENTFOLD_LOG_LEVEL": "WARNING"}
+        self.mail.start()
+        env = {
+            **os.environ,
+            **settings.to_env(),
+            "PYTHONUNBUFFERED": "1",
+            "EVENTFOLD_LOG_LEVEL": "WARNING",
+            "EVENTFOLD_APP": "examples.bank:app",
+            "EVENTFOLD_SMTP_HOST": "127.0.0.1",
+            "EVENTFOLD_SMTP_PORT": str(self.mail.port),
+            "BANK_TRANSFER_DEADLINE_S": str(TRANSFER_DEADLINE_S),
+        }
         for i in range(self.n_command_apis):
             self.services.append(
                 Service(f"command-api-{i}", "command-api", env, self.workdir / f"command-api-{i}.log")
@@ -271,12 +309,46 @@ class Cluster:
             self.services.append(
                 Service(f"projector-{i}", "projector", penv, self.workdir / f"projector-{i}.log")
             )
+        for i in range(self.n_reactors):
+            self.services.append(
+                Service(f"reactors-{i}", "reactors", env, self.workdir / f"reactors-{i}.log")
+            )
+        self.services.append(
+            Service("process-managers", "process-managers", env, self.workdir / "process-managers.log")
+        )
         self.rss.start()
         for s in self.services:
             s.rss = self.rss
             s.start()
         await asyncio.gather(*(s.ready() for s in self.services))
+        await self._reactors_pinned(settings)
         return settings
+
+    async def _reactors_pinned(self, settings: Settings, timeout_s: float = 60.0) -> None:
+        """Wait until every reactor stored where it starts: mails are owed from then on."""
+        topics = {t for r in bank.reactors for t in r.topics(settings.kafka)}
+        partitions = settings.kafka.partitions * len(topics)
+        c = projection_offsets.c
+        deadline = time.monotonic() + timeout_s
+        engine = create_engine(self.db_url, pool_size=1)
+        try:
+            for reactor in bank.reactors:
+                while True:
+                    async with engine.connect() as conn:
+                        count = (
+                            await conn.execute(
+                                select(func.count()).where(
+                                    c.projection == reactor.name, c.topic.in_(sorted(topics))
+                                )
+                            )
+                        ).scalar_one()
+                    if count >= partitions:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"reactor {reactor.name} stored no start after {timeout_s:.0f}s")
+                    await asyncio.sleep(0.2)
+        finally:
+            await engine.dispose()
 
     async def revive(self) -> list[str]:
         """Start again every broker node and service that is not running; returns their names."""
@@ -302,6 +374,7 @@ class Cluster:
             )
         )
         await self.rss.stop()
+        self.mail.stop()
         self.broker.stop()
         if self.db_url and not keep_db:
             await drop_database(PG_ADMIN_URL, self.db_url)

@@ -35,6 +35,7 @@ class CommandRecord:
     stream_id: str
     type: str
     data: dict[str, Any]
+    stream_type: str = "account"
     attempts: list[Attempt] = field(default_factory=list)
     body: dict[str, Any] | None = None  # the final 200/202 body
     if_match: int | None = None
@@ -59,7 +60,8 @@ class CommandRecord:
 
 @dataclass
 class Workload:
-    """What to send: a few hot accounts everyone hits, many cold ones, lifecycles."""
+    """What to send: a few hot accounts everyone hits, many cold ones, lifecycles,
+    and transfers out of the hot accounts (the saga moves their money)."""
 
     run_id: str
     rng: random.Random
@@ -76,9 +78,33 @@ class Workload:
         self.counter += 1
         return f"{self.run_id}-{label}-{self.counter}"
 
+    def transfer(self) -> Step:
+        """A transfer out of a hot account (never closed, so a refund always lands).
+
+        Most go to another hot account; some to an open cold one; some to a
+        closed or never opened account (refused deposit: compensated); the
+        amounts sometimes exceed the source's balance (refused withdrawal: failed).
+        """
+        rng = self.rng
+        source = rng.choice(self.hot)
+        r = rng.random()
+        if r < 0.6 or not self.opened:
+            target = rng.choice([h for h in self.hot if h != source])
+        elif r < 0.8:
+            target = rng.choice(self.opened)
+        elif r < 0.9 and self.closed:
+            target = rng.choice(self.closed)
+        else:
+            target = f"{self.run_id}-nowhere-{rng.randint(0, 9)}"
+        data = {"source": source, "target": target, "amount": rng.randint(1, 1500)}
+        return Step(self.account("t"), "RequestTransfer", data, stream_type="transfer")
+
     def next_plan(self) -> list[Step]:
         """One command, or a short sequence one worker sends in order."""
         r, rng = self.rng.random(), self.rng
+        if r < 0.12:
+            return [self.transfer()]
+        r = (r - 0.12) / 0.88
         if r < 0.30:
             return [Step(rng.choice(self.hot), "Deposit", {"amount": rng.randint(1, 1000)})]
         if r < 0.55:
@@ -129,6 +155,7 @@ class Step:
     type: str
     data: dict[str, Any]
     special: str | None = None  # if_match | replay | reuse
+    stream_type: str = "account"
 
 
 class Driver:
@@ -149,6 +176,7 @@ class Driver:
         self.records: list[CommandRecord] = []
         self.unresolved: list[CommandRecord] = []
         self.server_errors: list[tuple[str, int, str]] = []  # (correlation id, status, text)
+        self.transfers: list[CommandRecord] = []  # acknowledged RequestTransfer commands
         self._pick = random.Random(workload.rng.random())
         self._stop = asyncio.Event()
         self._n = 0
@@ -196,12 +224,13 @@ class Driver:
                 first.stream_id,
                 first.type,
                 data,
+                first.stream_type,
                 if_match=first.if_match,
                 repeat_of=first,
                 repeat=step.special,
                 n=self._n,
             )
-        rec = CommandRecord(key, step.stream_id, step.type, step.data, n=self._n)
+        rec = CommandRecord(key, step.stream_id, step.type, step.data, step.stream_type, n=self._n)
         if step.special == "if_match":
             rec.if_match = self._versions.get(step.stream_id)
         return rec
@@ -215,7 +244,7 @@ class Driver:
         while True:
             cid = f"{self.workload.run_id}-c{rec.n}-a{len(rec.attempts) + 1}"
             base = self._pick.choice([u for u in self.urls if u != failed] or self.urls)
-            url = f"{base}/commands/account/{sid}"
+            url = f"{base}/commands/{rec.stream_type}/{sid}"
             headers = {"Idempotency-Key": rec.key, "X-Correlation-ID": cid}
             if rec.if_match is not None:
                 headers["If-Match"] = f'"{rec.if_match}"'
@@ -235,6 +264,8 @@ class Driver:
                         self._acknowledged.append(rec)
                         version = int(body["version"])
                         self._versions[sid] = max(version, self._versions.get(sid, 0))
+                        if rec.type == "RequestTransfer":
+                            self.transfers.append(rec)
                     return rec
                 if 400 <= resp.status_code < 500:
                     return rec
@@ -264,6 +295,7 @@ def dump(records: list[CommandRecord], path: Path) -> None:
             row = {
                 "key": r.key,
                 "n": r.n,
+                "stream_type": r.stream_type,
                 "stream_id": r.stream_id,
                 "type": r.type,
                 "data": r.data,

@@ -34,6 +34,13 @@ PROCESS_KINDS = (
     "kill_command_api",
     "kill_publisher",
     "kill_projector",
+    "kill_reactor",
+    "kill_process_manager",
+    # SIGSTOP a service (command API, projector, reactor or process manager) for a
+    # few seconds: a hung process whose connections and group membership time out.
+    "pause_service",
+    # The SMTP server goes away for a few seconds: the welcome mails must retry through it.
+    "smtp_outage",
     # The run's own database refuses connections for a few seconds and drops the open
     # ones: a PostgreSQL restart as the services see it, without touching other databases.
     "database_outage",
@@ -175,10 +182,24 @@ class FaultInjector:
             self._note(kind, f"connections refused and dropped for {seconds:.1f}s")
             await database_outage(PG_ADMIN_URL, self.cluster.db_url, seconds)
             return
+        if kind == "smtp_outage":
+            seconds = self.rng.uniform(1.0, 3.0)
+            self._note(kind, f"SMTP server down for {seconds:.1f}s")
+            self.cluster.mail.stop()
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                self.cluster.mail.start()
+            return
+        if kind == "pause_service":
+            await self._pause_service()
+            return
         role = {
             "kill_command_api": "command-api",
             "kill_publisher": "publisher",
             "kill_projector": "projector",
+            "kill_reactor": "reactors",
+            "kill_process_manager": "process-managers",
         }[kind]
         candidates = [s for s in self.cluster.by_kind(role) if s.alive]
         if not candidates:
@@ -200,6 +221,22 @@ class FaultInjector:
         task = asyncio.create_task(restart())
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
+
+    async def _pause_service(self) -> None:
+        paused = ("command-api", "projector", "reactors", "process-managers")
+        candidates = [s for s in self.cluster.services if s.kind in paused and s.alive]
+        if not candidates:
+            self._note("pause_service", "skipped: none alive")
+            self.log.injected["pause_service"] -= 1
+            return
+        victim = self.rng.choice(candidates)
+        seconds = self.rng.uniform(1.0, 5.0)
+        self._note("pause_service", f"SIGSTOP {victim.name} for {seconds:.1f}s")
+        victim.pause()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            victim.resume()
 
     async def _broker_fault(self, kind: str) -> None:
         """One fault on the Apache cluster, healed before it returns."""

@@ -66,6 +66,20 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             + f" (judged {len(judged)} of {len(rss['processes'])} incarnations; "
             f"limit +{rss['growth_limit_pct']:.0f}% after warm-up)",
         )
+    transfers = summary.get("transfers") or {}
+    table.add_row(
+        "transfers by outcome",
+        ", ".join(f"{k}: {n}" for k, n in transfers.items()) + f" (of {sum(transfers.values())})",
+    )
+    mails = summary.get("emails") or {}
+    if mails:
+        table.add_row(
+            "welcome emails",
+            f"{mails['received']} received for {mails['owed']} accounts opened "
+            f"({mails['distinct']} distinct, {mails['duplicates']} duplicates, {mails['unowed']} not owed)",
+        )
+    if "drain_s" in summary:
+        table.add_row("drain after the faults", f"{summary['drain_s']} s")
     table.add_row("events checked", str(summary["events_checked"]))
     table.add_row("streams checked", str(summary["streams_checked"]))
     style = "green" if summary["violations"] == 0 else "bold red"

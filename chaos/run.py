@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,21 +17,24 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chaos.cluster import Cluster, default_broker
+from chaos.cluster import TRANSFER_DEADLINE_S, Cluster, default_broker
 from chaos.driver import Driver, Workload, dump, tally
 from chaos.faults import FaultInjector
-from chaos.oracle import Docs, Ledger, Verdict, check
+from chaos.oracle import Docs, Ledger, Saga, Verdict, check, welcome_key
 from chaos.topic import TopicSnapshot, read_topic
 from command_api.tables import outbox, streams
 from eventfold.db import create_engine
-from examples.bank.tables import account_transactions, accounts
-from projector.tables import projection_offsets
+from examples.bank.tables import account_transactions, accounts, transfers
+from projector.tables import process_instances, projection_offsets
 
 # A process restarted under load warms up for at least its first STARTUP_S
 # (imports, pools, the broker's metadata; slow on a busy machine); one with less
 # than MIN_STEADY_S under load after that is not judged for memory growth.
 STARTUP_S = 30.0
 MIN_STEADY_S = 15.0
+# A transfer must end within its deadline plus this: time for the faults of a
+# chaos run (a broker down for 10 s, a killed process manager) to heal.
+TRANSFER_BOUND_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -100,13 +105,35 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         say(f"chaos: {len(driver.records)} commands sent; faults over; revived {revived or 'none'}; draining")
         engine = create_engine(settings.db.write_db_url, pool_size=2)
         try:
+            drained = time.monotonic()
+            await _transfers_ended(
+                engine, driver, TRANSFER_DEADLINE_S + TRANSFER_BOUND_S + cfg.drain_timeout_s
+            )
             snapshot = await _drain(engine, settings, cfg.drain_timeout_s)
+            mails = await _mails_in(cluster, snapshot, cfg.drain_timeout_s)
+            drain_s = time.monotonic() - drained
             tables = await _read_tables(engine)
             heads = await _heads(engine)
+            saga = await _read_saga(engine)
         finally:
             await engine.dispose()
         dump(driver.records, workdir / "commands.jsonl")
-        verdict = check(driver.records, snapshot.records, tables, heads, driver.server_errors, memory)
+        verdict = check(
+            driver.records,
+            snapshot.records,
+            tables,
+            heads,
+            driver.server_errors,
+            memory,
+            saga=Saga(
+                transfers=[t.stream_id for t in driver.transfers],
+                read_status=saga[0],
+                stuck=saga[1],
+                mails=mails,
+                deadline_s=TRANSFER_DEADLINE_S,
+                bound_s=TRANSFER_BOUND_S,
+            ),
+        )
         exit_codes = await cluster.stop(keep_db=cfg.keep)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -127,6 +154,9 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         "fault_timeline": fault_log.events,
         "restarts": {s.name: s.starts - 1 for s in cluster.services},
         "exit_codes_on_sigterm": exit_codes,
+        "drain_s": round(drain_s, 1),
+        "transfers": verdict.transfers,
+        "emails": verdict.emails,
         "events_checked": verdict.events_checked,
         "streams_checked": verdict.streams_checked,
         "violations": verdict.total,
@@ -158,28 +188,67 @@ async def _until(check: Any, timeout_s: float, what: str) -> Any:
     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
-async def _drain(engine: AsyncEngine, settings: Any, timeout_s: float) -> TopicSnapshot:
-    """Outbox empty, then the projection's stored offsets at the topic's end."""
+async def _outbox_empty(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one()) == 0
 
-    async def outbox_empty() -> bool:
+
+async def _transfers_ended(engine: AsyncEngine, driver: Driver, timeout_s: float) -> None:
+    """Every transfer the driver had acknowledged has ended (or is stuck) in the saga's table."""
+    wanted = {t.stream_id for t in driver.transfers}
+    c = process_instances.c
+
+    async def ended() -> bool:
         async with engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one()) == 0
+            rows = await conn.execute(
+                select(c.instance).where(c.process == "transfers", c.status.in_(("done", "stuck")))
+            )
+            return wanted <= {r[0] for r in rows}
 
-    await _until(outbox_empty, timeout_s, "the outbox to empty")
-    topic = settings.kafka.topic("account")
-    snapshot = await read_topic(settings.kafka, topic)
+    await _until(ended, timeout_s, f"the {len(wanted)} transfers to end")
 
-    async def caught_up() -> bool:
+
+async def _drain(engine: AsyncEngine, settings: Any, timeout_s: float) -> TopicSnapshot:
+    """Outbox empty, then every projection's and the saga's stored offsets at the topics' ends."""
+    await _until(lambda: _outbox_empty(engine), timeout_s, "the outbox to empty")
+    snapshot = TopicSnapshot([], {})
+    ends: dict[tuple[str, int], int] = {}
+    for stream_type in ("account", "transfer"):
+        topic = settings.kafka.topic(stream_type)
+        part = await read_topic(settings.kafka, topic)
+        snapshot.records.extend(part.records)
+        ends.update({(topic, p): end for p, end in part.ends.items()})
+
+    async def caught_up(consumer: str, topics: set[str]) -> bool:
         c = projection_offsets.c
         async with engine.connect() as conn:
             rows = await conn.execute(
-                select(c.partition, c.next_offset).where(c.projection == "accounts", c.topic == topic)
+                select(c.topic, c.partition, c.next_offset).where(c.projection == consumer)
             )
-            stored = {int(p): int(o) for p, o in rows.all()}
-        return all(stored.get(p, 0) >= end for p, end in snapshot.ends.items())
+            stored = {(t, int(p)): int(o) for t, p, o in rows.all()}
+        return all(stored.get(k, 0) >= end for k, end in ends.items() if k[0] in topics)
 
-    await _until(caught_up, timeout_s, "the projection to reach the topic's end")
+    every = {t for t, _ in ends}
+    for consumer, topics in (
+        ("accounts", {settings.kafka.topic("account")}),
+        ("transfers", {settings.kafka.topic("transfer")}),
+        ("process:transfers", every),
+    ):
+        done = functools.partial(caught_up, consumer, topics)
+        await _until(done, timeout_s, f"{consumer} to reach the topics' end")
     return snapshot
+
+
+async def _mails_in(cluster: Cluster, snapshot: TopicSnapshot, timeout_s: float) -> Counter[str]:
+    """Wait (up to the timeout) for a welcome mail for every account opened; the inbox's counts."""
+    owed = {welcome_key(r.envelope.event_id) for r in snapshot.records if r.envelope.type == "AccountOpened"}
+
+    async def all_in() -> bool:
+        return owed <= set(cluster.mail.inbox.counts())
+
+    with contextlib.suppress(TimeoutError):
+        await _until(all_in, timeout_s, "a welcome mail for every account")
+    return cluster.mail.inbox.counts()
 
 
 async def _read_tables(engine: AsyncEngine) -> tuple[Docs, Ledger]:
@@ -199,9 +268,21 @@ async def _read_tables(engine: AsyncEngine) -> tuple[Docs, Ledger]:
     return docs, ledger
 
 
-async def _heads(engine: AsyncEngine) -> dict[str, int]:
+async def _heads(engine: AsyncEngine) -> dict[tuple[str, str], int]:
     async with engine.connect() as conn:
-        rows = await conn.execute(
-            select(streams.c.stream_id, streams.c.version).where(streams.c.stream_type == "account")
-        )
-        return {sid: int(v) for sid, v in rows.all()}
+        rows = await conn.execute(select(streams.c.stream_type, streams.c.stream_id, streams.c.version))
+        return {(st, sid): int(v) for st, sid, v in rows.all()}
+
+
+async def _read_saga(engine: AsyncEngine) -> tuple[dict[str, str], dict[str, str]]:
+    """The transfers read model's status per transfer, and the saga's stuck instances with their reason."""
+    c = process_instances.c
+    async with engine.connect() as conn:
+        read = {r.id: r.status for r in await conn.execute(select(transfers.c.id, transfers.c.status))}
+        stuck = {
+            r.instance: r.reason or ""
+            for r in await conn.execute(
+                select(c.instance, c.reason).where(c.process == "transfers", c.status == "stuck")
+            )
+        }
+    return read, stuck

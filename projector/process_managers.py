@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -65,6 +66,20 @@ class Sent:
 Sender = Callable[[str, Dispatch, str | None], Awaitable[Sent]]
 
 
+# The namespace of the ids of commands a process manager sends (uuid5 of their key).
+COMMAND_ID_NAMESPACE = uuid.UUID("3b0c9a51-7e21-4d7f-8f0e-1c5a2d9e6b43")
+
+
+def command_id(key: str) -> str:
+    """The id of the command sent under `key`: the same on every resend.
+
+    It is the `causation_id` of the command's events, so the topics show
+    which command caused them; one key decided twice would show as one
+    causation on two decisions.
+    """
+    return str(uuid.uuid5(COMMAND_ID_NAMESPACE, key))
+
+
 def command_sender(service: Any) -> Sender:
     """Send through an in-process `CommandService` (command_api), as the HTTP route does."""
     from command_api.outcomes import Accepted, PendingCommand, Refused, Replayed
@@ -80,7 +95,7 @@ def command_sender(service: Any) -> Sender:
             idempotency_key=key,
             request_hash=jsonutil.canonical_hash([issue.stream_type, issue.stream_id, kind, data, None]),
             correlation_id=correlation_id or jsonutil.new_id(),
-            command_id=jsonutil.new_id(),
+            command_id=command_id(key),
             future=asyncio.get_running_loop().create_future(),
         )
         outcome, _published = await service.execute(pending)
@@ -168,33 +183,46 @@ class ProcessManagerRuntime:
             await self.consumer.stop()
 
     async def _consume(self, stop: asyncio.Event) -> None:
+        """Read, apply and send until `stop`; a failure anywhere is retried from the stored offsets.
+
+        Applied batches and their offsets commit together and the commands
+        they stored are sent again by the tick loop, so going back to the
+        stored offsets after a failure (an unreachable database, a broker
+        error) loses nothing and repeats nothing.
+        """
         failing = 0
+        seek = False
         while not stop.is_set():
-            generation = self.generation
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
-            records = contiguous(batch, self.expected)
-            if records is None:
-                await self._reseek()
-                continue
-            if not records:
-                continue
-            items = [decode_as(self.topics[r.topic], r) for r in records]
             try:
-                touched = await self._apply(items, generation)
+                if seek:
+                    await self._reseek()
+                    seek = False
+                seek = await self._consume_batch()
+                failing = 0
             except Exception:
                 failing += 1
+                seek = True
                 log.exception("process=%s batch failed (%d in a row)", self.pm.name, failing)
                 await _sleep_unless(stop, min(0.2 * failing, 5.0))
-                await self._reseek()
-                continue
-            failing = 0
-            if touched is None:
-                await self._reseek()
-                continue
-            for (topic, partition), offset in next_offsets(items).items():
-                self.expected[TopicPartition(topic, partition)] = (offset, False)
-            for instance in touched:
-                await self._drain(instance)
+
+    async def _consume_batch(self) -> bool:
+        """One batch read, applied and its commands sent; True if the stored offsets must be sought."""
+        generation = self.generation
+        batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
+        records = contiguous(batch, self.expected)
+        if records is None:
+            return True
+        if not records:
+            return False
+        items = [decode_as(self.topics[r.topic], r) for r in records]
+        touched = await self._apply(items, generation)
+        if touched is None:
+            return True
+        for (topic, partition), offset in next_offsets(items).items():
+            self.expected[TopicPartition(topic, partition)] = (offset, False)
+        for instance in touched:
+            await self._drain(instance)
+        return False
 
     async def _reseek(self) -> None:
         async with self.lock:
@@ -339,6 +367,7 @@ async def run_process_managers(
     """Run every process manager over one read-store engine and one in-process command side."""
     from command_api.bootstrap import command_side
     from eventfold.db import create_engine
+    from projector.health import health_port
 
     if not managers:
         await stop.wait()
@@ -348,6 +377,8 @@ async def run_process_managers(
         async with command_side(settings, aggregates) as side:
             send = command_sender(side.service)
             runtimes = [ProcessManagerRuntime(settings, m, engine, aggregates, send) for m in managers]
-            await asyncio.gather(*(rt.run(stop) for rt in runtimes))
+            consumers = {f"process:{rt.pm.name}": rt.consumer for rt in runtimes}
+            health = health_port(settings, engine, consumers, stop, "process-managers")
+            await asyncio.gather(*(rt.run(stop) for rt in runtimes), *health)
     finally:
         await engine.dispose()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -147,6 +147,20 @@ async def save_instances(conn: AsyncConnection, process: str, instances: Iterabl
     keys = ("process", "instance")
     sets = {k: ins.excluded[k] for k in rows[0] if k not in keys}
     await conn.execute(ins.on_conflict_do_update(index_elements=list(keys), set_=sets), rows)
+
+
+async def instance_counts(conn: AsyncConnection, processes: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Instances of each process manager by status (active, done, stuck)."""
+    c = process_instances.c
+    out: dict[str, dict[str, int]] = {p: {ACTIVE: 0, DONE: 0, STUCK: 0} for p in processes}
+    stmt = (
+        select(c.process, c.status, func.count())
+        .where(c.process.in_(list(processes)))
+        .group_by(c.process, c.status)
+    )
+    for process, status, n in await conn.execute(stmt):
+        out[process][status] = int(n)
+    return out
 
 
 async def list_instances(

@@ -484,7 +484,11 @@ async def run_reactors(settings: Settings, reactors: Sequence[Reactor], stop: as
         return
     engine = create_engine(settings.db.read_db_url, pool_size=max(2, len(reactors) + 1))
     try:
+        from projector.health import health_port
+
         runtimes = [ReactorRuntime(settings, r, engine) for r in reactors]
-        await asyncio.gather(*(rt.run(stop) for rt in runtimes))
+        consumers = {f"reactor:{rt.reactor.name}": rt.consumer for rt in runtimes}
+        health = health_port(settings, engine, consumers, stop, "reactors")
+        await asyncio.gather(*(rt.run(stop) for rt in runtimes), *health)
     finally:
         await engine.dispose()

@@ -38,6 +38,7 @@ from projector import store
 from projector.apply import BatchResult, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode
 from projector.deadletter import DeadLetterSink
+from projector.health import health_port
 from projector.live_tables import LiveTables, ensure_live_tables
 from projector.metrics import Counters
 
@@ -478,13 +479,8 @@ async def run_projectors(settings: Settings, projections: Sequence[Projection], 
     try:
         runtimes = [ProjectorRuntime(settings, p, engine) for p in projections]
         work = [asyncio.create_task(rt.run(stop)) for rt in runtimes]
-        if settings.projector.projector_metrics_port:
-            from eventfold.runner import http_server, run_servers
-            from projector.health import health_app
-
-            cfg = settings.projector
-            server = http_server(health_app(engine, runtimes), cfg.host, cfg.projector_metrics_port)
-            work.append(asyncio.create_task(run_servers([server], stop)))
+        consumers = {f"projection:{rt.projection.name}": rt.consumer for rt in runtimes}
+        work += health_port(settings, engine, consumers, stop, "projector")
         await asyncio.gather(*work)
     finally:
         await engine.dispose()

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.db import create_engine
+from eventfold.process import ProcessManager
 from eventfold.projection import Projection
 from eventfold.reaction import Reactor
 from eventfold.settings import Settings
@@ -36,13 +37,17 @@ class QuerySide:
     # Rebuilds started by POST /projections/{name}/rebuild, by projection name;
     # cancelled when the app stops (an unfinished rebuild drops its tables).
     rebuilds: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
-    # Reactors whose progress GET /projections reports beside the projections.
+    # Reactors and process managers whose progress GET /projections reports beside the projections.
     reactors: Sequence[Reactor] = ()
+    process_managers: Sequence[ProcessManager[Any]] = ()
 
 
 @asynccontextmanager
 async def query_side(
-    settings: Settings, projections: Sequence[Projection], reactors: Sequence[Reactor] = ()
+    settings: Settings,
+    projections: Sequence[Projection],
+    reactors: Sequence[Reactor] = (),
+    process_managers: Sequence[ProcessManager[Any]] = (),
 ) -> AsyncIterator[QuerySide]:
     """Open the read store for reading; close it when the app stops."""
     engine = create_engine(settings.db.read_db_url, pool_size=settings.db.db_pool_size, writer=False)
@@ -55,6 +60,7 @@ async def query_side(
         OffsetWatcher(engine),
         WatermarkCache(settings.kafka),
         reactors=reactors,
+        process_managers=process_managers,
     )
     try:
         yield side
@@ -70,6 +76,7 @@ def create_app(
     projections: Sequence[Projection],
     routers: Sequence[APIRouter] = (),
     reactors: Sequence[Reactor] = (),
+    process_managers: Sequence[ProcessManager[Any]] = (),
 ) -> FastAPI:
     """The query API of these projections, with an app's own routers beside the generic ones."""
     from eventfold import auth, problems
@@ -83,7 +90,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with query_side(cfg, chosen, list(reactors)) as side:
+        async with query_side(cfg, chosen, list(reactors), list(process_managers)) as side:
             app.state.side = side
             yield
 

@@ -13,7 +13,7 @@ from eventfold.auth import Admin, require
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 from query_api import views
 from query_api.routing import SideDep, json_response
-from query_api.status import projection_report, reactor_report
+from query_api.status import process_manager_report, projection_report, reactor_report
 
 router = APIRouter()
 CanRead = Depends(require("read"))
@@ -21,10 +21,12 @@ CanRead = Depends(require("read"))
 
 @router.get("/projections", dependencies=[CanRead])
 async def read_projections(side: SideDep) -> Response:
-    """Each projection's (and reactor's) state, offsets, lag, events applied and dead letters."""
-    report = await projection_report(side.engine, side.projections, side.settings.kafka, side.watermarks)
-    reactors = await reactor_report(side.engine, side.reactors, side.settings.kafka, side.watermarks)
-    return json_response({"projections": report, "reactors": reactors})
+    """Each projection's, reactor's and process manager's state, offsets, lag and failures."""
+    kafka, marks = side.settings.kafka, side.watermarks
+    report = await projection_report(side.engine, side.projections, kafka, marks)
+    reactors = await reactor_report(side.engine, side.reactors, kafka, marks)
+    managers = await process_manager_report(side.engine, side.process_managers, kafka, marks)
+    return json_response({"projections": report, "reactors": reactors, "process_managers": managers})
 
 
 class RebuildStarted(BaseModel):

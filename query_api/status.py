@@ -1,4 +1,5 @@
-"""The state of every projection and reactor: what `GET /projections` and `eventfold status` show."""
+"""The state of every projection, reactor and process manager: what `GET /projections` and
+`eventfold status` show."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from eventfold.process import ProcessManager
 from eventfold.projection import Projection
 from eventfold.reaction import Reactor
 from eventfold.settings import KafkaSettings
@@ -85,6 +87,55 @@ async def reactor_report(
                 "version_gaps": 0,
                 "failures_by_reason": failures,
                 "last_event_at": row["last_event_at"],
+                "generation": 1,
+                "rebuild_progress": None,
+                "rebuild_detail": None,
+            }
+        )
+    return out
+
+
+async def process_manager_report(
+    engine: AsyncEngine,
+    managers: Sequence[ProcessManager[Any]],
+    kafka: KafkaSettings,
+    watermarks: WatermarkCache,
+) -> list[dict[str, Any]]:
+    """A process manager's progress in the shape of a projection's, with its instances by status.
+
+    `stuck` counts the instances a refusal stopped (listed with their reason
+    by GET /process-managers/{name}/instances?status=stuck).
+    """
+    if not managers:
+        return []
+    from projector.process_store import instance_counts
+
+    rows = await views.projection_rows(engine, [m.offsets_key for m in managers])
+    topics = sorted({t for m in managers for t in m.topics(kafka)})
+    stored_all = {k: v for row in rows.values() for k, v in row["offsets"].items()}
+    marks = await watermarks.get(topics, stored_all)
+    async with engine.connect() as conn:
+        counts = await instance_counts(conn, [m.name for m in managers])
+    out = []
+    for m in managers:
+        row = rows[m.offsets_key]
+        partitions = [x for topic in m.topics(kafka) for x in _partitions(topic, row["offsets"], marks)]
+        lags = [x["lag"] for x in partitions]
+        instances = counts[m.name]
+        out.append(
+            {
+                "name": m.name,
+                "kind": "process_manager",
+                "state": "stuck" if instances["stuck"] else ("live" if row["offsets"] else "unknown"),
+                "detail": None,
+                "topics": m.topics(kafka),
+                "partitions": partitions,
+                "lag": None if any(x is None for x in lags) else sum(lags),
+                "instances": instances,
+                "events_applied": None,
+                "dead_letters": instances["stuck"],
+                "version_gaps": 0,
+                "last_event_at": None,
                 "generation": 1,
                 "rebuild_progress": None,
                 "rebuild_detail": None,

@@ -137,7 +137,9 @@ async def run_dev(
         servers = [
             http_server(command_app(settings, app.write_side(), app.schema_dir), "127.0.0.1", command_port),
             http_server(
-                query_app(settings, app.projections, app.routers, app.reactors), "127.0.0.1", query_port
+                query_app(settings, app.projections, app.routers, app.reactors, app.process_managers),
+                "127.0.0.1",
+                query_port,
             ),
         ]
         sink = await start_mail_sink(app, settings.data_dir)

@@ -36,7 +36,7 @@ async def serve_one(
         from query_api.bootstrap import create_app as query_app
 
         server = http_server(
-            query_app(settings, app.projections, app.routers, app.reactors),
+            query_app(settings, app.projections, app.routers, app.reactors, app.process_managers),
             host or settings.query_api.host,
             port or settings.query_api.query_port,
         )

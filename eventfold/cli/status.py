@@ -1,4 +1,4 @@
-"""`eventfold status`: every projection's (and reactor's) state as a terminal table.
+"""`eventfold status`: every projection's, reactor's and process manager's state as a terminal table.
 
 It reads exactly what `GET /projections` reads (query_api.status), so the two
 can never disagree.
@@ -14,7 +14,7 @@ from rich.table import Table
 from eventfold.app import App
 from eventfold.db import create_engine
 from eventfold.settings import Settings
-from query_api.status import projection_report, reactor_report
+from query_api.status import process_manager_report, projection_report, reactor_report
 from query_api.watermarks import WatermarkCache
 
 
@@ -23,8 +23,10 @@ async def gather(settings: Settings, app: App) -> list[dict[str, Any]]:
     try:
         marks = WatermarkCache(settings.kafka)
         projections = await projection_report(engine, list(app.projections), settings.kafka, marks)
-        # Reactors follow, in the same shape, marked "kind": "reactor".
-        return projections + await reactor_report(engine, list(app.reactors), settings.kafka, marks)
+        # Reactors and process managers follow, in the same shape, marked by "kind".
+        reactors = await reactor_report(engine, list(app.reactors), settings.kafka, marks)
+        managers = await process_manager_report(engine, list(app.process_managers), settings.kafka, marks)
+        return projections + reactors + managers
     finally:
         await engine.dispose()
 
@@ -58,20 +60,24 @@ def render(report: list[dict[str, Any]], console: Console) -> None:
         "total lag",
         "last event",
         "rebuild",
+        "instances",
     ):
         summary.add_column(col)
     for p in report:
         progress = p.get("rebuild_progress")
         rebuild = "-" if progress is None else f"{progress:.0%} {p.get('rebuild_detail') or ''}"
+        counts = p.get("instances")
+        instances = ", ".join(f"{n} {status}" for status, n in counts.items()) if counts else "-"
         summary.add_row(
             p["name"],
             str(p.get("generation", 1)),
-            str(p["events_applied"]),
+            "-" if p["events_applied"] is None else str(p["events_applied"]),
             str(p["dead_letters"]),
             str(p["version_gaps"]),
             _n(p["lag"]),
             str(p["last_event_at"] or "-"),
             rebuild,
+            instances,
         )
     console.print(summary)
 

@@ -1,5 +1,9 @@
 """The chaos suite, short: 45-75 s of load with every kind of fault, then the oracle.
 
+Accounts and transfers among hot accounts, while every kind of service (the
+process manager and the reactors too), the database, the SMTP server and the
+broker are killed, paused or cut off.
+
 `python -m chaos --duration 600` is the real run; this is the CI-sized one, with
 a fixed seed. PostgreSQL restarts are on (CI has the machine to itself); set
 EVENTFOLD_CHAOS_NO_PG_RESTART=1 on a shared machine.
@@ -41,6 +45,11 @@ async def test_chaos_short_run_has_no_violations(tmp_path: Path) -> None:
     assert not summary["fault_errors"]
     assert summary["commands"]["acknowledged"] > 100
     assert summary["commands"]["unknown_then_retried"] > 0  # the kills were felt
+    # Transfers ran through the saga while its process was killed and paused, and ended
+    # every way (the oracle checked each one's money); every account got its welcome mail.
+    assert set(summary["transfers"]) == {"completed", "failed", "compensated"}, summary["transfers"]
+    assert summary["emails"]["owed"] > 10 and summary["emails"]["distinct"] == summary["emails"]["owed"]
+    assert not summary["unexpected_exits"], summary["unexpected_exits"]
     assert result.verdict.total == 0, summary["violation_examples"]
     # The services that lived through the run had their memory judged (the oracle's last check).
     assert any(j["growth_pct"] is not None for j in summary["rss"]["steady"]), summary["rss"]["steady"]

@@ -28,6 +28,8 @@ from examples.bank.transfer import RequestTransfer
 from examples.bank.transfer_process import transfer_process
 from projector.process_managers import ProcessManagerRuntime, Sender, Sent, command_sender
 from projector.process_store import list_instances
+from query_api.status import process_manager_report
+from query_api.watermarks import WatermarkCache
 from schemas.mapper import decode_value
 from tests.conftest import create_database, drop_database
 from tests.helpers import read_topic, uid, wait_until
@@ -162,5 +164,17 @@ async def test_a_refusal_the_saga_does_not_handle_leaves_the_instance_stuck_and_
         assert instance["state"]["phase"] == "refunding"
         moves = await _moves(settings)
         assert moves[(source, "Withdrawn", tid)] == 1 and moves[(source, "Deposited", tid)] == 0
+        # GET /projections and `eventfold status` report it: the manager is stuck, one instance.
+        engine = create_engine(settings.db.read_db_url, writer=False)
+        try:
+            saga = transfer_process()
+            [report] = await process_manager_report(
+                engine, [saga], settings.kafka, WatermarkCache(settings.kafka)
+            )
+        finally:
+            await engine.dispose()
+        assert report["kind"] == "process_manager" and report["state"] == "stuck", report
+        assert report["instances"]["stuck"] == 1 and report["dead_letters"] == 1
+        assert {p["topic"] for p in report["partitions"]} == set(saga.topics(settings.kafka))
 
     await _with_runtime(settings, close_the_source_before_the_refund, body)

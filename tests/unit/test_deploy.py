@@ -34,6 +34,7 @@ from eventfold.settings import (
     QueryApiSettings,
     Settings,
 )
+from examples.bank.welcome import MailSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -165,6 +166,15 @@ def setting_env_names() -> set[str]:
     return names
 
 
+def mail_env_names() -> set[str]:
+    """The bank example's SMTP settings, which its reactor reads (the manifests deploy the bank)."""
+    prefix = MailSettings.model_config.get("env_prefix", "")
+    return {
+        str(f.validation_alias) if isinstance(f.validation_alias, str) else prefix + name.upper()
+        for name, f in MailSettings.model_fields.items()
+    }
+
+
 def settings_under(env: dict[str, str]) -> Settings:
     """The settings a process would read with exactly these EVENTFOLD_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
@@ -259,7 +269,10 @@ def listen_port(service: str, params: dict[str, Any], env: dict[str, str]) -> in
     port = {
         "command-api": s.command_api.command_port,
         "query-api": s.query_api.query_port,
+        # The consuming services share the projector's health and metrics port setting.
         "projector": s.projector.projector_metrics_port,
+        "reactors": s.projector.projector_metrics_port,
+        "process-managers": s.projector.projector_metrics_port,
     }[service]
     assert port, f"{service} listens on no port (is EVENTFOLD_PROJECTOR_METRICS_PORT set?)"
     return port
@@ -513,8 +526,10 @@ def test_k8s_manifests_cover_every_part() -> None:
     assert kinds == [
         ("ConfigMap", "eventfold-config"),
         ("Deployment", "eventfold-command-api"),
+        ("Deployment", "eventfold-process-managers"),
         ("Deployment", "eventfold-projector"),
         ("Deployment", "eventfold-query-api"),
+        ("Deployment", "eventfold-reactors"),
         ("Job", "eventfold-migrate"),
         ("Secret", "eventfold-secrets"),
         ("Service", "eventfold-command-api"),
@@ -538,6 +553,8 @@ def test_k8s_commands_are_real_cli_commands() -> None:
         "eventfold-command-api": "command-api",
         "eventfold-projector": "projector",
         "eventfold-query-api": "query-api",
+        "eventfold-reactors": "reactors",
+        "eventfold-process-managers": "process-managers",
         "eventfold-migrate": None,
     }
     (job,) = k8s_kind("Job")
@@ -566,7 +583,7 @@ def test_k8s_env_sources_exist_and_validate() -> None:
         assert {s["configMapRef"]["name"] for s in sources if "configMapRef" in s} == maps
         assert {s["secretRef"]["name"] for s in sources if "secretRef" in s} == secrets
         env = k8s_env(container)
-        extra = {k for k in env if k.startswith("EVENTFOLD_")} - setting_env_names()
+        extra = {k for k in env if k.startswith("EVENTFOLD_")} - setting_env_names() - mail_env_names()
         assert not extra, (workload, sorted(extra))
         settings = settings_under(env)
         assert settings.db.write_db_url.startswith("postgresql+asyncpg://"), workload
@@ -612,7 +629,7 @@ def test_k8s_ports_and_probes_match_the_settings() -> None:
         else:
             assert not fronting, workload
         checked.add(service)
-    assert checked == {"command-api", "query-api", "projector"}
+    assert checked == {"command-api", "query-api", "projector", "reactors", "process-managers"}
 
 
 def test_k8s_replicas_and_partitions() -> None:
@@ -623,6 +640,10 @@ def test_k8s_replicas_and_partitions() -> None:
     container = projector["spec"]["template"]["spec"]["containers"][0]
     partitions = settings_under(k8s_env(container)).kafka.partitions
     assert projector["spec"]["replicas"] <= partitions, "extra projector replicas would idle"
+    assert 1 < deployments["eventfold-reactors"]["spec"]["replicas"] <= partitions
+    # One process-manager process at a time, also during a rollout.
+    managers = deployments["eventfold-process-managers"]["spec"]
+    assert managers["replicas"] == 1 and managers["strategy"] == {"type": "Recreate"}
 
 
 def test_k8s_pods_run_as_the_image_user_and_not_root() -> None:

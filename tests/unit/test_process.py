@@ -56,3 +56,12 @@ def test_refusing_a_command_that_was_not_sent_fails() -> None:
     with pytest.raises(AssertionError, match="none at 3"):
         run.refused("x", command=3)
     assert process(SAGA).when(Deposited(amount=1, reference="t"), stream_id="b").ignored
+
+
+def test_a_command_sent_again_under_its_key_has_the_same_id() -> None:
+    # Its events' causation_id: a key decided twice would show as one id on two decisions.
+    from projector.process_managers import command_id
+
+    key = "transfers:4f1c0b8e-0d1e-4b8e-9a51-2f7c3d9e6a10:1"
+    assert command_id(key) == command_id(key)
+    assert command_id(key) != command_id(key[:-1] + "2")
