@@ -32,9 +32,11 @@ from projector.tables import process_instances, projection_offsets
 # than MIN_STEADY_S under load after that is not judged for memory growth.
 STARTUP_S = 30.0
 MIN_STEADY_S = 15.0
-# A transfer must end within its deadline plus this: time for the faults of a
-# chaos run (a broker down for 10 s, a killed process manager) to heal.
-TRANSFER_BOUND_S = 60.0
+# A transfer must end within its deadline plus this: each of its steps goes
+# through the topics, and on Apache Kafka a run's broker faults (a paused
+# leader, two of three nodes lost, the controller killed) come one after
+# another, each holding publication up for seconds; 74 s was seen in CI.
+TRANSFER_BOUND_S = 120.0
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ def load_keys(settings: AuthSettings) -> list[ApiKey]:
 class Principal:
     key_id: str
     scopes: frozenset[str]
+    # When the token stops being valid: a live subscription it opened ends then.
+    expires_at: datetime | None = None
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
@@ -106,7 +108,7 @@ class Authenticator:
             raise _unauthorized("the token is not valid")
         if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
             raise _unauthorized("the token has expired")
-        return Principal(entry.id, frozenset(entry.scopes))
+        return Principal(entry.id, frozenset(entry.scopes), entry.expires_at)
 
 
 def _unauthorized(detail: str) -> Problem:

@@ -3,16 +3,21 @@
     async with EventfoldClient("http://127.0.0.1:8000", "http://127.0.0.1:8001", token=key) as ef:
         done = await ef.send("account", "alice", "Deposit", {"amount": 5}, idempotency_key="pay-1")
         account = await ef.view("accounts", "alice", wait_for=done.position)
+        async for live in ef.subscribe("accounts", "alice"):
+            print(live.event, live.document)   # state, then each change
 
 Every error answer becomes a `ProblemError` carrying the problem+json fields.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 import httpx
+import orjson
 from pydantic import BaseModel
 
 
@@ -53,6 +58,16 @@ class Page(BaseModel):
 
     items: list[dict[str, Any]]
     next_cursor: str | None
+
+
+class LiveChange(BaseModel):
+    """One event of a live subscription; `id` is where a later subscription resumes (`since`)."""
+
+    event: str  # state | change | removed | reset | ready
+    id: str
+    subscription: str
+    doc_id: str | None = None
+    document: dict[str, Any] | None = None
 
 
 class EventfoldClient:
@@ -153,9 +168,71 @@ class EventfoldClient:
         r = await self._queries.get(f"/views/{projection}/{doc_id}/{table}", params=params)
         return Page.model_validate(_ok(r))
 
+    async def subscribe(
+        self,
+        projection: str,
+        doc_id: str | None = None,
+        *,
+        filters: dict[str, Any] | None = None,
+        since: str | None = None,
+        max_backoff_s: float = 5.0,
+    ) -> AsyncIterator[LiveChange]:
+        """Follow one document (`state`, then each `change`), or every document matching `filters`.
+
+        An async iterator over Server-Sent Events. A dropped connection, or
+        the server closing it (a restart, this client falling behind), is
+        resumed from the last event's id, with no gap and no repeat; a token
+        that expires raises a `ProblemError` (401, `token_expired`).
+        """
+        path = f"/views/{projection}/{doc_id}/live" if doc_id is not None else f"/views/{projection}/live"
+        params = {k: str(v) for k, v in (filters or {}).items()}
+        last, backoff = since, 0.1
+        while True:
+            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
+            try:
+                async with self._queries.stream(
+                    "GET", path, params=params, headers=headers, timeout=httpx.Timeout(10.0, read=None)
+                ) as r:
+                    if r.status_code >= 400:
+                        await r.aread()
+                        _ok(r)
+                    async for kind, data, event_id in _sse(r):
+                        backoff = 0.1
+                        if kind == "expired":
+                            raise ProblemError(401, "token_expired", data.get("reason", ""), data)
+                        if kind in ("dropped", "closed"):
+                            break  # resume from `last`
+                        last = event_id or last
+                        yield LiveChange(event=kind, id=event_id or "", **data)
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                pass
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+
     async def projections(self) -> list[dict[str, Any]]:
         body = _ok(await self._queries.get("/projections"))
         return list(body["projections"] if isinstance(body, dict) else body)
+
+
+async def _sse(r: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any], str | None]]:
+    """(event, data, id) of each Server-Sent Event in a response; comments are skipped."""
+    kind, data, event_id = "message", "", None
+    async for line in r.aiter_lines():
+        if not line:
+            if data:
+                yield kind, orjson.loads(data), event_id
+            kind, data, event_id = "message", "", None
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                kind = value
+            elif field == "data":
+                data = f"{data}\n{value}" if data else value
+            elif field == "id":
+                event_id = value
 
 
 def _page(limit: int | None, cursor: str | None) -> dict[str, Any]:

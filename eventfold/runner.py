@@ -16,11 +16,26 @@ T = TypeVar("T")
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its caller."""
+    """A uvicorn server that leaves signal handling to its caller.
+
+    Before it waits for open connections to finish, it calls the app's
+    `state.on_draining` hooks: a stream that lasts as long as its client wants
+    (a live subscription) is ended there, with a word to the client, instead
+    of being cut off at the graceful-shutdown timeout.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.fastapi_app = app
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        for hook in getattr(self.fastapi_app.state, "on_draining", []):
+            hook()
+        await super().shutdown(sockets)
 
 
 def tune_gc() -> None:
@@ -58,7 +73,7 @@ def http_server(app: FastAPI, host: str, port: int) -> _Server:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    return _Server(config)
+    return _Server(config, app)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -105,6 +105,17 @@ class QueryApiSettings(BaseSettings):
     query_port: int = Field(default=8001, ge=1, le=65535)
     wait_timeout_default_s: float = Field(default=5.0, gt=0)
     wait_timeout_max_s: float = Field(default=30.0, gt=0)
+    # Live subscriptions (SSE and WebSocket): an idle stream gets a heartbeat this
+    # often, so proxies keep it open; a subscriber with this many changes unsent
+    # is too slow and is disconnected (the others never wait for it).
+    live_heartbeat_s: float = Field(default=15.0, gt=0)
+    live_buffer: int = Field(default=256, ge=1)
+    # How often the change feed is read when no NOTIFY wakes it (SQLite, or the
+    # listen connection lost), and as a fallback while listening.
+    live_poll_s: float = Field(default=0.05, gt=0)
+    live_fallback_s: float = Field(default=1.0, gt=0)
+    # Subscriptions one WebSocket connection may hold at once.
+    live_subscriptions_per_socket: int = Field(default=100, ge=1)
 
 
 class ProjectorSettings(BaseSettings):
@@ -126,6 +137,9 @@ class ProjectorSettings(BaseSettings):
     # 0: no HTTP port. Otherwise /healthz, /readyz and /metrics on host:port.
     projector_metrics_port: int = Field(default=0, ge=0, le=65535)
     host: str = "127.0.0.1"
+    # How long the change feed keeps a change: a live subscriber that was
+    # disconnected for longer resumes with a reset (the current state), not a gap.
+    change_retention_s: float = Field(default=3600.0, gt=0)
 
 
 class AuthSettings(BaseSettings):

@@ -2,7 +2,8 @@
 
 Order inside the transaction: take the status row (is this batch allowed?),
 preload the documents, fold in memory, write documents and child rows, send
-dead letters, write failures, offsets (and NOTIFY them) and counters, commit.
+dead letters, write failures, the change feed's rows (live batches only),
+offsets (and NOTIFY them) and counters, commit.
 The dead letters go out before the commit, so a crash can repeat a dead
 letter but never lose one; they go out after the row writes, so a write the
 database refuses sends none.
@@ -103,6 +104,10 @@ async def apply_batch(
                 return BatchResult(False)
             folded = await fold_and_write(conn, projection, part, dead_letter=dead_letter, cache=cache)
             await store.record_failures(conn, projection.name, folded.failures)
+            if state_after == store.LIVE:
+                # Live subscribers are sent what live batches change; a rebuild's
+                # subscribers get a reset at the swap instead of its history.
+                await store.record_changes(conn, projection.name, folded)
             await store.save_offsets(conn, projection.name, stored)
             await store.notify_offsets(conn, projection.name)
             if not shared:
@@ -164,6 +169,7 @@ def _merge(a: Folded | None, b: Folded | None) -> Folded | None:
         applied=a.applied + b.applied,
         duplicates=a.duplicates + b.duplicates,
         last_event_at=max((t for t in (a.last_event_at, b.last_event_at) if t is not None), default=None),
+        positions={**a.positions, **b.positions},
     )
     for folded in (a, b):
         for table, rows in folded.appends.items():

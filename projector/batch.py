@@ -68,6 +68,8 @@ class Folded:
     applied: int = 0
     duplicates: int = 0
     last_event_at: datetime | None = None
+    # Per document changed: the (topic, partition, offset) of the last event applied to it.
+    positions: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
 def _poison(record: RecordLike, reason: str, detail: str) -> Failure:
@@ -184,6 +186,7 @@ def fold(projection: Projection, docs: Mapping[str, Doc], items: Iterable[Decode
             continue
         new = {**change.doc, "id": env.stream_id, "version": env.version}
         current[env.stream_id] = out.docs[env.stream_id] = new
+        out.positions[env.stream_id] = (item.topic, item.partition, item.offset)
         for table, row in change.appends:
             out.appends.setdefault(table.name, []).append(row)
         out.applied += 1

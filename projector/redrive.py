@@ -99,6 +99,7 @@ async def retry(engine: AsyncEngine, projection: Projection, ids: Sequence[int] 
         async with engine.begin() as conn:
             state = await _locked_state(conn, projection)
             folded = await fold_and_write(conn, projection, items, dead_letter=None)
+            await store.record_changes(conn, projection.name, folded)
             failed = {(f.topic, f.partition, f.offset): f for f in folded.failures}
             done = [
                 by_position[(i.topic, i.partition, i.offset)]

@@ -471,6 +471,27 @@ async def _wait_unless(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
         await cancel_and_wait([stopped])
 
 
+# How often the projector drops change-feed rows older than the retention.
+PRUNE_EVERY_S = 60.0
+
+
+async def prune_change_feed(
+    settings: Settings, engine: AsyncEngine, projections: Sequence[Projection], stop: asyncio.Event
+) -> None:
+    """Keep the change feed to `EVENTFOLD_CHANGE_RETENTION_S` (any replica may prune: it is idempotent)."""
+    while not stop.is_set():
+        older_than = time.time() - settings.projector.change_retention_s
+        for p in projections:
+            try:
+                dropped = await store.prune_changes(engine, p.name, older_than)
+            except Exception as exc:
+                log.warning("projection=%s cannot prune its change feed (retrying): %r", p.name, exc)
+            else:
+                if dropped:
+                    log.info("projection=%s pruned %d change-feed rows", p.name, dropped)
+        await _sleep_unless(stop, PRUNE_EVERY_S)
+
+
 async def run_projectors(settings: Settings, projections: Sequence[Projection], stop: asyncio.Event) -> None:
     """Run one runtime per projection over one read-store engine until `stop`."""
     from eventfold.db import create_engine
@@ -481,6 +502,7 @@ async def run_projectors(settings: Settings, projections: Sequence[Projection], 
         work = [asyncio.create_task(rt.run(stop)) for rt in runtimes]
         consumers = {f"projection:{rt.projection.name}": rt.consumer for rt in runtimes}
         work += health_port(settings, engine, consumers, stop, "projector")
+        work.append(asyncio.create_task(prune_change_feed(settings, engine, projections, stop)))
         await asyncio.gather(*work)
     finally:
         await engine.dispose()

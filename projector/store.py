@@ -11,15 +11,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import Table, delete, func, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold import jsonutil
 from eventfold.projection import Doc, Projection
-from projector.batch import Failure
-from projector.tables import projection_failures, projection_offsets, projection_status
+from projector.batch import Failure, Folded
+from projector.tables import (
+    projection_failures,
+    projection_offsets,
+    projection_status,
+    view_change_horizons,
+    view_changes,
+)
 
 TopicPartitionKey = tuple[str, int]
 _CHUNK = 1000
@@ -350,3 +356,45 @@ async def notify_offsets(conn: AsyncConnection, projection: str) -> None:
             text("SELECT pg_notify(:channel, :projection)"),
             {"channel": OFFSETS_CHANNEL, "projection": projection},
         )
+
+
+async def record_changes(conn: AsyncConnection, projection: str, folded: Folded) -> None:
+    """One change-feed row per document the batch changed, inside the batch's transaction.
+
+    The caller holds the projection's status row (lock_state), which is what
+    makes the rows' `seq` grow in commit order.
+    """
+    if not folded.positions:
+        return
+    now = time.time()
+    rows = [
+        {
+            "projection": projection,
+            "doc_id": doc_id,
+            "version": int(folded.docs[doc_id]["version"]),
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "committed_at": now,
+        }
+        for doc_id, (topic, partition, offset) in sorted(folded.positions.items(), key=lambda kv: kv[1])
+    ]
+    await conn.execute(view_changes.insert(), rows)
+
+
+async def prune_changes(engine: AsyncEngine, projection: str, older_than: float) -> int:
+    """Drop change-feed rows committed before `older_than`; record how far. Returns rows dropped."""
+    c = view_changes.c
+    async with engine.begin() as conn:
+        through = await conn.scalar(
+            select(func.max(c.seq)).where(c.projection == projection, c.committed_at < older_than)
+        )
+        if through is None:
+            return 0
+        done = await conn.execute(delete(view_changes).where(c.projection == projection, c.seq <= through))
+        ins = _insert(conn, view_change_horizons)
+        await conn.execute(
+            ins.on_conflict_do_update(index_elements=["projection"], set_={"seq": ins.excluded.seq}),
+            {"projection": projection, "seq": int(through)},
+        )
+    return int(done.rowcount or 0)

@@ -21,6 +21,8 @@ from eventfold.projection import Projection
 from eventfold.reaction import Reactor
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
+from query_api.documents import DocumentTable
+from query_api.feed import ChangeFeed
 from query_api.views import Reads
 from query_api.waiting import OffsetWatcher
 from query_api.watermarks import WatermarkCache
@@ -40,6 +42,8 @@ class QuerySide:
     # Reactors and process managers whose progress GET /projections reports beside the projections.
     reactors: Sequence[Reactor] = ()
     process_managers: Sequence[ProcessManager[Any]] = ()
+    # Live subscriptions' source (query_api/feed.py): tails the change feed while anyone subscribes.
+    feed: ChangeFeed | None = None
 
 
 @asynccontextmanager
@@ -62,9 +66,19 @@ async def query_side(
         reactors=reactors,
         process_managers=process_managers,
     )
+    q = settings.query_api
+    side.feed = ChangeFeed(
+        engine,
+        reads,
+        [DocumentTable.of(p) for p in projections],
+        poll_s=q.live_poll_s,
+        fallback_s=q.live_fallback_s,
+    )
+    side.feed.start()
     try:
         yield side
     finally:
+        await side.feed.close()
         await cancel_and_wait(list(side.rebuilds.values()), timeout_s=30)
         await side.watcher.close()
         await reads.dispose()
@@ -82,6 +96,7 @@ def create_app(
     from eventfold import auth, problems
     from eventfold.limits import HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware, QueryTiming
+    from query_api.live_routes import live_router
     from query_api.routes import router
     from query_api.view_routes import view_router
 
@@ -92,6 +107,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with query_side(cfg, chosen, list(reactors), list(process_managers)) as side:
             app.state.side = side
+            app.state.on_draining = [side.feed.drain] if side.feed is not None else []
             yield
 
     app = FastAPI(
@@ -103,6 +119,8 @@ def create_app(
     problems.install(app)
     auth.install(app, cfg.auth, service="query API")
     app.include_router(router)
+    # Live routes first: `/views/{name}/live` would otherwise be read as the document `live`.
+    app.include_router(live_router([DocumentTable.of(p) for p in chosen]))
     # The generic views of every projection served, typed from its tables.
     app.include_router(view_router(chosen))
     for extra in routers:

@@ -22,15 +22,15 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from projector.store import OFFSETS_CHANNEL
 from projector.tables import projection_offsets
+from query_api.listen import listen_forever
+from query_api.listen import wait_event as _wait
 
 Key = tuple[str, str, int]  # projection, topic, partition
 _Waiter = tuple[int, int, asyncio.Future[None]]  # offset, arrival order, future
@@ -217,58 +217,30 @@ class OffsetWatcher:
 
     async def _listen(self, run: _Run) -> None:
         """Keep a LISTEN connection open for this run, reconnecting with backoff."""
-        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        delay = 0.1
 
-        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        def notified(payload: str) -> None:
             if any(k[0] == payload for k in self._waiters):
                 run.wake.set()
             else:  # no read for it now, so what we hold of it is no longer current
                 run.current.discard(payload)
                 run.stale.add(payload)
 
-        while True:
-            lost = asyncio.Event()
-            try:
-                conn = await asyncpg.connect(
-                    dsn, timeout=5, server_settings={"application_name": self.application_name}
-                )
-            except Exception as exc:
-                log.warning("offset_listen_failed", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            try:
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(OFFSETS_CHANNEL, notified)
-                run.listening, run.pid = True, conn.get_server_pid()
-                run.wake.set()  # what committed before LISTEN only a read can see
-                delay = 0.1
-                await lost.wait()
-                log.warning("offset_listen_lost", retry_in=delay)
-            except Exception as exc:
-                log.warning("offset_listen_failed", error=repr(exc), retry_in=delay)
-            finally:
-                run.listening, run.pid = False, None
-                run.losses += 1
-                run.current.clear()
-                run.wake.set()  # notifications may have been missed: read now
-                await _close(conn)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        def up(pid: int) -> None:
+            run.listening, run.pid = True, pid
+            run.wake.set()  # what committed before LISTEN only a read can see
 
+        def down() -> None:
+            run.listening, run.pid = False, None
+            run.losses += 1
+            run.current.clear()
+            run.wake.set()  # notifications may have been missed: read now
 
-async def _wait(event: asyncio.Event, timeout_s: float) -> None:
-    """Until `event` is set or `timeout_s` passes, whichever comes first."""
-    if event.is_set():
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
-
-
-async def _close(conn: Any) -> None:
-    try:
-        await conn.close(timeout=2)
-    except Exception:
-        conn.terminate()
+        await listen_forever(
+            self.engine,
+            OFFSETS_CHANNEL,
+            application_name=self.application_name,
+            notified=notified,
+            up=up,
+            down=down,
+            what="offset",
+        )

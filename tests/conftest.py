@@ -184,6 +184,12 @@ async def fresh_pg_url(pg_admin_url: str) -> AsyncIterator[str]:
         await drop_database(pg_admin_url, db_url)
 
 
+@pytest.fixture
+def own_pg(fresh_pg_url: str) -> DatabaseSettings:
+    """Write and read store in one database of the test's own."""
+    return DatabaseSettings(write_db_url=fresh_pg_url, read_db_url=fresh_pg_url)
+
+
 @pytest.fixture(params=["postgres", "sqlite"])
 async def own_db(
     request: pytest.FixtureRequest, pg_admin_url: str, tmp_path: Path

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from command_api.tables import outbox
@@ -18,7 +16,6 @@ from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
 from projector.tables import projection_status
-from tests.conftest import create_database, drop_database
 from tests.e2e.processes import ServiceProcess, started
 from tests.helpers import broker_kafka_settings, first_versions, read_topic, uid, wait_until
 from tests.support import processes
@@ -34,15 +31,6 @@ from tests.support.projection import (
 # Kubernetes' default terminationGracePeriodSeconds (deploy/k8s keeps it). With the broker
 # frozen, shutdown takes about 10 s: the Kafka producer's close waits for its unsent batches.
 GRACE_S = 30
-
-
-@pytest.fixture
-async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
-    url = await create_database(pg_admin_url)
-    try:
-        yield DatabaseSettings(write_db_url=url, read_db_url=url)
-    finally:
-        await drop_database(pg_admin_url, url)
 
 
 def _frozen_broker_settings(make_settings: Any, broker: Any, db: DatabaseSettings) -> Any:

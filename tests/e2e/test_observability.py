@@ -61,7 +61,7 @@ async def test_projector_port_and_correlation_from_http_to_projector_logs(
         assert 'eventfold_query_seconds_count{route="/accounts/{account_id}",status="200"}' in query_metrics
         # `eventfold status` reads what GET /projections reads.
         report = (await http.get(f"{queries.url}/projections")).json()
-        api = report["projections"] + report["reactors"]
+        api = report["projections"] + report["reactors"] + report["process_managers"]
         cli = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "eventfold.cli", "status", "--json"],

@@ -229,7 +229,9 @@ async def test_counter_views(command_client, make_settings, own_db: DatabaseSett
     views = sorted(p for p in spec["paths"] if p.startswith("/views/"))
     assert views == [
         "/views/test_counters",
+        "/views/test_counters/live",
         "/views/test_counters/{id}",
+        "/views/test_counters/{id}/live",
         "/views/test_counters/{id}/test_counter_steps",
     ]
     schemas = spec["components"]["schemas"]
