@@ -226,6 +226,8 @@ def try_it(app: App, command_port: int, query_port: int, auth: str) -> str | Non
         lines.append(
             f'  curl -s {auth}"http://127.0.0.1:{query_port}/views/{view.name}/demo-1?wait_for=$POS"'
         )
+        lines.append("  # each change as it is committed (Server-Sent Events; Ctrl-C to stop):")
+        lines.append(f'  curl -N {auth}"http://127.0.0.1:{query_port}/views/{view.name}/demo-1/live"')
     return "\n".join(lines)
 
 
