@@ -84,16 +84,18 @@ def command_sender(service: Any) -> Sender:
     """Send through an in-process `CommandService` (command_api), as the HTTP route does."""
     from command_api.outcomes import Accepted, PendingCommand, Refused, Replayed
 
-    async def send(key: str, issue: Dispatch, correlation_id: str | None) -> Sent:
-        data = issue.command.model_dump(mode="json")
-        kind = type(issue.command).__name__
+    async def send(key: str, dispatch: Dispatch, correlation_id: str | None) -> Sent:
+        data = dispatch.command.model_dump(mode="json")
+        kind = type(dispatch.command).__name__
         pending = PendingCommand(
-            stream_type=issue.stream_type,
-            stream_id=issue.stream_id,
-            command=issue.command,
+            stream_type=dispatch.stream_type,
+            stream_id=dispatch.stream_id,
+            command=dispatch.command,
             expected_version=None,
             idempotency_key=key,
-            request_hash=jsonutil.canonical_hash([issue.stream_type, issue.stream_id, kind, data, None]),
+            request_hash=jsonutil.canonical_hash(
+                [dispatch.stream_type, dispatch.stream_id, kind, data, None]
+            ),
             correlation_id=correlation_id or jsonutil.new_id(),
             command_id=command_id(key),
             future=asyncio.get_running_loop().create_future(),
@@ -305,9 +307,9 @@ class ProcessManagerRuntime:
         refusal = Refusal(refused.issue, sent.code, sent.detail)
         step: Step[Any] | None = self.pm.on_refused(instance.state, instance.id, refusal)
         if step is None:
-            issue = refused.issue
+            dispatch = refused.issue
             reason = (
-                f"{issue.stream_type}/{issue.stream_id} refused {type(issue.command).__name__} "
+                f"{dispatch.stream_type}/{dispatch.stream_id} refused {type(dispatch.command).__name__} "
                 f"({refused.key}): {sent.code}: {sent.detail}"
             )
             log.error("process=%s instance=%s is stuck: %s", self.pm.name, instance.id, reason)

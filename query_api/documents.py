@@ -9,12 +9,13 @@ whichever generation holds that name when the statement runs.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Column, Table, and_, select
 
+from eventfold.problems import Problem
 from eventfold.projection import Projection
 from query_api.columns import row_shaper
 from query_api.views import Reads
@@ -60,6 +61,19 @@ class DocumentTable:
             tuple(projection.filters),
             {t.name: ChildTable.of(t) for t in projection.child_tables},
             row_shaper(list(table.columns)),
+        )
+
+
+def refuse_unknown_filters(docs: DocumentTable, names: Iterable[str]) -> None:
+    """A 400 problem naming the parameters that are not declared filters of `docs`."""
+    unknown = sorted(set(names) - set(docs.filters))
+    if unknown:
+        raise Problem(
+            400,
+            "unknown_filter",
+            f"projection {docs.name!r} cannot be filtered on {', '.join(unknown)}; "
+            f"allowed filters: {', '.join(docs.filters) or 'none'}",
+            allowed_filters=list(docs.filters),
         )
 
 

@@ -236,7 +236,6 @@ class ChangeFeed:
         self._listening = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.delivered = 0  # changes handed to mailboxes (for the benchmark and metrics)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -441,7 +440,6 @@ class ChangeFeed:
             subs = only if only is not None else [*feed.by_doc.get(doc_id, ()), *feed.filtered]
             for sub in subs:
                 sub.changed(seq, doc_id, doc)
-                self.delivered += 1
             if n % _YIELD_EVERY == _YIELD_EVERY - 1:
                 # Let the writers take what is waiting: a burst is not a slow client.
                 await asyncio.sleep(0)

@@ -35,7 +35,7 @@ from eventfold.auth import Authenticator, Principal, require
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 from query_api.columns import column_type
 from query_api.deps import SideDep
-from query_api.documents import DocumentTable
+from query_api.documents import DocumentTable, refuse_unknown_filters
 from query_api.feed import ChangeFeed, LiveEvent, Mailbox, Subscriber, cursor_token, parse_cursor
 from query_api.routing import STREAM_ID
 
@@ -134,15 +134,7 @@ def _name(projection: str, filters: Mapping[str, str]) -> str:
 
 def coerce_filters(docs: DocumentTable, raw: Mapping[str, str]) -> dict[str, Any]:
     """Query-string filters as the column's values; a 400 problem for an undeclared or invalid one."""
-    unknown = sorted(set(raw) - set(docs.filters))
-    if unknown:
-        raise Problem(
-            400,
-            "unknown_filter",
-            f"projection {docs.name!r} cannot be filtered on {', '.join(unknown)}; "
-            f"allowed filters: {', '.join(docs.filters) or 'none'}",
-            allowed_filters=list(docs.filters),
-        )
+    refuse_unknown_filters(docs, raw)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         python = column_type(docs.table.c[key]).python
@@ -297,7 +289,6 @@ class Socket:
         self.heartbeat_s = cfg.live_heartbeat_s
         self.max_subs = cfg.live_subscriptions_per_socket
         self.subs: dict[str, Subscriber] = {}
-        self.replies: list[dict[str, Any]] = []  # acks and errors, sent by the writer in order
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())

@@ -28,7 +28,14 @@ from eventfold.projection import Projection
 from query_api import cursor
 from query_api.bootstrap import QuerySide
 from query_api.columns import column_type, max_length
-from query_api.documents import ChildTable, DocumentTable, get_document, list_children, list_documents
+from query_api.documents import (
+    ChildTable,
+    DocumentTable,
+    get_document,
+    list_children,
+    list_documents,
+    refuse_unknown_filters,
+)
 from query_api.routing import (
     STREAM_ID,
     WAIT_RESPONSES,
@@ -197,19 +204,9 @@ def _listing(docs: DocumentTable) -> Any:
 
 def _only_filters(docs: DocumentTable) -> Any:
     """Refuse a query parameter the listing does not take: a mistyped filter must not list everything."""
-    allowed = list(docs.filters)
-    known = _LISTING_PARAMS | set(allowed)
 
     async def only_declared_filters(request: Request) -> None:
-        unknown = sorted(set(request.query_params) - known)
-        if unknown:
-            raise Problem(
-                400,
-                "unknown_filter",
-                f"projection {docs.name!r} cannot be filtered on {', '.join(unknown)}; "
-                f"allowed filters: {', '.join(allowed) or 'none'}",
-                allowed_filters=allowed,
-            )
+        refuse_unknown_filters(docs, set(request.query_params) - _LISTING_PARAMS)
 
     return only_declared_filters
 
