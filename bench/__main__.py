@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from bench.env import BROKERS, BenchEnv, default_broker
+from bench.live import raise_open_files_limit
 from bench.report import Report
 from eventfold.apache_kafka import java_available
 
@@ -59,6 +60,11 @@ class Plan:
     run_timeout_s: float  # any single run, whatever it measures
     # One closed loop of deposits at concurrency 32, judged for memory growth (eventfold/rss.py).
     steady_s: float
+    # Live: this many SSE subscribers on one query API process (one run each),
+    # while deposits flow at live_rate/s for live_s.
+    live_subscribers: tuple[int, ...]
+    live_rate: float
+    live_s: float
 
 
 FULL = Plan(
@@ -82,6 +88,9 @@ FULL = Plan(
     drain_s=30,
     run_timeout_s=1800,
     steady_s=60,
+    live_subscribers=(1_000, 5_000),
+    live_rate=200,
+    live_s=20,
 )
 QUICK = Plan(
     "quick",
@@ -108,15 +117,19 @@ QUICK = Plan(
         "e2e_light": 4,
         "query_api": 7,
         "peer": 7,
+        "live": 8,
     },
     catchup_timeout_s=12,
     replay_timeout_s=12,
     drain_s=2,
     run_timeout_s=60,
     steady_s=20,
+    live_subscribers=(200,),
+    live_rate=200,
+    live_s=3,
 )
 
-PHASES = ("raw", "command_api", "projector", "e2e", "query_api", "peer")
+PHASES = ("raw", "command_api", "projector", "e2e", "query_api", "live", "peer")
 
 
 class Runner:
@@ -198,6 +211,8 @@ class Runner:
 
 async def main(plan: Plan, profile: bool, console: Console, only: set[str], broker: str) -> Report:
     report = Report(plan.name)
+    # Thousands of live subscribers need as many sockets here and in the query API.
+    report.note("config", "open_files_limit", raise_open_files_limit())
     report.note("config", "plan", {k: v for k, v in plan.__dict__.items() if k != "budget_s"})
     env = BenchEnv(partitions=4, broker=broker)
     report.data["broker"] = {"kind": broker}
@@ -245,7 +260,7 @@ async def main(plan: Plan, profile: bool, console: Console, only: set[str], brok
                 nonlocal api
                 api = await phases.command_api(r, env, urls, profile)
 
-            if only & {"command_api", "e2e", "query_api"}:
+            if only & {"command_api", "e2e", "query_api", "live"}:
                 await r.phase("command_api", command)
             if "projector" in only:
                 await r.phase("projector", lambda: phases.projector(r, env, urls, profile))
@@ -254,6 +269,8 @@ async def main(plan: Plan, profile: bool, console: Console, only: set[str], brok
                 await r.phase("e2e", lambda: phases.e2e(r, env, urls, api, readside))
             if "query_api" in only:
                 await r.phase("query_api", lambda: phases.query_api(r, env, urls, api, readside, profile))
+            if "live" in only:
+                await r.phase("live", lambda: phases.live(r, env, urls, api, readside))
             if api is not None:
                 await env.stop_child(api.child)
             for child in readside.values():
@@ -287,7 +304,7 @@ def cli(argv: list[str] | None = None) -> int:
         "--only",
         default=",".join(PHASES),
         help=f"comma-separated phases to run (default all: {','.join(PHASES)}); "
-        "e2e and query_api also start the command API",
+        "e2e, query_api and live also start the command API",
     )
     parser.add_argument(
         "--broker",

@@ -360,12 +360,10 @@ async def replay(
 # -- 4. end to end -----------------------------------------------------------
 
 
-async def e2e(
-    r: Runner, env: BenchEnv, urls: dict[str, str], api: cmd.CommandApi | None, children: dict[str, Any]
-) -> None:
-    plan, rep = r.plan, r.report
-    if api is None:
-        raise RuntimeError("the command API did not start; nothing to measure end to end")
+async def read_side(r: Runner, env: BenchEnv, urls: dict[str, str], children: dict[str, Any]) -> None:
+    """The projector and the query API over the command API's topics, started once for every phase."""
+    if "query" in children:
+        return
     t = r.step("starting the projector and the query API")
     try:
         children["projector"] = await readside.projector_for(env, PREFIX_LIVE, urls["write"], urls["read"])
@@ -374,6 +372,10 @@ async def e2e(
         children["query_port"] = qport
     finally:
         r.done(t)
+
+
+async def caught_up(r: Runner, env: BenchEnv, urls: dict[str, str], children: dict[str, Any]) -> float:
+    """Wait until the projector has applied every command event so far; the seconds it took."""
     kafka = env.kafka(PREFIX_LIVE)
     topic = kafka.topic("account")
     hw = await readside.high_watermarks(kafka, topic)
@@ -387,12 +389,25 @@ async def e2e(
             urls["read"],
             topic,
             hw,
-            timeout_s=max(60.0, plan.catchup_timeout_s),
+            timeout_s=max(60.0, r.plan.catchup_timeout_s),
             progress=lambda n: r.progress.update(task, completed=n),
         )
-        rep.note("e2e", "catch_up_before_s", round(caught.wall_s, 2))
     finally:
         r.done(task)
+    return float(caught.wall_s)
+
+
+async def e2e(
+    r: Runner, env: BenchEnv, urls: dict[str, str], api: cmd.CommandApi | None, children: dict[str, Any]
+) -> None:
+    plan, rep = r.plan, r.report
+    if api is None:
+        raise RuntimeError("the command API did not start; nothing to measure end to end")
+    await read_side(r, env, urls, children)
+    qport = children["query_port"]
+    rep.note("e2e", "catch_up_before_s", round(await caught_up(r, env, urls, children), 2))
+    kafka = env.kafka(PREFIX_LIVE)
+    topic = kafka.topic("account")
 
     async def settle() -> None:
         """Let the previous run's backlog drain, so each run starts from an idle system.
@@ -532,6 +547,66 @@ async def query_api(
             rep.note("query_api", "profile", found)
         finally:
             r.done(t)
+
+
+# -- 6. live subscribers -----------------------------------------------------
+
+
+async def live(
+    r: Runner, env: BenchEnv, urls: dict[str, str], api: cmd.CommandApi | None, children: dict[str, Any]
+) -> None:
+    """SSE subscribers on one query API process while deposits flow (bench/live.py)."""
+    plan, rep = r.plan, r.report
+    if api is None:
+        raise RuntimeError("the command API did not start; no changes to follow")
+    await read_side(r, env, urls, children)
+    rep.note("live", "catch_up_before_s", round(await caught_up(r, env, urls, children), 2))
+    rep.note("live", "rate", plan.live_rate)
+    accounts = api.accounts or cmd.account_ids(plan.accounts)
+    for n in plan.live_subscribers:
+        await _live_at(r, api, children, accounts, n)
+
+
+async def _live_at(
+    r: Runner, api: cmd.CommandApi, children: dict[str, Any], accounts: list[str], n: int
+) -> None:
+    from bench import live as livem
+
+    plan, rep = r.plan, r.report
+    p50: list[float] = []
+    p99: list[float] = []
+    kb: list[float] = []
+    cpu: list[float] = []
+    details: list[dict[str, Any]] = []
+
+    async def one(i: int, advance: Any) -> None:
+        res = await livem.live_run(
+            api.port,
+            children["query_port"],
+            children["query"].pid,
+            accounts,
+            subscribers=n,
+            rate=plan.live_rate,
+            duration_s=plan.live_s,
+            seed=200 + i,
+            drain_s=plan.drain_s * 5,
+            progress=advance,
+        )
+        s = res.summary()
+        details.append(s)
+        p50.append(s["p50_ms"])
+        p99.append(s["p99_ms"])
+        if s["idle_kb_per_subscriber"] is not None:
+            kb.append(s["idle_kb_per_subscriber"])
+        if s["cpu_us_per_change"] is not None:
+            cpu.append(s["cpu_us_per_change"])
+
+    await r.repeat("live", f"{n:,} live subscribers", n, one)
+    rep.figure("live", f"p50_ms_{n}", p50, "ms")
+    rep.figure("live", f"p99_ms_{n}", p99, "ms")
+    rep.figure("live", f"kb_per_idle_subscriber_{n}", kb, "KB")
+    rep.figure("live", f"cpu_us_per_change_{n}", cpu, "µs")
+    rep.note("live", f"runs_detail_{n}", details)
 
 
 # -- 7. peer -----------------------------------------------------------------

@@ -65,6 +65,7 @@ class Verdict:
     events_checked: int = 0
     streams_checked: int = 0
     transfers: dict[str, int] = field(default_factory=dict)  # by outcome
+    transfer_seconds: dict[str, float] = field(default_factory=dict)  # request to ending: p50, p99, max
     emails: dict[str, int] = field(default_factory=dict)  # owed, sent, duplicates
 
     def add(self, check: str, message: str) -> None:
@@ -295,6 +296,7 @@ def check_transfers(records: list[TopicRecord], saga: Saga, v: Verdict) -> None:
         elif env.type in ("Withdrawn", "Deposited") and env.data.get("reference"):
             moves[env.data["reference"]][f"{env.type}:{env.stream_id}"] += 1
     outcomes: Counter[str] = Counter()
+    took_s: list[float] = []
     limit = saga.deadline_s + saga.bound_s
     for tid in saga.transfers:
         req = requested.get(tid)
@@ -309,6 +311,7 @@ def check_transfers(records: list[TopicRecord], saga: Saga, v: Verdict) -> None:
         outcome = _ENDINGS[ends[0].envelope.type]
         outcomes[outcome] += 1
         took = (ends[0].envelope.occurred_at - req.envelope.occurred_at).total_seconds()
+        took_s.append(took)
         if took > limit:
             v.add("transfer_ended_in_time", f"{tid}: {outcome} after {took:.1f}s (limit {limit:g}s)")
         source, target = req.envelope.data["source"], req.envelope.data["target"]
@@ -323,6 +326,13 @@ def check_transfers(records: list[TopicRecord], saga: Saga, v: Verdict) -> None:
     for tid, why in sorted(saga.stuck.items()):
         v.add("no_stuck_transfer", f"{tid}: {why[:200]}")
     v.transfers = dict(sorted(outcomes.items()))
+    if took_s:
+        took_s.sort()
+        v.transfer_seconds = {
+            "p50": round(took_s[len(took_s) // 2], 2),
+            "p99": round(took_s[min(len(took_s) - 1, int(len(took_s) * 0.99))], 2),
+            "max": round(took_s[-1], 2),
+        }
 
 
 def check_welcome_emails(records: list[TopicRecord], saga: Saga, v: Verdict) -> None:

@@ -71,6 +71,12 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         "transfers by outcome",
         ", ".join(f"{k}: {n}" for k, n in transfers.items()) + f" (of {sum(transfers.values())})",
     )
+    if took := summary.get("transfer_seconds"):
+        table.add_row(
+            "transfer request to end",
+            f"p50 {took['p50']:g} s, p99 {took['p99']:g} s, max {took['max']:g} s "
+            "(deadline and bound: see chaos/run.py)",
+        )
     mails = summary.get("emails") or {}
     if mails:
         table.add_row(

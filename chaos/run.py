@@ -158,6 +158,7 @@ async def run(cfg: RunConfig, say: Any = print) -> RunResult:
         "exit_codes_on_sigterm": exit_codes,
         "drain_s": round(drain_s, 1),
         "transfers": verdict.transfers,
+        "transfer_seconds": verdict.transfer_seconds,
         "emails": verdict.emails,
         "events_checked": verdict.events_checked,
         "streams_checked": verdict.streams_checked,

@@ -140,6 +140,9 @@ class ProjectorSettings(BaseSettings):
     # How long the change feed keeps a change: a live subscriber that was
     # disconnected for longer resumes with a reset (the current state), not a gap.
     change_retention_s: float = Field(default=3600.0, gt=0)
+    # Commands a process manager has in flight at once, each for a different
+    # instance (one instance's commands go one after another, in order).
+    process_send_concurrency: int = Field(default=32, ge=1, le=1024)
 
 
 class AuthSettings(BaseSettings):

@@ -7,9 +7,11 @@ instance, call the pure `handle`, and store the new state, the commands it
 asked for (each under an idempotency key derived from the causing event,
 `<pm>:<event id>:<n>`) and the deadline, with the batch's next offsets (in
 `projection_offsets`, keyed `process:<name>`). The commands are sent
-afterwards, one at a time per instance, through the command path (decided and
-published like any other command); each outcome is stored before the next is
-sent. A crash anywhere therefore re-sends a command only under its stored key,
+afterwards through the command path (decided and published like any other
+command): one at a time per instance, each outcome stored before the next is
+sent, and many instances at once (EVENTFOLD_PROCESS_SEND_CONCURRENCY), since a
+command waits for its publication and one slow broker must not hold every
+other instance up behind it. A crash anywhere therefore re-sends a command only under its stored key,
 which the write store answers with the first outcome: no command takes effect
 twice. A refusal goes to `on_refused` (in the same transaction that drops the
 command); one it does not handle marks the instance `stuck` with the refusal.
@@ -29,7 +31,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -159,6 +161,11 @@ class ProcessManagerRuntime:
         self.expected: dict[TopicPartition, tuple[int, bool]] = {}
         # The correlation id of the event behind each instance's latest step, for the commands it sends.
         self._correlation: dict[str, str | None] = {}
+        # One drain per instance at a time (its commands go in order); `_wanted`
+        # holds instances to look at again once their running drain is done.
+        self._draining: dict[str, asyncio.Task[None]] = {}
+        self._wanted: set[str] = set()
+        self._sending = asyncio.Semaphore(cfg.process_send_concurrency)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Resend what a crash left, fire what fell due meanwhile, then consume until `stop`."""
@@ -181,7 +188,7 @@ class ProcessManagerRuntime:
         try:
             await self._consume(stop)
         finally:
-            await cancel_and_wait([ticking])
+            await cancel_and_wait([ticking, *self._draining.values()])
             await self.consumer.stop()
 
     async def _consume(self, stop: asyncio.Event) -> None:
@@ -222,8 +229,7 @@ class ProcessManagerRuntime:
             return True
         for (topic, partition), offset in next_offsets(items).items():
             self.expected[TopicPartition(topic, partition)] = (offset, False)
-        for instance in touched:
-            await self._drain(instance)
+        await self._drain_all(touched)
         return False
 
     async def _reseek(self) -> None:
@@ -277,31 +283,64 @@ class ProcessManagerRuntime:
                 await store.save_offsets(conn, pm.offsets_key, next_offsets(items))
             return [i for i, inst in changed.items() if inst.pending]
 
+    async def _drain_all(self, iids: Iterable[str]) -> None:
+        """Drain these instances side by side; returns when each has nothing left to send now."""
+        tasks = [self._drain_task(iid) for iid in dict.fromkeys(iids)]
+        failed = [r for r in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]
+
+    def _drain_task(self, iid: str) -> asyncio.Task[None]:
+        self._wanted.add(iid)
+        task = self._draining.get(iid)
+        if task is None or task.done():
+            task = asyncio.create_task(self._drain_wanted(iid), name=f"process-{self.pm.name}-send")
+            self._draining[iid] = task
+        return task
+
+    async def _drain_wanted(self, iid: str) -> None:
+        try:
+            while iid in self._wanted:
+                self._wanted.discard(iid)
+                await self._drain(iid)
+        finally:
+            self._wanted.discard(iid)
+            if self._draining.get(iid) is asyncio.current_task():
+                del self._draining[iid]
+
     async def _drain(self, iid: str) -> None:
-        """Send the instance's commands in order, storing each outcome; stop at a `retry`."""
+        """Send the instance's commands in order, storing each outcome; stop at a `retry`.
+
+        The lock is held only to read and to store: the send itself runs
+        unlocked, and what it answered is applied to the instance as stored
+        then, so events folded in meanwhile are kept.
+        """
         pm = self.pm
         while True:
-            async with self.lock:
-                async with self.engine.begin() as conn:
-                    current = (await ps.load_instances(conn, pm, self.aggregates, [iid])).get(iid)
-                if current is None or current.status == ps.STUCK or not current.pending:
-                    self._correlation.pop(iid, None)
-                    return
-                first = current.pending[0]
+            async with self.lock, self.engine.connect() as conn:
+                current = (await ps.load_instances(conn, pm, self.aggregates, [iid])).get(iid)
+            if current is None or current.status == ps.STUCK or not current.pending:
+                self._correlation.pop(iid, None)
+                return
+            first = current.pending[0]
+            async with self._sending:
                 try:
                     sent = await self.send(first.key, first.issue, self._correlation.get(iid))
                 except Exception as exc:  # whatever became of it, the same key is sent again
                     sent = Sent("retry", detail=repr(exc))
-                if sent.outcome == "retry":
-                    log.warning(
-                        "process=%s instance=%s: %s not sent yet: %s", pm.name, iid, first.key, sent.detail
-                    )
-                    return
-                rest = replace(current, pending=current.pending[1:])
+            if sent.outcome == "retry":
+                log.warning(
+                    "process=%s instance=%s: %s not sent yet: %s", pm.name, iid, first.key, sent.detail
+                )
+                return
+            async with self.lock, self.engine.begin() as conn:
+                now = (await ps.load_instances(conn, pm, self.aggregates, [iid])).get(iid)
+                if now is None or not now.pending or now.pending[0].key != first.key:
+                    continue  # another process got there first; look again
+                rest = replace(now, pending=now.pending[1:])
                 if sent.outcome == "refused":
                     rest = self._refused(rest, first, sent)
-                async with self.engine.begin() as conn:
-                    await ps.save_instances(conn, pm.name, [rest])
+                await ps.save_instances(conn, pm.name, [rest])
 
     def _refused(self, instance: ps.Instance, refused: ps.Pending, sent: Sent) -> ps.Instance:
         refusal = Refusal(refused.issue, sent.code, sent.detail)
@@ -320,13 +359,10 @@ class ProcessManagerRuntime:
         """Resend every instance's unsent commands, then fire the deadlines that passed."""
         async with self.engine.connect() as conn:
             pending = await ps.with_pending(conn, self.pm.name)
-        for iid in pending:
-            await self._drain(iid)
+        await self._drain_all(pending)
         async with self.engine.connect() as conn:
             due = await ps.due(conn, self.pm.name, time.time())
-        for iid in due:
-            if await self._fire(iid):
-                await self._drain(iid)
+        await self._drain_all([iid for iid in due if await self._fire(iid)])
 
     async def _fire(self, iid: str) -> bool:
         pm = self.pm
