@@ -34,6 +34,9 @@ TARGETS: dict[str, str] = {
     "replay.seconds_per_1m_events": "<= 60",
     "e2e.p99_ms": "<= 100",
     "query_api.p99_ms": "<= 20",
+    "live.p99_ms_1000": "<= 250",
+    "live.kb_per_idle_subscriber_1000": "< 50",
+    "live.kb_per_idle_subscriber_5000": "< 50",
     "replay.peak_rss_mb": "< 300",
 }
 

@@ -278,7 +278,10 @@ class ProcessManagerRuntime:
                     if not current.stored and iid not in changed and pm.untouched(step):
                         continue
                     changed[iid] = ps.apply_step(current, step, f"{pm.name}:{item.envelope.event_id}")
-                    self._correlation[iid] = item.envelope.correlation_id
+                    if changed[iid].pending:
+                        self._correlation[iid] = item.envelope.correlation_id
+                    else:  # nothing to send: nothing to correlate (and nothing kept per ended instance)
+                        self._correlation.pop(iid, None)
                 await ps.save_instances(conn, pm.name, changed.values())
                 await store.save_offsets(conn, pm.offsets_key, next_offsets(items))
             return [i for i, inst in changed.items() if inst.pending]
