@@ -57,6 +57,11 @@ BROKER_KINDS = {
     ),
 }
 KINDS = PROCESS_KINDS + BROKER_KINDS["tansu"]
+# Faults during which nothing can be published or committed: a transfer's clock
+# is not held to them (chaos/oracle.py).
+OUTAGE_KINDS = frozenset(
+    (*BROKER_KINDS["apache"], *BROKER_KINDS["tansu"], "restart_postgres", "database_outage")
+)
 
 
 def kinds_for(broker: str, pg_restart: bool = True) -> list[str]:
@@ -68,6 +73,9 @@ def kinds_for(broker: str, pg_restart: bool = True) -> list[str]:
 class FaultLog:
     injected: Counter[str] = field(default_factory=Counter)
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (t, kind, detail)
+    # (start, end) in epoch seconds of every fault that made the broker or the
+    # database unavailable, from its injection until it healed.
+    outages: list[tuple[float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # Processes that died without being killed (a supervisor would restart them too).
     unexpected_exits: list[str] = field(default_factory=list)
@@ -147,11 +155,14 @@ class FaultInjector:
             delay = self._started + at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            began = time.time()
             try:
                 await self._inject(kind)
             except Exception as exc:  # a fault that failed to happen is reported, not fatal
                 self.log.errors.append(f"{kind}: {exc!r}")
                 log.warning("fault %s failed: %r", kind, exc)
+            if kind in OUTAGE_KINDS:
+                self.log.outages.append((began, time.time()))
         if self._restarts:
             await asyncio.gather(*self._restarts, return_exceptions=True)
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chaos.oracle import Saga, Verdict, check_decided_once, check_transfers, check_welcome_emails, welcome_key
+from chaos.oracle import (
+    Saga,
+    Verdict,
+    check_decided_once,
+    check_transfers,
+    check_welcome_emails,
+    overlap,
+    welcome_key,
+)
 from chaos.topic import TopicRecord
 from schemas.envelope import EventEnvelope
 
@@ -78,6 +87,20 @@ def test_a_transfer_that_never_ended_or_ended_late_is_caught() -> None:
     v = Verdict()
     check_transfers(transfer("completed", ended_at=71), saga(), v)
     assert v.counts["transfer_ended_in_time"] == 1
+
+
+def test_outages_do_not_count_against_a_transfer_but_its_own_slowness_does() -> None:
+    t0 = T0.timestamp()
+    # 71 s, 30 of them with the broker down (two overlapping faults and one outside): in time.
+    outages = [(t0 + 10, t0 + 30), (t0 + 20, t0 + 40), (t0 + 100, t0 + 200)]
+    v = Verdict()
+    check_transfers(transfer("completed", ended_at=71), replace(saga(), outages=outages), v)
+    assert v.total == 0, v.violations
+    # 101 s with the same 30 s down: 71 s of its own, over the 70 s limit.
+    v = Verdict()
+    check_transfers(transfer("completed", ended_at=101), replace(saga(), outages=outages[:2]), v)
+    assert v.counts["transfer_ended_in_time"] == 1
+    assert overlap(outages, t0, t0 + 150) == 80
 
 
 def test_a_read_model_that_disagrees_with_the_topic_is_caught() -> None:
