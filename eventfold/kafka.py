@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
 from eventfold.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from schemas.asyncapi import Cluster
@@ -260,3 +263,17 @@ async def commit_group_offsets(
         await asyncio.wait_for(consumer.commit(commit), timeout_s)
     finally:
         await consumer.stop()
+
+
+async def fetch(consumer: AIOKafkaConsumer, *, timeout_ms: int, max_records: int, what: str) -> Any:
+    """One `getmany`, or None when the consumer failed on the way to a broker.
+
+    While a broker dies, aiokafka can raise from a fetch (a closed transport's
+    RuntimeError, a connection error) instead of retrying it. The caller then
+    seeks back to its stored offsets and fetches again; it must not exit.
+    """
+    try:
+        return await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    except (KafkaError, OSError, RuntimeError) as exc:
+        log.warning("%s: fetch failed; seeking to the stored offsets and fetching again: %r", what, exc)
+        return None

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.kafka import create_topics, dlq_topic, fetch_highwaters, new_consumer, new_producer
+from eventfold.kafka import create_topics, dlq_topic, fetch, fetch_highwaters, new_consumer, new_producer
 from eventfold.reaction import Reactor, backoff_delay
 from eventfold.settings import KafkaSettings, Settings
 from eventfold.tasks import cancel_and_wait
@@ -245,7 +245,16 @@ class ReactorRuntime:
                 await _sleep_unless(stop, 0.05)
                 continue
             generation = self.generation
-            batch = await self.consumer.getmany(timeout_ms=cfg.projector_poll_ms, max_records=500)
+            batch = await fetch(
+                self.consumer,
+                timeout_ms=cfg.projector_poll_ms,
+                max_records=500,
+                what=f"reactor={self.reactor.name}",
+            )
+            if batch is None:
+                self.needs_seek = True
+                await _sleep_unless(stop, 0.5)
+                continue
             if not batch:
                 continue
             async with self.lock:
