@@ -28,6 +28,8 @@ router = APIRouter(prefix="/console/api/dead-letters", tags=["console"])
 _F = projection_failures.c
 _NAME = r"^[A-Za-z0-9_.:-]{1,100}$"
 Name = Annotated[str | None, Query(pattern=_NAME, description="Only this projection's or reactor's.")]
+# A BIGINT: anything larger cannot name a row, and would not bind.
+DeadLetterId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 404, 409, 422)
 }
@@ -79,14 +81,14 @@ async def list_dead_letters(
 
 
 @router.get("/{id}", responses=_REFUSALS)
-async def read_dead_letter(side: SideDep, _viewer: Viewer, id: Annotated[int, Path(ge=1)]) -> Response:
+async def read_dead_letter(side: SideDep, _viewer: Viewer, id: DeadLetterId) -> Response:
     """One recorded failure, with the record's key, headers and value."""
     return json_response(_shown(await _row(side, id), side))
 
 
 @router.post("/{id}/redrive", responses=_REFUSALS)
 async def redrive_dead_letter(
-    side: SideDep, console: ConsoleDep, _operator: Operator, id: Annotated[int, Path(ge=1)]
+    side: SideDep, console: ConsoleDep, _operator: Operator, id: DeadLetterId
 ) -> Response:
     """Re-apply one recorded failure through the live path; the version guard decides."""
     row = await _row(side, id)

@@ -68,7 +68,10 @@ class Filter:
     "/tail/{stream_type}",
     response_class=Response,
     responses={
-        200: {"description": "Server-Sent Events: `ready`, each `event`, `closed` when the server stops."},
+        200: {
+            "description": "Server-Sent Events: `ready`, each `event`, `closed` when the server stops.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
         **{k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 404, 422)},
     },
 )
