@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres run test test-unit test-integration test-e2e lint typecheck bench bench-quick chaos clean
+.PHONY: install postgres chromium run test test-unit test-integration test-e2e lint typecheck bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,13 @@ install: $(STAMP) ## virtualenv with eventfold, the embedded broker and the test
 postgres: ## PostgreSQL on 127.0.0.1:5432 for the tests: installs and starts Debian's package when missing
 	scripts/ensure-postgres
 
+chromium: ## Debian's chromium for the console's browser test: installed when missing
+	scripts/ensure-chromium
+
 run: install ## the whole system on this machine: broker, SQLite stores, APIs, projector
 	$(BIN)/eventfold dev
 
-test: install postgres ## every tier, against the local PostgreSQL and an embedded broker
+test: install postgres chromium ## every tier, against the local PostgreSQL and an embedded broker
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
@@ -34,7 +37,7 @@ test-unit: install
 test-integration: install postgres
 	$(BIN)/pytest -q tests/integration
 
-test-e2e: install postgres
+test-e2e: install postgres chromium
 	$(BIN)/pytest -q tests/e2e
 
 lint: install

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from command_api.publisher import BrokerWatch, Publisher
@@ -70,6 +70,20 @@ async def command_side(
         await engine.dispose()
 
 
+def root_router(target: str) -> APIRouter:
+    """`/` for a browser: the console of the query API when configured, else this API's docs."""
+    from fastapi.responses import RedirectResponse
+
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        """Send whoever opens the API's address to the console or the docs."""
+        return RedirectResponse(target, status_code=307)
+
+    return router
+
+
 def create_app(settings: Settings, aggregates: Aggregates, schema_dir: Path | None = None) -> FastAPI:
     """The command API of these aggregates (an App's `write_side()`; its `schema_dir`)."""
     from command_api.bodies import command_schemas
@@ -97,6 +111,7 @@ def create_app(settings: Settings, aggregates: Aggregates, schema_dir: Path | No
     problems.install(app)
     app.include_router(command_router(aggs))
     app.include_router(router)
+    app.include_router(root_router(cfg.command_api.console_url or "/docs"))
     openapi.extend(app, lambda doc: openapi.add_schemas(doc, command_schemas(aggs)))
     drain = cfg.command_api.max_body_drain_bytes
     app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes, drain_bytes=drain)

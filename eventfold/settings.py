@@ -96,6 +96,9 @@ class CommandApiSettings(BaseSettings):
     relay_interval_s: float = Field(default=1.0, gt=0)
     relay_grace_s: float = Field(default=10.0, ge=0)
     relay_batch: int = Field(default=2000, ge=1)
+    # Where `/` of the command API sends a browser: the query API's console
+    # (`http://host:8001/console`) when set, else the command API's own /docs.
+    console_url: str = ""
 
 
 class QueryApiSettings(BaseSettings):

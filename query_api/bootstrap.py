@@ -96,6 +96,8 @@ def create_app(
     from eventfold import auth, problems
     from eventfold.limits import HeaderSizeLimit
     from eventfold.observability import CorrelationMiddleware, QueryTiming
+    from query_api import console as console_pages
+    from query_api.console.resources import console_side
     from query_api.live_routes import live_router
     from query_api.routes import router
     from query_api.view_routes import view_router
@@ -105,9 +107,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with query_side(cfg, chosen, list(reactors), list(process_managers)) as side:
+        async with (
+            query_side(cfg, chosen, list(reactors), list(process_managers)) as side,
+            console_side(cfg, chosen, list(reactors), list(process_managers)) as console,
+        ):
             app.state.side = side
+            app.state.console = console
             app.state.on_draining = [side.feed.drain] if side.feed is not None else []
+            app.state.on_draining.append(console.drain)
             yield
 
     app = FastAPI(
@@ -125,6 +132,8 @@ def create_app(
     app.include_router(view_router(chosen))
     for extra in routers:
         app.include_router(extra)
+    # The console: its page at /console, `/` redirecting there, its JSON under /console/api.
+    console_pages.install(app)
     app.add_middleware(QueryTiming)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(CorrelationMiddleware)

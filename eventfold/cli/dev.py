@@ -129,6 +129,8 @@ async def run_dev(
         bootstrap = external if broker is None else broker.bootstrap
         assert bootstrap is not None
         settings = dev_settings(data_dir, bootstrap, broker)
+        console_url = f"http://127.0.0.1:{query_port}/console"
+        settings.command_api = settings.command_api.model_copy(update={"console_url": console_url})
         await upgrade_all(settings.db.write_db_url, settings.db.read_db_url)
         env_file = write_env_file(settings)
         await create_topics(settings.kafka, app.topics(settings.kafka))
@@ -151,6 +153,7 @@ async def run_dev(
         console.print(f"[green]app[/green]          {app.name} ({settings.app})")
         console.print(f"[green]command API[/green]  http://127.0.0.1:{command_port}/docs")
         console.print(f"[green]query API[/green]    http://127.0.0.1:{query_port}/docs")
+        console.print(f"[green]console[/green]      {console_url} (sign in with the dev key)")
         console.print(f"[green]projector[/green]    {', '.join(p.name for p in app.projections) or '-'}")
         if app.reactors:
             console.print(f"[green]reactors[/green]     {', '.join(app.reactor_names)}")

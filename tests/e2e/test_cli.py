@@ -195,6 +195,11 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path, broker: str
             ).status_code == 401
             r = await c.post(f"/commands/account/{sid}", json={"type": "OpenAccount", "data": {"owner": "D"}})
             assert r.status_code == 200 and r.json()["published"] is True
+            # A browser opening either API's address lands on the query API's console.
+            console = f"http://127.0.0.1:{ports['query']}/console"
+            assert (await c.get("/", follow_redirects=False)).headers["location"] == console
+            page = await c.get(console)
+            assert page.status_code == 200 and "eventfold console" in page.text
         assert (tmp_path / "data" / "write.db").exists()
         dev_env = (tmp_path / "data" / "dev.env").read_text()
         assert f"EVENTFOLD_KAFKA_BOOTSTRAP=127.0.0.1:{ports['kafka']}" in dev_env
