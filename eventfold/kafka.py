@@ -87,6 +87,12 @@ def new_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIO
     return AIOKafkaConsumer(*topics, **options)
 
 
+# Fetch sizes for consumers that act on each event (process managers,
+# reactors) rather than folding batches: after an outage the backlog arrives
+# in small fetches instead of 16 MB ones held in memory while it is worked off.
+EFFECT_FETCH = {"fetch_max_bytes": 1024 * 1024, "max_partition_fetch_bytes": 256 * 1024}
+
+
 async def start_consumer(consumer: AIOKafkaConsumer) -> None:
     """Start a consumer; one that fails to start is closed, not left for the collector."""
     try:

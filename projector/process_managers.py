@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
-from eventfold.kafka import create_topics, new_consumer
+from eventfold.kafka import EFFECT_FETCH, create_topics, new_consumer
 from eventfold.process import Dispatch, ProcessManager, Refusal, Step
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait
@@ -155,6 +155,7 @@ class ProcessManagerRuntime:
             rebalance_timeout_ms=session,
             request_timeout_ms=max(settings.kafka.request_timeout_ms, session + 5_000),
             fetch_max_wait_ms=50,
+            **EFFECT_FETCH,
         )
         self.lock = asyncio.Lock()
         self.generation = 0

@@ -40,7 +40,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.kafka import create_topics, dlq_topic, fetch, fetch_highwaters, new_consumer, new_producer
+from eventfold.kafka import (
+    EFFECT_FETCH,
+    create_topics,
+    dlq_topic,
+    fetch,
+    fetch_highwaters,
+    new_consumer,
+    new_producer,
+)
 from eventfold.reaction import Reactor, backoff_delay
 from eventfold.settings import KafkaSettings, Settings
 from eventfold.tasks import cancel_and_wait
@@ -173,6 +181,7 @@ class ReactorRuntime:
             rebalance_timeout_ms=session,
             request_timeout_ms=max(settings.kafka.request_timeout_ms, session + 5_000),
             fetch_max_wait_ms=50,
+            **EFFECT_FETCH,
         )
         self.producer = new_producer(settings.kafka)
         self.sink = DeadLetterSink(self.producer)
