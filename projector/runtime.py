@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.kafka import create_topics, dlq_topic, fetch, new_consumer, new_producer
+from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
 from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BATCH, PROJECTOR_BATCH_SECONDS
 from eventfold.projection import Projection
 from eventfold.settings import Settings
@@ -266,17 +266,9 @@ class ProjectorRuntime:
                 continue
             if ahead is None:
                 generation = self.generation
-                fetched = await fetch(
-                    self.consumer,
-                    timeout_ms=cfg.projector_poll_ms,
-                    max_records=cfg.projector_batch_max,
-                    what=f"projection={self.projection.name}",
+                batch = await self.consumer.getmany(
+                    timeout_ms=cfg.projector_poll_ms, max_records=cfg.projector_batch_max
                 )
-                if fetched is None:
-                    self.needs_seek = True
-                    await _sleep_unless(stop, 0.5)
-                    continue
-                batch = fetched
                 decoded: dict[int, Decoded | Failure] = {}
             else:
                 generation, batch, decoded = ahead
@@ -298,16 +290,7 @@ class ProjectorRuntime:
             # the same contiguity and generation checks when its turn comes.
             next_generation = self.generation
             try:
-                # A failed look-ahead is no look-ahead: the next fetch meets the failure.
-                upcoming = (
-                    await fetch(
-                        self.consumer,
-                        timeout_ms=0,
-                        max_records=cfg.projector_batch_max,
-                        what=f"projection={self.projection.name}",
-                    )
-                    or {}
-                )
+                upcoming = await self.consumer.getmany(timeout_ms=0, max_records=cfg.projector_batch_max)
             except BaseException:
                 # Never leave a write running unowned; a cancelled transaction
                 # commits nothing, and its records are read again after a seek.

@@ -186,7 +186,9 @@ async def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path, broker: str
 
         # Three JVMs take longer to start than the embedded broker.
         await wait_until(up, timeout=60 if broker == "tansu" else 240, interval=0.2, what="eventfold dev")
-        assert proc.poll() is None
+        if proc.poll() is not None:  # it died: what it said is the diagnosis
+            out = proc.stdout.read() if proc.stdout is not None else ""
+            raise AssertionError(f"eventfold dev exited with {proc.returncode}:\n{out[-4000:]}")
         sid = uid("dev")
         key = (tmp_path / "data" / "dev.key").read_text().strip()
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
