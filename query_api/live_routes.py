@@ -38,6 +38,7 @@ from query_api.deps import SideDep
 from query_api.documents import DocumentTable, refuse_unknown_filters
 from query_api.feed import ChangeFeed, LiveEvent, Mailbox, Subscriber, cursor_token, parse_cursor
 from query_api.routing import STREAM_ID
+from query_api.sse import EventStreamResponse
 
 _SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -166,27 +167,14 @@ def _final(kind: str, reason: str) -> bytes:
     return f"event: {kind}\ndata: {jsonutil.dumps({'reason': reason}).decode()}\n\n".encode()
 
 
-class LiveStream(Response):
-    """One subscriber's Server-Sent Events, until the client goes, the token expires or it falls behind.
-
-    Every write has a deadline (the heartbeat interval): a client that stops
-    reading is cut off rather than holding a buffer open forever.
-    """
-
-    media_type = "text/event-stream"
+class LiveStream(EventStreamResponse):
+    """One subscriber's Server-Sent Events, until the client goes, the token expires or it falls behind."""
 
     def __init__(
         self, feed: ChangeFeed, sub: Subscriber, expires_at: datetime | None, heartbeat_s: float
     ) -> None:
-        # No body and no Content-Length: the stream is as long as the subscription.
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        self.feed, self.sub, self.expires_at, self.heartbeat_s = feed, sub, expires_at, heartbeat_s
+        super().__init__(heartbeat_s)
+        self.feed, self.sub, self.expires_at = feed, sub, expires_at
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         mailbox = self.sub.mailbox
@@ -198,7 +186,7 @@ class LiveStream(Response):
 
         watcher = asyncio.create_task(watch())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await self._start(send)
             final = await self._events(send)
             if final is not None and mailbox.closed != "the client went away":
                 await self._write(send, final, more=False)
@@ -229,11 +217,6 @@ class LiveStream(Response):
                 return _final(kind, mailbox.closed)
             chunk = b"".join(sse_bytes(e, projection) for e in events) if events else b": heartbeat\n\n"
             await self._write(send, chunk)
-
-    async def _write(self, send: Send, body: bytes, *, more: bool = True) -> None:
-        await asyncio.wait_for(
-            send({"type": "http.response.body", "body": body, "more_body": more}), self.heartbeat_s
-        )
 
 
 # --- WebSocket -------------------------------------------------------------------

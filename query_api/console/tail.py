@@ -29,6 +29,7 @@ from query_api.console.deps import ConsoleDep, Viewer
 from query_api.console.records import shown_headers
 from query_api.console.resources import ConsoleSide
 from query_api.routing import STREAM_ID, SideDep
+from query_api.sse import EventStreamResponse
 from schemas.mapper import PoisonRecord, decode_value
 
 router = APIRouter(prefix="/console/api", tags=["console"])
@@ -106,7 +107,7 @@ async def tail_events(
     return TailStream(consumer, console, Filter(event_type, stream_id), ready, heartbeat_s)
 
 
-class TailStream(Response):
+class TailStream(EventStreamResponse):
     """One subscriber's events until it goes, the server drains, or it stops reading."""
 
     def __init__(
@@ -117,15 +118,8 @@ class TailStream(Response):
         ready: dict[str, Any],
         heartbeat_s: float,
     ) -> None:
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        self.consumer, self.console, self.filter = consumer, console, filter
-        self.ready, self.heartbeat_s = ready, heartbeat_s
+        super().__init__(heartbeat_s)
+        self.consumer, self.console, self.filter, self.ready = consumer, console, filter, ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.Event()
@@ -137,7 +131,7 @@ class TailStream(Response):
 
         watcher = asyncio.create_task(watch())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await self._start(send)
             await self._write(send, b"retry: 2000\n\n" + _sse("ready", self.ready))
             await self._follow(send, gone)
             if not gone.is_set():
@@ -163,11 +157,6 @@ class TailStream(Response):
             elif loop.time() - quiet_since >= self.heartbeat_s:
                 await self._write(send, b": heartbeat\n\n")
                 quiet_since = loop.time()
-
-    async def _write(self, send: Send, body: bytes, *, more: bool = True) -> None:
-        await asyncio.wait_for(
-            send({"type": "http.response.body", "body": body, "more_body": more}), self.heartbeat_s
-        )
 
 
 def _sse(kind: str, data: Any, id: str | None = None) -> bytes:
