@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
 from eventfold import jsonutil
 from eventfold.auth import Authenticator, Principal, require
@@ -167,6 +167,9 @@ def _final(kind: str, reason: str) -> bytes:
     return f"event: {kind}\ndata: {jsonutil.dumps({'reason': reason}).decode()}\n\n".encode()
 
 
+_CLIENT_GONE = "the client went away"
+
+
 class LiveStream(EventStreamResponse):
     """One subscriber's Server-Sent Events, until the client goes, the token expires or it falls behind."""
 
@@ -176,29 +179,18 @@ class LiveStream(EventStreamResponse):
         super().__init__(heartbeat_s)
         self.feed, self.sub, self.expires_at = feed, sub, expires_at
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        mailbox = self.sub.mailbox
+    def _client_gone(self) -> None:
+        self.sub.mailbox.close(_CLIENT_GONE)
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            mailbox.close("the client went away")
+    async def _finished(self) -> None:
+        self.feed.unsubscribe(self.sub)
 
-        watcher = asyncio.create_task(watch())
-        try:
-            await self._start(send)
-            final = await self._events(send)
-            if final is not None and mailbox.closed != "the client went away":
-                await self._write(send, final, more=False)
-            else:
-                await self._write(send, b"", more=False)
-        except TimeoutError:
-            pass  # the client stopped reading: returning unfinished makes the server drop it
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
-            self.feed.unsubscribe(self.sub)
+    async def _stream(self, send: Send) -> None:
+        final = await self._events(send)
+        if final is not None and self.sub.mailbox.closed != _CLIENT_GONE:
+            await self._write(send, final, more=False)
+        else:
+            await self._write(send, b"", more=False)
 
     async def _events(self, send: Send) -> bytes | None:
         """Write events until the mailbox closes or the token expires; the final event to write."""
@@ -280,7 +272,7 @@ class Socket:
         except WebSocketDisconnect:
             pass
         finally:
-            self.mailbox.close("the client went away")
+            self.mailbox.close(_CLIENT_GONE)
             for sub in self.subs.values():
                 self.feed.unsubscribe(sub)
             with contextlib.suppress(BaseException):
@@ -362,7 +354,7 @@ class Socket:
                 if mailbox.closed is not None:
                     if mailbox.closed.startswith("slow consumer"):
                         await _close(ws, 1008, mailbox.closed)
-                    elif mailbox.closed != "the client went away":
+                    elif mailbox.closed != _CLIENT_GONE:
                         await _close(ws, 1001, mailbox.closed)
                     return
                 if not events:
@@ -373,7 +365,7 @@ class Socket:
             with contextlib.suppress(Exception):
                 await _close(ws, 1008, "too slow: a write did not complete in time")
         finally:
-            mailbox.close("the client went away")
+            mailbox.close(_CLIENT_GONE)
 
     async def _send(self, message: Any) -> None:
         await asyncio.wait_for(self.ws.send_text(jsonutil.dumps(message).decode()), self.heartbeat_s)

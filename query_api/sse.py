@@ -8,9 +8,10 @@ that stops reading is cut off rather than holding a buffer open forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fastapi.responses import Response
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 
 class EventStreamResponse(Response):
@@ -26,8 +27,33 @@ class EventStreamResponse(Response):
         ]
         self.heartbeat_s = heartbeat_s
 
-    async def _start(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self._client_gone()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await self._stream(send)
+        except TimeoutError:
+            pass  # the client stopped reading: returning unfinished makes the server drop it
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+            await self._finished()
+
+    async def _stream(self, send: Send) -> None:
+        """Write the stream's events until it ends."""
+        raise NotImplementedError
+
+    def _client_gone(self) -> None:
+        """The client disconnected: make `_stream` end."""
+
+    async def _finished(self) -> None:
+        """Release what the stream held; called however it ended."""
 
     async def _write(self, send: Send, body: bytes, *, more: bool = True) -> None:
         await asyncio.wait_for(

@@ -14,13 +14,12 @@ stops reading is cut off after one heartbeat interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Annotated, Any
 
 from aiokafka import AIOKafkaConsumer
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
 from eventfold import jsonutil
 from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of, start_consumer
@@ -120,29 +119,19 @@ class TailStream(EventStreamResponse):
     ) -> None:
         super().__init__(heartbeat_s)
         self.consumer, self.console, self.filter, self.ready = consumer, console, filter, ready
+        self.gone = asyncio.Event()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gone = asyncio.Event()
+    def _client_gone(self) -> None:
+        self.gone.set()
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
+    async def _finished(self) -> None:
+        await self.consumer.stop()
 
-        watcher = asyncio.create_task(watch())
-        try:
-            await self._start(send)
-            await self._write(send, b"retry: 2000\n\n" + _sse("ready", self.ready))
-            await self._follow(send, gone)
-            if not gone.is_set():
-                await self._write(send, _sse("closed", {"detail": "the server is stopping"}), more=False)
-        except TimeoutError:
-            pass  # the client stopped reading: returning unfinished makes the server drop it
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
-            await self.consumer.stop()
+    async def _stream(self, send: Send) -> None:
+        await self._write(send, b"retry: 2000\n\n" + _sse("ready", self.ready))
+        await self._follow(send, self.gone)
+        if not self.gone.is_set():
+            await self._write(send, _sse("closed", {"detail": "the server is stopping"}), more=False)
 
     async def _follow(self, send: Send, gone: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
