@@ -153,8 +153,17 @@ async def test_transfers_complete_fail_and_are_compensated(bank_services: Bank) 
             return (await b.balance(rich), await b.balance(payee), await b.balance(poor)) == (70, 30, 0)
 
         await wait_until(settled, timeout=20, what="balances")
-        listed = {i["instance"]: i["status"] for i in await b.instances()}
-        assert listed == {done: "done", failed: "done", compensated: "done"}
+
+        # An instance ends when the manager reads its transfer's last event,
+        # which the read model may have projected a moment before.
+        async def listed() -> dict[str, str]:
+            return {i["instance"]: i["status"] for i in await b.instances()}
+
+        async def all_done() -> bool:
+            return await listed() == {done: "done", failed: "done", compensated: "done"}
+
+        await wait_until(all_done, timeout=20, what="instances done")
+        assert await listed() == {done: "done", failed: "done", compensated: "done"}
         assert await b.instances("stuck") == []
     finally:
         processes.terminate(pm)
