@@ -104,6 +104,7 @@ async def mix_run(
         duration_s=duration_s,
         warmup_s=warmup_s,
         on_progress=progress,  # type: ignore[arg-type]
+        server_pid=api.child.pid,
     )
 
 

@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bench.env import cpu_seconds
+
 
 class HttpError(ConnectionError):
     pass
@@ -158,6 +160,8 @@ class LoadResult:
     latencies_ms: array[float] = field(default_factory=lambda: array("d"))
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    # CPU (user + system) the server process used while the numbers counted, when its pid was given.
+    server_cpu_s: float | None = None
 
     @property
     def count(self) -> int:
@@ -174,6 +178,12 @@ class LoadResult:
     def percentile(self, q: float) -> float:
         return percentile(sorted(self.latencies_ms), q)
 
+    def cpu_us_per_request(self) -> float | None:
+        """The server's CPU per answered request: compares servers whatever else loads the machine."""
+        if self.server_cpu_s is None or not self.count:
+            return None
+        return self.server_cpu_s * 1e6 / self.count
+
     def summary(self) -> dict[str, object]:
         lat = sorted(self.latencies_ms)
         return {
@@ -186,7 +196,12 @@ class LoadResult:
             "max_ms": round(lat[-1], 2) if lat else 0.0,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": dict(self.errors),
+            "server_cpu_us_per_request": _round(self.cpu_us_per_request()),
         }
+
+
+def _round(v: float | None) -> float | None:
+    return round(v, 1) if v is not None else None
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -207,12 +222,15 @@ async def closed_loop(
     warmup_s: float = 0.0,
     on_progress: Callable[[int], None] | None = None,
     host: str = "127.0.0.1",
+    server_pid: int | None = None,
 ) -> LoadResult:
     """Send `requests` in order (cycling) from `concurrency` connections.
 
     Stops after `duration_s` (measured after `warmup_s`) or after `total`
     requests, whichever is given. Each request is sent exactly once per cycle,
     so a list of distinct commands is executed in order across connections.
+    With `server_pid`, the result has the CPU that process used over the
+    counted part (`server_cpu_s`).
     """
     if duration_s is None and total is None:
         raise ValueError("give duration_s or total")
@@ -227,6 +245,7 @@ async def closed_loop(
     lat, statuses, errors = result.latencies_ms, result.statuses, result.errors
     perf = time.perf_counter
     measuring = warmup_s <= 0
+    cpu_from = _cpu(server_pid) if measuring else None
     start = perf()
     stop_at = float("inf")
     if duration_s is not None:
@@ -260,10 +279,11 @@ async def closed_loop(
                 statuses[status] += 1
 
     async def warmup_switch() -> None:
-        nonlocal measuring, start
+        nonlocal measuring, start, cpu_from
         await asyncio.sleep(warmup_s)
         # The numbers count from here; requests in flight now are counted too.
         start = perf()
+        cpu_from = _cpu(server_pid)
         measuring = True
 
     async def progress() -> None:
@@ -279,11 +299,18 @@ async def closed_loop(
         await asyncio.gather(*(worker(c) for c in conns))
     finally:
         end = perf()
+        cpu_to = _cpu(server_pid)
         for t in side:
             t.cancel()
         for c in conns:
             c.close()
     result.duration_s = end - start
+    if cpu_from is not None and cpu_to is not None:
+        result.server_cpu_s = cpu_to - cpu_from
     if on_progress is not None:
         on_progress(len(lat))
     return result
+
+
+def _cpu(pid: int | None) -> float | None:
+    return cpu_seconds(pid) if pid is not None else None

@@ -102,6 +102,7 @@ async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
         ]
         rps: list[float] = []
         p99: list[float] = []
+        cpu_us: list[float] = []
 
         async def one(i: int, advance: Any) -> None:
             res = await closed_loop(
@@ -111,14 +112,18 @@ async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
                 duration_s=plan.http_s,
                 warmup_s=plan.warmup_s,
                 on_progress=advance,
+                server_pid=child.pid,
             )
             rps.append(res.ok_rps())
             p99.append(res.percentile(99))
+            if (cpu := res.cpu_us_per_request()) is not None:
+                cpu_us.append(cpu)
             rep.section("raw").setdefault("minimal_endpoint_runs_detail", []).append(res.summary())
 
         await r.repeat("raw", "minimal endpoint", None, one)
         rep.figure("raw", "minimal_endpoint_rps", rps, "req/s")
         rep.figure("raw", "minimal_endpoint_p99_ms", p99, "ms")
+        rep.figure("raw", "minimal_endpoint_cpu_us_per_request", cpu_us, "µs")
     finally:
         await env.stop_child(child)
 
@@ -163,6 +168,7 @@ async def _mix(r: Runner, api: cmd.CommandApi, label: str, key: str, accounts: l
     p50: list[float] = []
     p95: list[float] = []
     p99: list[float] = []
+    cpu_us: list[float] = []
     details: list[dict[str, Any]] = []
 
     async def one(i: int, advance: Any) -> None:
@@ -175,6 +181,8 @@ async def _mix(r: Runner, api: cmd.CommandApi, label: str, key: str, accounts: l
         p50.append(res.percentile(50))
         p95.append(res.percentile(95))
         p99.append(res.percentile(99))
+        if (cpu := res.cpu_us_per_request()) is not None:
+            cpu_us.append(cpu)
         details.append(
             {
                 **res.summary(),
@@ -189,6 +197,7 @@ async def _mix(r: Runner, api: cmd.CommandApi, label: str, key: str, accounts: l
     rep.figure("command_api", f"{key}p50_ms", p50, "ms")
     rep.figure("command_api", f"{key}p95_ms", p95, "ms")
     rep.figure("command_api", f"{key}p99_ms", p99, "ms")
+    rep.figure("command_api", f"{key}cpu_us_per_command", cpu_us, "µs")
     rep.note("command_api", f"{key}runs_detail", details)
     rep.note("command_api", f"{key}status_counts", _sum_counts([d["status_counts"] for d in details]))
 
@@ -517,15 +526,24 @@ async def query_api(
     rps: list[float] = []
     p50: list[float] = []
     p99: list[float] = []
+    cpu_us: list[float] = []
     details: list[dict[str, Any]] = []
 
     async def one(i: int, advance: Any) -> None:
         res = await readside.query_run(
-            port, accounts, duration_s=plan.http_s, warmup_s=plan.warmup_s, seed=i, progress=advance
+            port,
+            accounts,
+            duration_s=plan.http_s,
+            warmup_s=plan.warmup_s,
+            seed=i,
+            progress=advance,
+            server_pid=children["query"].pid,
         )
         rps.append(res.ok_rps(lambda s: s == 200))
         p50.append(res.percentile(50))
         p99.append(res.percentile(99))
+        if (cpu := res.cpu_us_per_request()) is not None:
+            cpu_us.append(cpu)
         details.append(res.summary())
 
     with env.rss.steady(children["query"].pid, "query_api"):
@@ -533,6 +551,7 @@ async def query_api(
     rep.figure("query_api", "requests_per_s", rps, "200/s")
     rep.figure("query_api", "p50_ms", p50, "ms")
     rep.figure("query_api", "p99_ms", p99, "ms")
+    rep.figure("query_api", "cpu_us_per_request", cpu_us, "µs")
     rep.note("query_api", "runs_detail", details)
     if profile:
         from bench.profile import Recording
@@ -678,6 +697,18 @@ def ratios(rep: Any) -> None:
         "ratios",
         "command_vs_minimal",
         div(rep.get("command_api.commands_per_s"), rep.get("raw.minimal_endpoint_rps")),
+    )
+    # CPU per request, the minimal endpoint's over the command's: the share of the
+    # minimal endpoint's rate a command API alone on its cores would reach.
+    rep.value(
+        "ratios",
+        "command_cpu_vs_minimal",
+        div(rep.get("raw.minimal_endpoint_cpu_us_per_request"), rep.get("command_api.cpu_us_per_command")),
+    )
+    rep.value(
+        "ratios",
+        "query_cpu_vs_minimal",
+        div(rep.get("raw.minimal_endpoint_cpu_us_per_request"), rep.get("query_api.cpu_us_per_request")),
     )
     rep.value("ratios", "projector_vs_raw", div(rep.get("projector.events_per_s"), raw_min))
     rep.value("ratios", "replay_vs_raw", div(rep.get("replay.events_per_s"), raw_min))

@@ -196,11 +196,18 @@ async def query_run(
     warmup_s: float,
     seed: int,
     progress: Callable[[int], None] | None = None,
+    server_pid: int | None = None,
 ) -> LoadResult:
     rnd = random.Random(seed)
     requests = [build_request("GET", f"/accounts/{rnd.choice(accounts)}", port) for _ in range(20_000)]
     return await closed_loop(
-        port, requests, concurrency=64, duration_s=duration_s, warmup_s=warmup_s, on_progress=progress
+        port,
+        requests,
+        concurrency=64,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        on_progress=progress,
+        server_pid=server_pid,
     )
 
 

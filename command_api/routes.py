@@ -7,12 +7,12 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import orjson
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from command_api.bodies import request_body
 from command_api.bootstrap import CommandSide
@@ -27,7 +27,8 @@ from command_api.outcomes import (
 )
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
-from eventfold.auth import CommandWriter, Reader
+from eventfold.auth import CommandWriter, Reader, require
+from eventfold.direct_route import RequestParams, served_by
 from eventfold.observability import COMMAND_SECONDS, metrics_response
 from eventfold.problems import PROBLEM_RESPONSES, Problem, problem_response
 from schemas.base import UNSTORABLE, unstorable
@@ -146,7 +147,9 @@ def command_router(aggregates: Aggregates) -> APIRouter:
 
     One route per stream type, so each has its own request body schema
     (command_api/bodies.py); a last, undocumented route answers every other
-    stream type with 404. All of them run the same `_timed_send`.
+    stream type with 404. All of them run the same `_timed_send`. A stream
+    type's route reads its arguments itself (`served_by`, `_command_arguments`):
+    the hot path skips FastAPI's per-request dependency solving.
     """
     commands = APIRouter()
     for aggregate in aggregates:
@@ -164,6 +167,7 @@ def command_router(aggregates: Aggregates) -> APIRouter:
             description=f"Send a command to one `{stream_type}` stream; answers with the events it appended.",
             operation_id=f"send_{stream_type}_command",
             openapi_extra={"requestBody": request_body(stream_type)},
+            route_class_override=served_by(_command_arguments),
         )
     commands.add_api_route(
         "/commands/{stream_type}/{stream_id}",
@@ -173,6 +177,36 @@ def command_router(aggregates: Aggregates) -> APIRouter:
         include_in_schema=False,
     )
     return commands
+
+
+class _CommandParams(RequestParams):
+    """What a command route reads besides its body, with the constraints its signature declares."""
+
+    LOCATIONS: ClassVar[dict[str, tuple[str, str]]] = {
+        "stream_id": ("path", "stream_id"),
+        "if_match": ("header", "if-match"),
+        "idempotency_key": ("header", "idempotency-key"),
+    }
+    stream_id: Annotated[str, Field(pattern=STREAM_ID)]
+    if_match: Annotated[str | None, Field(max_length=64)] = None
+    idempotency_key: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+
+
+_WRITER = require("commands:write")
+
+
+async def _command_arguments(request: Request) -> dict[str, Any]:
+    """The arguments of a stream type's command route (`_sender`), read as FastAPI would."""
+    principal = await _WRITER(request)
+    params = _CommandParams.read(request)
+    return {
+        "request": request,
+        "side": request.app.state.side,
+        "_": principal,
+        "stream_id": params.stream_id,
+        "if_match": params.if_match,
+        "idempotency_key": params.idempotency_key,
+    }
 
 
 def _sender(stream_type: str) -> Callable[..., Awaitable[Response]]:

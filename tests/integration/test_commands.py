@@ -210,6 +210,35 @@ async def test_bad_input_gets_problem_json_and_appends_nothing(command_client, m
     assert first_versions(records, sid) == [1]
 
 
+async def test_a_stream_types_route_refuses_bad_parameters_as_fastapi_does(
+    command_client, make_settings
+) -> None:
+    """The stream types' routes read their parameters themselves; the catch-all route is FastAPI's.
+
+    Both must answer a bad path parameter or header with the same 422.
+    """
+    body = {"type": "Deposit", "data": {"amount": 1}}
+    cases: list[tuple[str, dict[str, str], list[str]]] = [
+        ("bad%20id", {}, ["path", "stream_id"]),
+        ("x" * 129, {}, ["path", "stream_id"]),
+        (uid(), {"If-Match": '"' + "1" * 70 + '"'}, ["header", "if-match"]),
+        (uid(), {"Idempotency-Key": ""}, ["header", "idempotency-key"]),
+        (uid(), {"Idempotency-Key": "k" * 256}, ["header", "idempotency-key"]),
+    ]
+    async with command_client(make_settings()) as http:
+        for stream_id, headers, loc in cases:
+            ours = await http.post(f"/commands/account/{stream_id}", json=body, headers=headers)
+            theirs = await http.post(f"/commands/no-such-type/{stream_id}", json=body, headers=headers)
+            assert ours.status_code == theirs.status_code == 422, (loc, ours.text, theirs.text)
+            assert ours.headers["content-type"] == "application/problem+json"
+            problem = ours.json()
+            assert problem["code"] == "invalid_request"
+            assert [e["loc"] for e in problem["errors"]] == [loc]
+            assert problem["errors"] == theirs.json()["errors"]
+        r = await http.post(f"/commands/account/{uid()}", json=body, headers={"Idempotency-Key": "k" * 255})
+        assert r.status_code == 422 and r.json()["code"] == "account_not_open"
+
+
 async def test_a_second_aggregate_needs_no_plumbing_change(
     command_client, make_settings, db: DatabaseSettings
 ) -> None:
