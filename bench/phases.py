@@ -523,36 +523,9 @@ async def query_api(
         children["query"], children["query_port"] = child, port
     port = children["query_port"]
     accounts = api.accounts if api is not None and api.accounts else cmd.account_ids(plan.accounts)
-    rps: list[float] = []
-    p50: list[float] = []
-    p99: list[float] = []
-    cpu_us: list[float] = []
-    details: list[dict[str, Any]] = []
-
-    async def one(i: int, advance: Any) -> None:
-        res = await readside.query_run(
-            port,
-            accounts,
-            duration_s=plan.http_s,
-            warmup_s=plan.warmup_s,
-            seed=i,
-            progress=advance,
-            server_pid=children["query"].pid,
-        )
-        rps.append(res.ok_rps(lambda s: s == 200))
-        p50.append(res.percentile(50))
-        p99.append(res.percentile(99))
-        if (cpu := res.cpu_us_per_request()) is not None:
-            cpu_us.append(cpu)
-        details.append(res.summary())
-
-    with env.rss.steady(children["query"].pid, "query_api"):
-        await r.repeat("query_api", "query API", None, one)
-    rep.figure("query_api", "requests_per_s", rps, "200/s")
-    rep.figure("query_api", "p50_ms", p50, "ms")
-    rep.figure("query_api", "p99_ms", p99, "ms")
-    rep.figure("query_api", "cpu_us_per_request", cpu_us, "µs")
-    rep.note("query_api", "runs_detail", details)
+    # The bank's own route (an app's hand-written one) and the generic view.
+    await _reads(r, env, children, accounts, "query API", "", readside.ACCOUNT_PATH)
+    await _reads(r, env, children, accounts, "query API views", "views_", readside.VIEW_PATH)
     if profile:
         from bench.profile import Recording
 
@@ -566,6 +539,51 @@ async def query_api(
             rep.note("query_api", "profile", found)
         finally:
             r.done(t)
+
+
+async def _reads(
+    r: Runner,
+    env: BenchEnv,
+    children: dict[str, Any],
+    accounts: list[str],
+    label: str,
+    key: str,
+    path: str,
+) -> None:
+    """GETs of one account at a time, by `path`, at concurrency 64; runs repeated, RSS judged."""
+    plan, rep = r.plan, r.report
+    query = children["query"]
+    rps: list[float] = []
+    p50: list[float] = []
+    p99: list[float] = []
+    cpu_us: list[float] = []
+    details: list[dict[str, Any]] = []
+
+    async def one(i: int, advance: Any) -> None:
+        res = await readside.query_run(
+            children["query_port"],
+            accounts,
+            duration_s=plan.http_s,
+            warmup_s=plan.warmup_s,
+            seed=i,
+            progress=advance,
+            server_pid=query.pid,
+            path=path,
+        )
+        rps.append(res.ok_rps(lambda s: s == 200))
+        p50.append(res.percentile(50))
+        p99.append(res.percentile(99))
+        if (cpu := res.cpu_us_per_request()) is not None:
+            cpu_us.append(cpu)
+        details.append(res.summary())
+
+    with env.rss.steady(query.pid, f"query_api.{key.rstrip('_')}" if key else "query_api"):
+        await r.repeat("query_api", label, None, one)
+    rep.figure("query_api", f"{key}requests_per_s", rps, "200/s")
+    rep.figure("query_api", f"{key}p50_ms", p50, "ms")
+    rep.figure("query_api", f"{key}p99_ms", p99, "ms")
+    rep.figure("query_api", f"{key}cpu_us_per_request", cpu_us, "µs")
+    rep.note("query_api", f"{key}runs_detail", details)
 
 
 # -- 6. live subscribers -----------------------------------------------------
@@ -709,6 +727,13 @@ def ratios(rep: Any) -> None:
         "ratios",
         "query_cpu_vs_minimal",
         div(rep.get("raw.minimal_endpoint_cpu_us_per_request"), rep.get("query_api.cpu_us_per_request")),
+    )
+    rep.value(
+        "ratios",
+        "views_cpu_vs_minimal",
+        div(
+            rep.get("raw.minimal_endpoint_cpu_us_per_request"), rep.get("query_api.views_cpu_us_per_request")
+        ),
     )
     rep.value("ratios", "projector_vs_raw", div(rep.get("projector.events_per_s"), raw_min))
     rep.value("ratios", "replay_vs_raw", div(rep.get("replay.events_per_s"), raw_min))

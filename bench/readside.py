@@ -188,6 +188,10 @@ def _version(body: bytes) -> int:
     return int(v) if isinstance(v, int) else -1
 
 
+ACCOUNT_PATH = "/accounts/{id}"  # the bank's own route
+VIEW_PATH = "/views/accounts/{id}"  # the generic view of the same document
+
+
 async def query_run(
     port: int,
     accounts: list[str],
@@ -197,9 +201,11 @@ async def query_run(
     seed: int,
     progress: Callable[[int], None] | None = None,
     server_pid: int | None = None,
+    path: str = ACCOUNT_PATH,
 ) -> LoadResult:
+    """GETs of random accounts at `path` (`{id}` replaced), from 64 connections."""
     rnd = random.Random(seed)
-    requests = [build_request("GET", f"/accounts/{rnd.choice(accounts)}", port) for _ in range(20_000)]
+    requests = [build_request("GET", path.format(id=rnd.choice(accounts)), port) for _ in range(20_000)]
     return await closed_loop(
         port,
         requests,

@@ -3,8 +3,8 @@
 FastAPI solves an endpoint's dependencies and parameters anew on every
 request, a generic walk that costs more CPU than the rest of a hot route
 (the command API's profile showed it beside the commit itself). A hot route
-whose inputs are few and fixed (a path parameter, two headers, the bearer
-token) reads them in one pydantic validation instead, with the same
+whose inputs are few and fixed (a path parameter, a header or two, the
+bearer token) reads them in one pydantic validation instead, with the same
 constraints and the same 422 errors, and calls the endpoint with them.
 The endpoint keeps its annotated signature, so the OpenAPI document
 describes the route exactly as before, and it is still what answers: the
@@ -51,7 +51,7 @@ class RequestParams(BaseModel):
 
     A subclass declares each as a field with its constraints; `LOCATIONS`
     says where each comes from, as FastAPI names it in a 422 (`path`,
-    `header` with its hyphenated name).
+    `query`, or `header` with its hyphenated name).
     """
 
     LOCATIONS: ClassVar[dict[str, tuple[str, str]]] = {}
@@ -60,7 +60,12 @@ class RequestParams(BaseModel):
     def read(cls, request: Request) -> Any:
         given: dict[str, str] = {}
         for field, (source, name) in cls.LOCATIONS.items():
-            value = request.path_params.get(name) if source == "path" else request.headers.get(name)
+            if source == "path":
+                value = request.path_params.get(name)
+            elif source == "query":
+                value = request.query_params.get(name)
+            else:
+                value = request.headers.get(name)
             if value is not None:
                 given[field] = value
         try:

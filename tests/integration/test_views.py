@@ -133,6 +133,31 @@ async def test_account_views(command_client, make_settings, own_db: DatabaseSett
         problem(await q.get("/views/accounts", params={"limit": 0}), 422, "invalid_request")
         problem(await q.get("/views/accounts", params={"limit": 501}), 422, "invalid_request")
         problem(await q.get(f"/views/accounts/{uid('none')}"), 404, "document_not_found")
+
+        # The document route reads its parameters itself; its child route and the
+        # bank's own route are served by FastAPI. They refuse the same input alike.
+        cases: list[tuple[dict[str, str], str, list[str]]] = [
+            ({"wait_timeout": "0"}, ann[0], ["query", "wait_timeout"]),
+            ({"wait_timeout": "soon"}, ann[0], ["query", "wait_timeout"]),
+            ({"wait_for": "x" * 513}, ann[0], ["query", "wait_for"]),
+            ({}, "bad%20id", ["path", "id"]),
+        ]
+        for params, doc_id, loc in cases:
+            ours = problem(await q.get(f"/views/accounts/{doc_id}", params=params), 422, "invalid_request")
+            child = f"/views/accounts/{doc_id}/account_transactions"
+            theirs = problem(await q.get(child, params=params), 422, "invalid_request")
+            assert [e["loc"] for e in ours["errors"]] == [loc] and ours["errors"] == theirs["errors"]
+        long_tag = {"If-None-Match": '"' + "9" * 300 + '"'}
+        ours = problem(await q.get(f"/views/accounts/{ann[0]}", headers=long_tag), 422, "invalid_request")
+        theirs = problem(await q.get(f"/accounts/{ann[0]}", headers=long_tag), 422, "invalid_request")
+        assert [e["loc"] for e in ours["errors"]] == [["header", "if-none-match"]]
+        assert ours["errors"] == theirs["errors"]
+        too_long = {"wait_for": docs[ann[0]]["id"], "wait_timeout": "31"}
+        problem(await q.get(f"/views/accounts/{ann[0]}", params=too_long), 422, "invalid_wait_timeout")
+        bad_position = {"wait_for": "nonsense"}
+        problem(await q.get(f"/views/accounts/{ann[0]}", params=bad_position), 400, "invalid_position")
+        r = await q.get(f"/views/accounts/{ann[0]}", params={"wait_for": cmds.last[ann[0]]})
+        assert r.status_code == 200 and r.json() == doc
         problem(await q.get(f"/views/accounts/{uid('none')}/account_transactions"), 404, "document_not_found")
         problem(await q.get(f"/views/accounts/{ann[0]}/nothing"), 404, "view_not_found")
         problem(await q.get("/views/nothing"), 404, "view_not_found")
