@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from command_api.batch import CommandBatch
 from eventfold.aggregate import Aggregates
 from eventfold.openapi import REF_PREFIX, model_schemas
 from schemas.registry import StreamContract
@@ -32,7 +33,7 @@ def request_body(stream_type: str) -> dict[str, Any]:
 def command_schemas(aggregates: Aggregates) -> dict[str, Any]:
     """Every component schema the command bodies refer to, by name."""
     contracts = [a.contract for a in aggregates]
-    names, schemas = model_schemas(m for c in contracts for m in c.commands.values())
+    names, schemas = model_schemas([*(m for c in contracts for m in c.commands.values()), CommandBatch])
     for contract in contracts:
         for name, schema in _stream_schemas(contract, names).items():
             if name in schemas:

@@ -86,6 +86,7 @@ def root_router(target: str) -> APIRouter:
 
 def create_app(settings: Settings, aggregates: Aggregates, schema_dir: Path | None = None) -> FastAPI:
     """The command API of these aggregates (an App's `write_side()`; its `schema_dir`)."""
+    from command_api import batch
     from command_api.bodies import command_schemas
     from command_api.routes import command_router, router
     from eventfold import auth, openapi, problems
@@ -114,7 +115,12 @@ def create_app(settings: Settings, aggregates: Aggregates, schema_dir: Path | No
     app.include_router(root_router(cfg.command_api.console_url or "/docs"))
     openapi.extend(app, lambda doc: openapi.add_schemas(doc, command_schemas(aggs)))
     drain = cfg.command_api.max_body_drain_bytes
-    app.add_middleware(BodySizeLimit, max_bytes=cfg.command_api.max_body_bytes, drain_bytes=drain)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=cfg.command_api.max_body_bytes,
+        drain_bytes=drain,
+        by_path={batch.PATH: cfg.command_api.command_batch_max_body_bytes},
+    )
     app.add_middleware(HeaderSizeLimit, drain_bytes=drain)
     app.add_middleware(CorrelationMiddleware)
     auth.install_cors(app, cfg.auth)

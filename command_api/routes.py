@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar
 
-import orjson
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from command_api import batch
 from command_api.bodies import request_body
 from command_api.bootstrap import CommandSide
 from command_api.deps import SideDep
-from command_api.outcomes import (
-    Accepted,
-    PendingCommand,
-    Refused,
-    Replayed,
-    Unavailable,
-    VersionConflict,
-)
+from command_api.sending import STREAM_ID, answer, expected_version, parse_body, pending_command
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
 from eventfold.auth import CommandWriter, Reader, require
 from eventfold.direct_route import RequestParams, served_by
 from eventfold.observability import COMMAND_SECONDS, metrics_response
-from eventfold.problems import PROBLEM_RESPONSES, Problem, problem_response
-from schemas.base import UNSTORABLE, unstorable
-from schemas.registry import UnknownCommandType, UnknownStreamType
+from eventfold.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem
 
 router = APIRouter()
-
-STREAM_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
-_ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
-
-
-class CommandBody(BaseModel):
-    """What a client sends: a command type and its data."""
-
-    type: str
-    data: dict[str, Any] = {}
 
 
 class EventRef(BaseModel):
@@ -71,71 +50,6 @@ class StreamView(BaseModel):
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(jsonutil.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _expected_version(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    m = _ETAG.match(if_match.strip())
-    if not m:
-        raise Problem(400, "invalid_if_match", 'If-Match must be a version such as "3"')
-    return int(m.group(1))
-
-
-def _parse_body(raw: bytes) -> tuple[str, dict[str, Any]]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        _refuse_unstorable(raw)
-        raise Problem(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise Problem(422, "invalid_command", 'the body must be an object {"type": ..., "data": {...}}')
-    try:
-        parsed = CommandBody.model_validate(body)
-    except ValidationError as exc:
-        raise Problem(422, "invalid_command", _errors_text(exc), errors=_errors(exc)) from None
-    return parsed.type, parsed.data
-
-
-def _refuse_unstorable(raw: bytes) -> None:
-    """A 422 for JSON that only orjson refuses: `\\ud800` is JSON text but no UTF-8 string.
-
-    The standard parser reads unpaired surrogate escapes; anything it finds
-    wrong besides (or NaN, which orjson rejects too) stays a malformed body.
-    """
-    try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        return
-    found = unstorable(body)
-    if found is not None:
-        raise _unstorable(*found)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def _unstorable(path: tuple[str | int, ...], why: str) -> Problem:
-    where = ".".join(map(str, path)) or "body"
-    return Problem(422, UNSTORABLE, f"{where}: {why}", errors=[{"loc": [str(p) for p in path], "msg": why}])
-
-
-def _refused_data(exc: ValidationError) -> Problem:
-    """The problem for command data its model refused; unstorable strings have a code of their own."""
-    for e in exc.errors():
-        if e["type"] == UNSTORABLE:
-            ctx = e.get("ctx") or {}
-            return _unstorable(("data", *ctx.get("path", ())), str(ctx.get("why", e["msg"])))
-    return Problem(422, "invalid_command_data", _errors_text(exc), errors=_errors(exc))
-
-
-def _errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()]
-
-
-def _errors_text(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())[:1000]
 
 
 # What a command route may answer besides 200 and 202; 404 only for a stream type no route serves.
@@ -169,6 +83,16 @@ def command_router(aggregates: Aggregates) -> APIRouter:
             openapi_extra={"requestBody": request_body(stream_type)},
             route_class_override=served_by(_command_arguments),
         )
+    commands.add_api_route(
+        batch.PATH,
+        batch.send_batch,
+        methods=["POST"],
+        response_model=batch.BatchResult,
+        responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 401, 403, 413, 422)},
+        summary="Send many commands",
+        operation_id="send_commands",
+        openapi_extra={"requestBody": batch.request_body()},
+    )
     commands.add_api_route(
         "/commands/{stream_type}/{stream_id}",
         send_command,
@@ -265,73 +189,33 @@ async def _send_command(
     if_match: str | None,
     idempotency_key: str | None,
 ) -> tuple[Response, str]:
-    try:
-        aggregate = side.aggregates.get(stream_type)
-    except UnknownStreamType:
-        raise Problem(404, "unknown_stream_type", f"there is no stream type {stream_type!r}") from None
-    expected = _expected_version(if_match)
-    command_type, data = _parse_body(await request.body())
-    try:
-        model = aggregate.contract.command_model(command_type)
-    except UnknownCommandType:
-        raise Problem(
-            422,
-            "unknown_command_type",
-            f"{stream_type} has no command {command_type!r}",
-            known=sorted(aggregate.contract.commands),
-        ) from None
-    try:
-        command = model.model_validate(data)
-    except ValidationError as exc:
-        raise _refused_data(exc) from None
-
-    pending = PendingCommand(
-        stream_type=stream_type,
-        stream_id=stream_id,
-        command=command,
-        expected_version=expected,
+    if stream_type not in side.aggregates.registry:
+        raise Problem(404, "unknown_stream_type", f"there is no stream type {stream_type!r}")
+    expected = expected_version(if_match)
+    command_type, data = parse_body(await request.body())
+    pending = pending_command(
+        side,
+        stream_type,
+        stream_id,
+        command_type,
+        data,
+        expected=expected,
         idempotency_key=idempotency_key,
-        request_hash=jsonutil.canonical_hash([stream_type, stream_id, command_type, data, expected]),
-        correlation_id=getattr(request.state, "correlation_id", None) or jsonutil.new_id(),
-        command_id=jsonutil.new_id(),
-        future=asyncio.get_running_loop().create_future(),
+        correlation_id=getattr(request.state, "correlation_id", None),
         traceparent=getattr(request.state, "traceparent", None),
     )
     outcome, published = await side.service.execute(pending)
-    match outcome:
-        case Accepted():
-            headers = {"ETag": f'"{outcome.version}"'}
-            if not published:
-                # Durable, not yet in Kafka: the position (for wait_for) comes once
-                # it is published; a repeat with the same Idempotency-Key tells.
-                headers["Retry-After"] = "1"
-            label = "accepted" if published else "accepted_unpublished"
-            return _json(200 if published else 202, outcome.body(published=published), headers), label
-        case Replayed(status=status, body=body):
-            headers = {"ETag": f'"{body.get("version")}"', "Idempotent-Replayed": "true"}
-            return _json(status, body, headers), "replayed"
-        case VersionConflict(current_version=current):
-            conflict = problem_response(
-                409,
-                "version_conflict",
-                f"expected version {expected}, the stream is at {current}",
-                instance=request.url.path,
-                headers={"ETag": f'"{current}"'},
-                current_version=current,
-            )
-            return conflict, "conflict"
-        case Refused(code=code, detail=detail, status=status):
-            return problem_response(status, code, detail, instance=request.url.path), "refused"
-        case Unavailable(detail=detail):
-            unavailable = problem_response(
-                503,
-                "unavailable",
-                f"{detail}; nothing was appended",
-                instance=request.url.path,
-                headers={"Retry-After": "1"},
-            )
-            return unavailable, "unavailable"
-    raise AssertionError(f"unhandled outcome {outcome!r}")
+    answered = answer(outcome, published, expected, request.url.path)
+    if answered.is_problem:
+        response = Response(
+            jsonutil.dumps(answered.body),
+            status_code=answered.status,
+            media_type=PROBLEM_JSON,
+            headers=answered.headers,
+        )
+    else:
+        response = _json(answered.status, answered.body, answered.headers)
+    return response, answered.label
 
 
 @router.get(

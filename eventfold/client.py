@@ -127,6 +127,23 @@ class EventfoldClient:
         result = CommandResult.model_validate(_ok(r))
         return result.model_copy(update={"replayed": r.headers.get("idempotent-replayed") == "true"})
 
+    async def send_many(self, commands: list[dict[str, Any]]) -> list[CommandResult | ProblemError]:
+        """Send many commands in one request (`POST /commands`); each one's result or problem, in order.
+
+        Each command is a dict of `stream_type`, `stream_id`, `type`, `data`, and
+        optionally `expected_version` and `idempotency_key`. A refused command is
+        a `ProblemError` in its place; a request refused whole raises one.
+        """
+        r = await self._commands.post("/commands", json={"commands": commands})
+        out: list[CommandResult | ProblemError] = []
+        for item in _ok(r)["results"]:
+            if "result" in item:
+                result = CommandResult.model_validate(item["result"])
+                out.append(result.model_copy(update={"replayed": item.get("replayed", False)}))
+            else:
+                out.append(_problem(item["status"], item["problem"]))
+        return out
+
     async def stream(self, stream_type: str, stream_id: str) -> StreamState:
         return StreamState.model_validate(
             _ok(await self._commands.get(f"/streams/{stream_type}/{stream_id}"))
@@ -255,4 +272,8 @@ def _ok(r: httpx.Response) -> Any:
         body = r.json()
     except ValueError:
         body = {"detail": r.text}
-    raise ProblemError(r.status_code, str(body.get("code", "http_error")), str(body.get("detail", "")), body)
+    raise _problem(r.status_code, body)
+
+
+def _problem(status: int, body: dict[str, Any]) -> ProblemError:
+    return ProblemError(status, str(body.get("code", "http_error")), str(body.get("detail", "")), body)

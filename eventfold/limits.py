@@ -83,23 +83,32 @@ async def _refuse_readably(
 class BodySizeLimit:
     """Refuse bodies over `max_bytes` with a 413 problem+json, before the app sees them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int = DEFAULT_DRAIN_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        drain_bytes: int = DEFAULT_DRAIN_BYTES,
+        by_path: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.drain_bytes = max(drain_bytes, max_bytes)
+        # Paths whose bodies have a limit of their own (a batch of commands is larger than one).
+        self.by_path = by_path or {}
+        self.drain_bytes = max(drain_bytes, max_bytes, *self.by_path.values())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.by_path.get(scope.get("path", ""), self.max_bytes)
         declared = _header(scope, b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.max_bytes
+                too_big = int(declared) > max_bytes
             except ValueError:
                 too_big = False
             if too_big:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, max_bytes)
                 return
         seen = 0
         body_done = False
@@ -111,7 +120,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     raise BodyTooLarge
             return message
 
@@ -125,13 +134,16 @@ class BodySizeLimit:
             await self.app(scope, limited, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(scope, receive, send, reading=True, seen=seen, body_done=body_done)
+                await self._refuse(
+                    scope, receive, send, max_bytes, reading=True, seen=seen, body_done=body_done
+                )
 
     async def _refuse(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
+        max_bytes: int,
         *,
         reading: bool = False,
         seen: int = 0,
@@ -143,7 +155,7 @@ class BodySizeLimit:
             send,
             413,
             "body_too_large",
-            f"the request body exceeds {self.max_bytes} bytes",
+            f"the request body exceeds {max_bytes} bytes",
             drain_bytes=self.drain_bytes,
             reading=reading,
             seen=seen,

@@ -52,15 +52,10 @@ class Problem(Exception):
         self.extra = extra
 
 
-def problem_response(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    instance: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> Response:
+def problem_body(
+    status: int, code: str, detail: str, *, instance: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The problem+json document itself, for an answer or for one item of a batch's answer."""
     body: dict[str, Any] = {
         "type": f"{_PROBLEM_TYPE_PREFIX}{code}",
         "title": _TITLES.get(status, "Error"),
@@ -71,6 +66,19 @@ def problem_response(
     if instance:
         body["instance"] = instance
     body.update(extra)
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body = problem_body(status, code, detail, instance=instance, **extra)
     return Response(jsonutil.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -87,6 +87,10 @@ class CommandApiSettings(BaseSettings):
     # A refused body up to this size is read to its end before the 413, so the
     # client, still writing, can read the answer; past it the connection is closed.
     max_body_drain_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    # POST /commands: how many commands one request may carry, and its body
+    # limit (in place of max_body_bytes, which is sized for one command).
+    command_batch_max: int = Field(default=1000, ge=1, le=100_000)
+    command_batch_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=256)
     batch_max: int = Field(default=512, ge=1, le=10_000)
     # Group-commit transactions in flight at once (PostgreSQL; SQLite uses one):
     # while one waits on the database, the next batch is already being decided.

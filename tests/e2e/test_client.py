@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from eventfold.auth import new_key
-from eventfold.client import ProblemError
+from eventfold.client import CommandResult, ProblemError
 from eventfold.kafka import create_topics
 from eventfold.settings import AuthSettings, DatabaseSettings
 from examples.bank.client import BankClient as EventfoldClient
@@ -55,6 +55,13 @@ async def test_client_commands_and_queries_with_read_your_writes(
         with pytest.raises(ProblemError) as err:
             await ef.send("account", sid, "Deposit", {"amount": 1}, expected_version=1)
         assert (err.value.code, err.value.body["current_version"]) == ("version_conflict", 3)
+        deposit = {"stream_type": "account", "stream_id": sid, "type": "Deposit", "data": {"amount": 5}}
+        many = await ef.send_many([deposit, {**deposit, "type": "Withdraw", "data": {"amount": 1000}}])
+        assert isinstance(many[0], CommandResult) and many[0].version == 4
+        assert isinstance(many[1], ProblemError) and (many[1].status, many[1].code) == (
+            422,
+            "insufficient_funds",
+        )
     async with EventfoldClient(commands.url, queries.url, token="efk_client_wrong") as bad:
         with pytest.raises(ProblemError) as err:
             await bad.account(sid)

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from command_api.routes import STREAM_ID
+from command_api.sending import STREAM_ID
 from eventfold.kafka import create_topics
 from tests.support.bank import all_topics, bank
 
