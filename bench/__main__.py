@@ -118,6 +118,7 @@ QUICK = Plan(
         "query_api": 7,
         "peer": 7,
         "live": 8,
+        "scale": 4,
     },
     catchup_timeout_s=12,
     replay_timeout_s=12,
@@ -129,7 +130,7 @@ QUICK = Plan(
     live_s=3,
 )
 
-PHASES = ("raw", "command_api", "projector", "e2e", "query_api", "live", "peer")
+PHASES = ("raw", "command_api", "projector", "e2e", "query_api", "scale", "live", "peer")
 
 
 class Runner:
@@ -260,7 +261,7 @@ async def main(plan: Plan, profile: bool, console: Console, only: set[str], brok
                 nonlocal api
                 api = await phases.command_api(r, env, urls, profile)
 
-            if only & {"command_api", "e2e", "query_api", "live"}:
+            if only & {"command_api", "e2e", "query_api", "scale", "live"}:
                 await r.phase("command_api", command)
             if "projector" in only:
                 await r.phase("projector", lambda: phases.projector(r, env, urls, profile))
@@ -269,6 +270,8 @@ async def main(plan: Plan, profile: bool, console: Console, only: set[str], brok
                 await r.phase("e2e", lambda: phases.e2e(r, env, urls, api, readside))
             if "query_api" in only:
                 await r.phase("query_api", lambda: phases.query_api(r, env, urls, api, readside, profile))
+            if "scale" in only:
+                await r.phase("scale", lambda: phases.scale(r, env, urls, api, readside))
             if "live" in only:
                 await r.phase("live", lambda: phases.live(r, env, urls, api, readside))
             if api is not None:
@@ -304,7 +307,7 @@ def cli(argv: list[str] | None = None) -> int:
         "--only",
         default=",".join(PHASES),
         help=f"comma-separated phases to run (default all: {','.join(PHASES)}); "
-        "e2e, query_api and live also start the command API",
+        "e2e, query_api, scale and live also start the command API",
     )
     parser.add_argument(
         "--broker",

@@ -94,18 +94,80 @@ async def mix_run(
     warmup_s: float,
     seed: int,
     progress: object = None,
+    concurrency: int = 64,
 ) -> LoadResult:
     # Enough distinct commands that a fast server does not cycle through them.
     requests = mix_requests(api.port, accounts, 60_000, seed)
     return await closed_loop(
         api.port,
         requests,
-        concurrency=64,
+        concurrency=concurrency,
         duration_s=duration_s,
         warmup_s=warmup_s,
         on_progress=progress,  # type: ignore[arg-type]
         server_pid=api.child.pid,
     )
+
+
+BATCH_SIZE = 500
+BATCH_CONCURRENCY = 4
+
+
+@dataclass
+class BatchRun:
+    """A run of `POST /commands`: the load and the outcomes inside the answers."""
+
+    load: LoadResult
+    outcomes: Counter[int] = field(default_factory=Counter)
+
+    def ok_commands_per_s(self) -> float:
+        ok = sum(n for status, n in self.outcomes.items() if 200 <= status < 300)
+        return ok / self.load.duration_s if self.load.duration_s > 0 else 0.0
+
+    def cpu_us_per_command(self) -> float | None:
+        n = sum(self.outcomes.values())
+        return self.load.server_cpu_s * 1e6 / n if self.load.server_cpu_s is not None and n else None
+
+
+def batch_requests(port: int, accounts: list[str], n: int, size: int, seed: int) -> list[bytes]:
+    """`n` batches of `size` deposits, each to accounts picked at random."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        commands = [
+            {
+                "stream_type": STREAM_TYPE,
+                "stream_id": acc,
+                "type": "Deposit",
+                "data": {"amount": rnd.randint(1, 100)},
+            }
+            for acc in rnd.sample(accounts, min(size, len(accounts)))
+        ]
+        out.append(build_request("POST", "/commands", port, orjson.dumps({"commands": commands})))
+    return out
+
+
+async def batch_run(
+    api: CommandApi, *, size: int, duration_s: float, warmup_s: float, seed: int, progress: object = None
+) -> BatchRun:
+    requests = batch_requests(api.port, api.accounts, 200, size, seed)
+    run = BatchRun(LoadResult(0.0))
+
+    def count(status: int, body: bytes) -> None:
+        if status == 200:
+            run.outcomes.update(item["status"] for item in orjson.loads(body)["results"])
+
+    run.load = await closed_loop(
+        api.port,
+        requests,
+        concurrency=BATCH_CONCURRENCY,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        on_progress=progress,  # type: ignore[arg-type]
+        server_pid=api.child.pid,
+        on_response=count,
+    )
+    return run
 
 
 STEADY_CONCURRENCY = 32
@@ -168,13 +230,22 @@ def metrics_delta(before: dict[str, float], after: dict[str, float], commands: i
     return out
 
 
-async def profile(api: CommandApi, duration_s: int, progress: object = None) -> dict[str, object]:
-    """py-spy on the server during an unmeasured mix run: a flame graph and the hot spots."""
+async def profile(
+    api: CommandApi, duration_s: int, progress: object = None, *, batches: bool = False
+) -> dict[str, object]:
+    """py-spy on the server during an unmeasured mix run (or batch run): a flame graph and the hot spots."""
     from bench.profile import Recording
 
-    rec = Recording(api.child.pid, "command-api", duration_s)
+    rec = Recording(api.child.pid, "command-api-batches" if batches else "command-api", duration_s)
     await asyncio.sleep(0.5)
-    res = await mix_run(api, api.accounts, duration_s=duration_s + 1, warmup_s=0, seed=99, progress=progress)
+    if batches:
+        run = await batch_run(api, size=BATCH_SIZE, duration_s=duration_s + 1, warmup_s=0, seed=99)
+        rate = run.ok_commands_per_s()
+    else:
+        res = await mix_run(
+            api, api.accounts, duration_s=duration_s + 1, warmup_s=0, seed=99, progress=progress
+        )
+        rate = res.rps
     out = await rec.finish()
-    out["rps_while_profiled"] = round(res.rps, 1)
+    out["commands_per_s_while_profiled"] = round(rate, 1)
     return out

@@ -223,6 +223,7 @@ async def closed_loop(
     on_progress: Callable[[int], None] | None = None,
     host: str = "127.0.0.1",
     server_pid: int | None = None,
+    on_response: Callable[[int, bytes], None] | None = None,
 ) -> LoadResult:
     """Send `requests` in order (cycling) from `concurrency` connections.
 
@@ -230,7 +231,8 @@ async def closed_loop(
     requests, whichever is given. Each request is sent exactly once per cycle,
     so a list of distinct commands is executed in order across connections.
     With `server_pid`, the result has the CPU that process used over the
-    counted part (`server_cpu_s`).
+    counted part (`server_cpu_s`). `on_response` sees the status and body of
+    each counted answer (a batch's answer holds outcomes of its own).
     """
     if duration_s is None and total is None:
         raise ValueError("give duration_s or total")
@@ -270,13 +272,15 @@ async def closed_loop(
                     continue
             t0 = perf()
             try:
-                status, _ = await conn.request(requests[i % n_req])
+                status, body = await conn.request(requests[i % n_req])
             except (HttpError, OSError) as exc:
                 errors[type(exc).__name__] += 1
                 continue
             if measuring:
                 lat.append((perf() - t0) * 1000.0)
                 statuses[status] += 1
+                if on_response is not None:
+                    on_response(status, body)
 
     async def warmup_switch() -> None:
         nonlocal measuring, start, cpu_from

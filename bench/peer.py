@@ -7,8 +7,13 @@ eventfold's uniform mix). Each save is the library's ordinary path: get the
 aggregate (read its events), call a command method, save one new event.
 
 Its projection rate is measured the simple way the library allows: read the
-notification log in sections and upsert a balance table, the tracking
-position written in the same transaction as the rows.
+notification log in sections and build the read model eventfold's bank
+projection builds (an account row with owner, status, balance and version,
+and a ledger row per deposit or withdrawal with the balance after it, both
+tables indexed as eventfold's are), the tracking position written in the
+same transaction as the rows. Its handler keeps the accounts it has seen in
+memory, as a hand-written projector would, and writes each account's last
+state once per section.
 """
 
 from __future__ import annotations
@@ -20,16 +25,41 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-PROJECTION_TABLE = """
-CREATE TABLE IF NOT EXISTS es_accounts (
-    id uuid PRIMARY KEY,
-    balance bigint NOT NULL,
-    version integer NOT NULL
-);
-CREATE TABLE IF NOT EXISTS es_tracking (
-    name text PRIMARY KEY,
-    position bigint NOT NULL
-)"""
+PROJECTION_TABLES = (
+    """CREATE TABLE IF NOT EXISTS es_accounts (
+        id uuid PRIMARY KEY,
+        owner text NOT NULL,
+        balance bigint NOT NULL,
+        status text NOT NULL,
+        version integer NOT NULL,
+        opened_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS es_accounts_owner_id ON es_accounts (owner, id)",
+    "CREATE INDEX IF NOT EXISTS es_accounts_status_id ON es_accounts (status, id)",
+    """CREATE TABLE IF NOT EXISTS es_transactions (
+        account_id uuid NOT NULL,
+        version integer NOT NULL,
+        type text NOT NULL,
+        amount bigint NOT NULL,
+        balance_after bigint NOT NULL,
+        occurred_at timestamptz NOT NULL,
+        reference text NOT NULL DEFAULT '',
+        PRIMARY KEY (account_id, version)
+    )""",
+    "CREATE TABLE IF NOT EXISTS es_tracking (name text PRIMARY KEY, position bigint NOT NULL)",
+)
+_UPSERT_ACCOUNT = (
+    "INSERT INTO es_accounts AS t (id, owner, balance, status, version, opened_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, "
+    "status = excluded.status, version = excluded.version, updated_at = excluded.updated_at "
+    "WHERE t.version < excluded.version"
+)
+_INSERT_ENTRY = (
+    "INSERT INTO es_transactions (account_id, version, type, amount, balance_after, occurred_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_KINDS = {"Deposited": ("deposit", 1), "Withdrawn": ("withdrawal", -1)}
 
 
 def _app_class() -> Any:
@@ -144,37 +174,45 @@ class Peer:
         return sum(counts) / elapsed
 
     def projection(self, section: int = 1000) -> tuple[float, int]:
-        """Events/s reading all notifications and upserting balances, tracked."""
+        """Events/s reading all notifications into accounts and their ledger, tracked."""
         import psycopg
 
         recorder = self.app.recorder
         mapper = self.app.mapper
         with psycopg.connect(self.dsn, autocommit=False) as conn:
             with conn.cursor() as cur:
-                cur.execute(PROJECTION_TABLE)
-                cur.execute("TRUNCATE es_accounts, es_tracking")
+                for ddl in PROJECTION_TABLES:
+                    cur.execute(ddl)
+                cur.execute("TRUNCATE es_accounts, es_transactions, es_tracking")
             conn.commit()
             done = 0
             position = 0
+            docs: dict[UUID, list[Any]] = {}
             t0 = time.perf_counter()
             while True:
                 notes = recorder.select_notifications(position, section, inclusive_of_start=False)
                 if not notes:
                     break
-                rows = []
+                touched: dict[UUID, list[Any]] = {}
+                entries = []
                 for n in notes:
                     ev = mapper.to_domain_event(n)
-                    amount = getattr(ev, "amount", 0)
-                    delta = -amount if type(ev).__name__ == "Withdrawn" else amount
-                    rows.append((n.originator_id, delta, n.originator_version))
+                    at, name = ev.timestamp, type(ev).__name__
+                    doc = docs.get(n.originator_id)
+                    if doc is None:  # Opened: [owner, balance, status, version, opened_at, updated_at]
+                        doc = docs[n.originator_id] = [getattr(ev, "owner", ""), 0, "open", 0, at, at]
+                    elif name in _KINDS:
+                        kind, sign = _KINDS[name]
+                        doc[1] += sign * ev.amount  # type: ignore[attr-defined]
+                        entries.append((n.originator_id, n.originator_version, kind, ev.amount, doc[1], at))  # type: ignore[attr-defined]
+                    doc[3], doc[5] = n.originator_version, at
+                    touched[n.originator_id] = doc
                 position = notes[-1].id
                 with conn.cursor() as cur:
                     cur.executemany(
-                        "INSERT INTO es_accounts AS t (id, balance, version) VALUES (%s, %s, %s) "
-                        "ON CONFLICT (id) DO UPDATE SET balance = t.balance + excluded.balance, "
-                        "version = excluded.version WHERE t.version < excluded.version",
-                        rows,
+                        _UPSERT_ACCOUNT, [(k, d[0], d[1], d[2], d[3], d[4], d[5]) for k, d in touched.items()]
                     )
+                    cur.executemany(_INSERT_ENTRY, entries)
                     cur.execute(
                         "INSERT INTO es_tracking (name, position) VALUES ('accounts', %s) "
                         "ON CONFLICT (name) DO UPDATE SET position = excluded.position",

@@ -151,11 +151,13 @@ async def command_api(r: Runner, env: BenchEnv, urls: dict[str, str], profile: b
 
     await _mix(r, api, "uniform", "", api.accounts)
     await _mix(r, api, "hot", "hot_", api.accounts[: plan.hot_accounts])
+    await _batches(r, api)
     await _steady(r, env, api)
     if profile:
         t = r.progress.add_task("py-spy on the command API (unmeasured run)", total=None)
         try:
             rep.note("command_api", "profile", await cmd.profile(api, 10, None))
+            rep.note("command_api", "batch_profile", await cmd.profile(api, 10, None, batches=True))
         finally:
             r.done(t)
     return api
@@ -200,6 +202,32 @@ async def _mix(r: Runner, api: cmd.CommandApi, label: str, key: str, accounts: l
     rep.figure("command_api", f"{key}cpu_us_per_command", cpu_us, "µs")
     rep.note("command_api", f"{key}runs_detail", details)
     rep.note("command_api", f"{key}status_counts", _sum_counts([d["status_counts"] for d in details]))
+
+
+async def _batches(r: Runner, api: cmd.CommandApi) -> None:
+    """`POST /commands` with batches of deposits: commands/s when HTTP is paid once per batch."""
+    plan, rep = r.plan, r.report
+    rates: list[float] = []
+    cpu_us: list[float] = []
+    details: list[dict[str, Any]] = []
+
+    async def one(i: int, advance: Any) -> None:
+        res = await cmd.batch_run(
+            api, size=cmd.BATCH_SIZE, duration_s=plan.http_s, warmup_s=plan.warmup_s, seed=i, progress=advance
+        )
+        rates.append(res.ok_commands_per_s())
+        if (cpu := res.cpu_us_per_command()) is not None:
+            cpu_us.append(cpu)
+        details.append(
+            {**res.load.summary(), "outcomes": {str(k): v for k, v in sorted(res.outcomes.items())}}
+        )
+
+    await r.repeat("command_api", f"batches of {cmd.BATCH_SIZE} commands", None, one)
+    rep.note("command_api", "batch_size", cmd.BATCH_SIZE)
+    rep.note("command_api", "batch_concurrency", cmd.BATCH_CONCURRENCY)
+    rep.figure("command_api", "batch_commands_per_s", rates, "2xx commands/s")
+    rep.figure("command_api", "batch_cpu_us_per_command", cpu_us, "µs")
+    rep.note("command_api", "batch_runs_detail", details)
 
 
 async def _steady(r: Runner, env: BenchEnv, api: cmd.CommandApi) -> None:
@@ -253,35 +281,9 @@ async def projector(r: Runner, env: BenchEnv, urls: dict[str, str], profile: boo
     rep.note("projector", "end_offsets", {str(k): v for k, v in sorted(ends.items())})
     rep.note("projector", "fill_events_per_s", round(fill_rate, 1))
 
-    rates: list[float] = []
-    walls: list[float] = []
-    rss: list[float] = []
-
-    async def one(i: int, advance: Any) -> None:
-        res = await proj.catch_up_run(
-            env,
-            PREFIX_FILL,
-            urls["fill"],
-            urls["write"],
-            ends,
-            timeout_s=plan.catchup_timeout_s,
-            progress=advance,
-            partial_ok=plan.budget_s is not None,
-        )
-        rates.append(res.events_per_s)
-        walls.append(res.wall_s)
-        if res.peak_rss_mb is not None:
-            rss.append(res.peak_rss_mb)
-        rep.note("projector", "projections", res.projections)
-        if res.partial:
-            rep.note("projector", "partial", res.partial)
-
-    try:
-        await r.repeat("projector", "projector catch-up", sum(ends.values()), one)
-    finally:
-        rep.figure("projector", "events_per_s", rates, "ev/s")
-        rep.figure("projector", "wall_s", walls, "s")
-        rep.figure("projector", "peak_rss_mb", rss, "MB")
+    await _catch_ups(r, env, urls, ends, 1, "")
+    # Two members of one consumer group share the partitions: the service scaled out.
+    await _catch_ups(r, env, urls, ends, 2, "two_processes_")
     if profile:
         t = r.step("py-spy on the projector (unmeasured catch-up)")
         found: dict[str, object] = {}
@@ -302,6 +304,44 @@ async def projector(r: Runner, env: BenchEnv, urls: dict[str, str], profile: boo
             r.done(t)
         rep.note("projector", "profile", found)
     await replay(r, env, urls, ends, profile)
+
+
+async def _catch_ups(
+    r: Runner, env: BenchEnv, urls: dict[str, str], ends: dict[int, int], processes: int, key: str
+) -> None:
+    """Catch-up runs of `processes` projectors on an empty read store, repeated."""
+    plan, rep = r.plan, r.report
+    rates: list[float] = []
+    walls: list[float] = []
+    rss: list[float] = []
+
+    async def one(i: int, advance: Any) -> None:
+        res = await proj.catch_up_run(
+            env,
+            PREFIX_FILL,
+            urls["fill"],
+            urls["write"],
+            ends,
+            timeout_s=plan.catchup_timeout_s,
+            progress=advance,
+            partial_ok=plan.budget_s is not None,
+            processes=processes,
+        )
+        rates.append(res.events_per_s)
+        walls.append(res.wall_s)
+        if res.peak_rss_mb is not None:
+            rss.append(res.peak_rss_mb)
+        rep.note("projector", "projections", res.projections)
+        if res.partial:
+            rep.note("projector", f"{key}partial", res.partial)
+
+    label = "projector catch-up" if processes == 1 else f"projector catch-up, {processes} processes"
+    try:
+        await r.repeat("projector", label, sum(ends.values()), one)
+    finally:
+        rep.figure("projector", f"{key}events_per_s", rates, "ev/s")
+        rep.figure("projector", f"{key}wall_s", walls, "s")
+        rep.figure("projector", f"{key}peak_rss_mb", rss, "MB")
 
 
 async def replay(
@@ -646,6 +686,82 @@ async def _live_at(
     rep.note("live", f"runs_detail_{n}", details)
 
 
+# -- 6b. scale-out on this machine ---------------------------------------------
+
+
+async def scale(
+    r: Runner, env: BenchEnv, urls: dict[str, str], api: cmd.CommandApi | None, children: dict[str, Any]
+) -> None:
+    """One process of each HTTP service against two, the same total load (64 connections).
+
+    The second command API shares the write store (per-stream order is the
+    store's), the second query API the read store; each gets half the
+    connections. On a machine whose cores the broker, PostgreSQL and the load
+    already share, the figure says what a second process buys here, not on
+    a cluster (README, Performance).
+    """
+    plan, rep = r.plan, r.report
+    if api is None:
+        raise RuntimeError("the scale phase needs the command API phase")
+    second = await cmd.start(env, PREFIX_LIVE, urls["write"], urls["read"])
+    second.accounts = api.accounts
+    try:
+        for n, servers in ((1, [api]), (2, [api, second])):
+            rates: list[float] = []
+
+            async def one(
+                i: int, advance: Any, servers: list[cmd.CommandApi] = servers, rates: list[float] = rates
+            ) -> None:
+                runs = await asyncio.gather(
+                    *(
+                        cmd.mix_run(
+                            s,
+                            api.accounts,
+                            duration_s=plan.http_s,
+                            warmup_s=plan.warmup_s,
+                            seed=100 * i + k,
+                            concurrency=64 // len(servers),
+                        )
+                        for k, s in enumerate(servers)
+                    )
+                )
+                rates.append(sum(res.ok_rps() for res in runs))
+
+            await r.repeat("scale", f"commands, {n} command API process(es)", None, one)
+            rep.figure("scale", f"commands_per_s_{n}_processes", rates, "2xx/s")
+    finally:
+        await env.stop_child(second.child)
+    if "query_port" not in children:
+        return
+    query2, port2 = await readside.start_query_api(env, PREFIX_LIVE, urls["write"], urls["read"])
+    try:
+        for n, ports in ((1, [children["query_port"]]), (2, [children["query_port"], port2])):
+            rps: list[float] = []
+
+            async def one_read(
+                i: int, advance: Any, ports: list[int] = ports, rps: list[float] = rps
+            ) -> None:
+                runs = await asyncio.gather(
+                    *(
+                        readside.query_run(
+                            port,
+                            api.accounts,
+                            duration_s=plan.http_s,
+                            warmup_s=plan.warmup_s,
+                            seed=100 * i + k,
+                            concurrency=64 // len(ports),
+                        )
+                        for k, port in enumerate(ports)
+                    )
+                )
+                rps.append(sum(res.ok_rps(lambda s: s == 200) for res in runs))
+
+            await r.repeat("scale", f"GET by id, {n} query API process(es)", None, one_read)
+            rep.figure("scale", f"gets_per_s_{n}_processes", rps, "req/s")
+    finally:
+        await env.stop_child(query2)
+
+
 # -- 7. peer -----------------------------------------------------------------
 
 
@@ -716,6 +832,11 @@ def ratios(rep: Any) -> None:
         "command_vs_minimal",
         div(rep.get("command_api.commands_per_s"), rep.get("raw.minimal_endpoint_rps")),
     )
+    rep.value(
+        "ratios",
+        "batch_vs_minimal",
+        div(rep.get("command_api.batch_commands_per_s"), rep.get("raw.minimal_endpoint_rps")),
+    )
     # CPU per request, the minimal endpoint's over the command's: the share of the
     # minimal endpoint's rate a command API alone on its cores would reach.
     rep.value(
@@ -736,8 +857,26 @@ def ratios(rep: Any) -> None:
         ),
     )
     rep.value("ratios", "projector_vs_raw", div(rep.get("projector.events_per_s"), raw_min))
+    # Both build the same read model: accounts and their ledger.
+    rep.value(
+        "ratios",
+        "projector_vs_peer",
+        div(rep.get("projector.events_per_s"), rep.get("peer.eventsourcing_projection_events_per_s")),
+    )
+    rep.value(
+        "ratios",
+        "saves_vs_peer",
+        div(rep.get("command_api.commands_per_s"), rep.get("peer.eventsourcing_saves_per_s")),
+    )
     rep.value("ratios", "replay_vs_raw", div(rep.get("replay.events_per_s"), raw_min))
     rep.note("ratios", "raw_min_consume_upsert", raw_min)
+    # What a second process of each service bought on this machine.
+    for name, one, two in (
+        ("projector_two_vs_one", "projector.events_per_s", "projector.two_processes_events_per_s"),
+        ("commands_two_vs_one", "scale.commands_per_s_1_processes", "scale.commands_per_s_2_processes"),
+        ("gets_two_vs_one", "scale.gets_per_s_1_processes", "scale.gets_per_s_2_processes"),
+    ):
+        rep.value("ratios", name, div(rep.get(two), rep.get(one)))
 
 
 async def _soft(rep: Any, section: str, what: str, aw: Any) -> None:

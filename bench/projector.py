@@ -185,15 +185,23 @@ async def catch_up_run(
     progress: Progress | None = None,
     partial_ok: bool = False,
     profile: dict[str, object] | None = None,
+    processes: int = 1,
 ) -> CatchUp:
     """One run: empty read store, start `eventfold serve projector`, wait, stop.
 
-    With `profile` (a dict to fill), py-spy records the projector for the run.
+    With `processes` > 1, that many projectors join one consumer group and
+    share the partitions, as more replicas of the service would. With
+    `profile` (a dict to fill), py-spy records the (first) projector for the run.
     """
     from bench.profile import Recording
 
     await env.truncate_all(read_url)
-    child = env.eventfold("projector", ["serve", "projector"], env.service_env(prefix, write_url, read_url))
+    service_env = env.service_env(prefix, write_url, read_url)
+    children = [
+        env.eventfold("projector" if n == 0 else f"projector-{n + 1}", ["serve", "projector"], service_env)
+        for n in range(processes)
+    ]
+    child = children[0]
     rec = Recording(child.pid, "projector", int(timeout_s) + 30) if profile is not None else None
     try:
         return await wait_caught_up(
@@ -207,7 +215,8 @@ async def catch_up_run(
             partial_ok=partial_ok,
         )
     finally:
-        await env.stop_child(child)
+        for one in children:
+            await env.stop_child(one)
         if rec is not None and profile is not None:
             profile.update(await rec.finish())
 

@@ -202,14 +202,15 @@ async def query_run(
     progress: Callable[[int], None] | None = None,
     server_pid: int | None = None,
     path: str = ACCOUNT_PATH,
+    concurrency: int = 64,
 ) -> LoadResult:
-    """GETs of random accounts at `path` (`{id}` replaced), from 64 connections."""
+    """GETs of random accounts at `path` (`{id}` replaced), from `concurrency` connections."""
     rnd = random.Random(seed)
     requests = [build_request("GET", path.format(id=rnd.choice(accounts)), port) for _ in range(20_000)]
     return await closed_loop(
         port,
         requests,
-        concurrency=64,
+        concurrency=concurrency,
         duration_s=duration_s,
         warmup_s=warmup_s,
         on_progress=progress,

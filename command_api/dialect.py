@@ -8,7 +8,7 @@ the store sends no statement for nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,8 +33,14 @@ class WriteDialect(Protocol):
         """The stored answers of those keys that have one."""
         ...
 
-    async def load_outbox(self, conn: AsyncConnection, keys: list[StreamKey]) -> list[OutboxRecord]:
-        """Unacknowledged events of these streams, in append order."""
+    async def load_outbox(
+        self, conn: AsyncConnection, keys: list[StreamKey], skip: Container[NaturalKey]
+    ) -> list[OutboxRecord]:
+        """Unacknowledged events of these streams, in append order, but for those in `skip`.
+
+        Under load most of them are this process's own, still on their way to
+        Kafka (`skip`): their keys are read, not their values and headers.
+        """
         ...
 
     async def insert_heads(self, conn: AsyncConnection, rows: list[HeadWrite], now: float) -> None: ...

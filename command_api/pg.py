@@ -14,7 +14,7 @@ instead of failing their compare-and-set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -37,9 +37,15 @@ IDEMPOTENCY = text(
     "SELECT key, request_hash, status, response FROM idempotency_keys WHERE key = ANY(CAST(:k AS varchar[]))"
 )
 
+OUTBOX_KEYS = text(
+    "SELECT o.stream_type, o.stream_id, o.version "
+    f"FROM outbox AS o JOIN {_KEYS} ON o.stream_type = k.t AND o.stream_id = k.i ORDER BY o.id"
+)
+
 OUTBOX = text(
     "SELECT o.stream_type, o.stream_id, o.version, o.topic, o.value, o.headers, o.created_at "
-    f"FROM outbox AS o JOIN {_KEYS} ON o.stream_type = k.t AND o.stream_id = k.i ORDER BY o.id"
+    "FROM outbox AS o JOIN unnest(CAST(:t AS varchar[]), CAST(:i AS varchar[]), CAST(:v AS integer[])) "
+    "AS k(t, i, v) ON o.stream_type = k.t AND o.stream_id = k.i AND o.version = k.v ORDER BY o.id"
 )
 
 INSERT_HEADS = text(
@@ -96,9 +102,16 @@ class PostgresDialect:
     async def load_idempotency(self, conn: AsyncConnection, keys: list[str]) -> dict[str, StoredAnswer]:
         return {k: (h, st, resp) for k, h, st, resp in await conn.execute(IDEMPOTENCY, {"k": keys})}
 
-    async def load_outbox(self, conn: AsyncConnection, keys: list[StreamKey]) -> list[OutboxRecord]:
+    async def load_outbox(
+        self, conn: AsyncConnection, keys: list[StreamKey], skip: Container[NaturalKey]
+    ) -> list[OutboxRecord]:
         types, ids = zip(*keys, strict=True)
-        found = await conn.execute(OUTBOX, {"t": list(types), "i": list(ids)})
+        rows = await conn.execute(OUTBOX_KEYS, {"t": list(types), "i": list(ids)})
+        wanted = [(t, i, v) for t, i, v in rows if (t, i, v) not in skip]
+        if not wanted:
+            return []
+        t, i, v = zip(*wanted, strict=True)
+        found = await conn.execute(OUTBOX, {"t": list(t), "i": list(i), "v": list(v)})
         return [outbox_record(r) for r in found.mappings()]
 
     async def insert_heads(self, conn: AsyncConnection, rows: list[HeadWrite], now: float) -> None:

@@ -183,7 +183,7 @@ class CommandService:
     async def _commit_tracked(self, batch: list[PendingCommand], forgotten: set[NaturalKey]) -> None:
         for attempt in range(self.settings.commit_retries):
             try:
-                result = await self.store.commit(batch)
+                result = await self.store.commit(batch, self.publisher.known)
                 break
             except CommitConflict:
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))

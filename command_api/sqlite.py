@@ -7,7 +7,7 @@ driver's parameter limit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, tuple_, update
@@ -52,16 +52,25 @@ class SqliteDialect:
                 out[k] = (h, st, resp)
         return out
 
-    async def load_outbox(self, conn: AsyncConnection, keys: list[StreamKey]) -> list[OutboxRecord]:
-        out: list[OutboxRecord] = []
+    async def load_outbox(
+        self, conn: AsyncConnection, keys: list[StreamKey], skip: Container[NaturalKey]
+    ) -> list[OutboxRecord]:
+        o = outbox.c
+        wanted: list[tuple[int, NaturalKey]] = []
         for chunk in _chunks(keys):
             rows = await conn.execute(
-                select(outbox)
-                .where(tuple_(outbox.c.stream_type, outbox.c.stream_id).in_(chunk))
-                .order_by(outbox.c.id)
+                select(o.id, o.stream_type, o.stream_id, o.version).where(
+                    tuple_(o.stream_type, o.stream_id).in_(chunk)
+                )
             )
-            out.extend(outbox_record(r) for r in rows.mappings().all())
-        return out
+            wanted.extend((row_id, (t, i, v)) for row_id, t, i, v in rows if (t, i, v) not in skip)
+        out: list[tuple[int, OutboxRecord]] = []
+        for chunk in _chunks([k for _, k in wanted]):
+            rows = await conn.execute(
+                select(outbox).where(tuple_(o.stream_type, o.stream_id, o.version).in_(chunk))
+            )
+            out.extend((r["id"], outbox_record(r)) for r in rows.mappings().all())
+        return [rec for _, rec in sorted(out, key=lambda x: x[0])]
 
     async def insert_heads(self, conn: AsyncConnection, rows: list[HeadWrite], now: float) -> None:
         await conn.execute(

@@ -10,7 +10,7 @@ chosen once when the store is built.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from command_api.decision import Decision, Head, StreamKey, decide_batch
-from command_api.dialect import WriteDialect, outbox_record
+from command_api.dialect import NaturalKey, WriteDialect, outbox_record
 from command_api.outcomes import OutboxRecord, Outcome, PendingCommand
 from command_api.pg import PostgresDialect
 from command_api.sqlite import SqliteDialect
@@ -53,24 +53,33 @@ class WriteStore:
         """Transactions in flight at once, as many as the database takes."""
         return self._sql.commit_concurrency(wanted)
 
-    async def commit(self, batch: Sequence[PendingCommand]) -> CommitResult:
-        """Decide and persist a batch; raises CommitConflict if a head moved under us."""
+    async def commit(
+        self, batch: Sequence[PendingCommand], in_flight: Container[NaturalKey] = frozenset()
+    ) -> CommitResult:
+        """Decide and persist a batch; raises CommitConflict if a head moved under us.
+
+        The result's predecessors (unacknowledged events of the batch's streams
+        left in the outbox) leave out those in `in_flight`: events the caller
+        is publishing already.
+        """
         try:
-            return await self._commit(batch)
+            return await self._commit(batch, in_flight)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             # A pooled connection died with its server (a restart): once more, fresh.
-            return await self._commit(batch)
+            return await self._commit(batch, in_flight)
 
-    async def _commit(self, batch: Sequence[PendingCommand]) -> CommitResult:
+    async def _commit(
+        self, batch: Sequence[PendingCommand], in_flight: Container[NaturalKey]
+    ) -> CommitResult:
         keys = sorted({(c.stream_type, c.stream_id) for c in batch})
         idem_keys = sorted({c.idempotency_key for c in batch if c.idempotency_key})
         try:
             async with self.engine.begin() as conn:
                 heads = await self._load_heads(conn, keys)
                 stored = await self._sql.load_idempotency(conn, idem_keys) if idem_keys else {}
-                preds = await self._sql.load_outbox(conn, keys) if keys else []
+                preds = await self._sql.load_outbox(conn, keys, in_flight) if keys else []
                 now = time.time()
                 decision = decide_batch(
                     batch, heads, stored, self.aggregates, self.kafka.topic, datetime.fromtimestamp(now, UTC)

@@ -72,6 +72,12 @@ async def test_batch_decides_in_order_and_persists(engine) -> None:
     assert [p.version for p in later.predecessors] == [1, 2]
     await store.finalize([r for r, _ in rows if r.stream_id == sid], [])
     assert [r.version for r, _ in await store.unpublished(10_000) if r.stream_id == sid] == [3]
+    # Events the caller is publishing already are not handed back.
+    own = await store.commit([pending(sid, Deposit(amount=1))], in_flight={("account", sid, 3)})
+    assert own.predecessors == []
+    mixed = await store.commit([pending(sid, Deposit(amount=1))], in_flight={("account", sid, 4)})
+    stored = {r.version: r for r, _ in await store.unpublished(10_000) if r.stream_id == sid}
+    assert mixed.predecessors == [stored[3]]
 
 
 async def test_a_head_that_moved_fails_the_whole_batch(engine) -> None:
