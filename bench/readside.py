@@ -190,6 +190,8 @@ def _version(body: bytes) -> int:
 
 ACCOUNT_PATH = "/accounts/{id}"  # the bank's own route
 VIEW_PATH = "/views/accounts/{id}"  # the generic view of the same document
+# A filtered page: 50 open accounts by the projection's declared `status` filter.
+PAGE_PATH = "/views/accounts?status=open&limit=50"
 
 
 async def query_run(
