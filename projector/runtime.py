@@ -394,9 +394,15 @@ class ProjectorRuntime:
         EVENTS_APPLIED.labels(name).inc(applied)
         PROJECTOR_BATCH.labels(name).observe(len(items))
         PROJECTOR_BATCH_SECONDS.labels(name).observe(seconds)
+        assigned = self.consumer.assignment()
         for (topic, partition), offset in next_offsets(items).items():
+            tp = TopicPartition(topic, partition)
+            if tp not in assigned:
+                # Revoked while the batch was written (another member joined):
+                # its offsets are stored, and its lag is the new owner's to report.
+                continue
             # The fetch high-watermark, not ListOffsets: see query_api/watermarks.py.
-            hw = self.consumer.highwater(TopicPartition(topic, partition))
+            hw = self.consumer.highwater(tp)
             if hw is not None:
                 PARTITION_LAG.labels(name, topic, str(partition)).set(max(hw - offset, 0))
 

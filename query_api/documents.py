@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, Table, and_, select
+from sqlalchemy import Column, Select, Table, and_, bindparam, select
 
 from eventfold.problems import Problem
 from eventfold.projection import Projection
@@ -51,6 +51,8 @@ class DocumentTable:
     filters: tuple[str, ...]
     children: Mapping[str, ChildTable]
     shape: Callable[[Any], dict[str, Any]] = field(repr=False)
+    # The read by id, built once: the hot GET sends only its value.
+    by_id: Select[Any] = field(repr=False)
 
     @classmethod
     def of(cls, projection: Projection) -> DocumentTable:
@@ -61,6 +63,7 @@ class DocumentTable:
             tuple(projection.filters),
             {t.name: ChildTable.of(t) for t in projection.child_tables},
             row_shaper(list(table.columns)),
+            select(table).where(table.c.id == bindparam("doc_id")),
         )
 
 
@@ -85,8 +88,7 @@ def _bindable(value: Any) -> Any:
 
 
 async def get_document(reads: Reads, docs: DocumentTable, doc_id: str) -> dict[str, Any] | None:
-    t = docs.table
-    rows = await reads.rows(select(t).where(t.c.id == doc_id))
+    rows = await reads.rows(docs.by_id, {"doc_id": doc_id})
     return docs.shape(rows[0]) if rows else None
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from eventfold.problems import Problem
 from examples.bank.tables import account_transactions, accounts
@@ -76,8 +76,12 @@ def _account(row: Any) -> dict[str, Any]:
     }
 
 
+# Built once; each read sends only the id (no statement built or cache key computed per request).
+_ACCOUNT_BY_ID = select(accounts).where(accounts.c.id == bindparam("account_id"))
+
+
 async def get_account(reads: Reads, account_id: str) -> dict[str, Any] | None:
-    rows = await reads.rows(select(accounts).where(accounts.c.id == account_id))
+    rows = await reads.rows(_ACCOUNT_BY_ID, {"account_id": account_id})
     return _account(rows[0]) if rows else None
 
 

@@ -154,6 +154,42 @@ async def test_survivor_takes_over_when_one_of_two_projectors_dies(
                 processes.terminate(p)
 
 
+async def test_members_joining_and_leaving_mid_backlog_crash_no_other(
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+) -> None:
+    """A rebalance lands while a member writes a batch: it loses partitions mid-write and goes on."""
+    settings = make_settings(own_pg)
+    topic = settings.kafka.topic("account")
+    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    # Small batches over a backlog: a member is nearly always writing when a rebalance lands.
+    total = 40_000
+    await produce_envelopes(settings.kafka, topic, account_events(2_000, total // 2_000, seed=13))
+    env = processes.settings_env(
+        settings, projector_session_timeout_ms=4000, projector_batch_max=50, projector_poll_ms=50
+    )
+    first_log, joiner_log = tmp_path / "first.log", tmp_path / "joiner.log"
+    first = processes.start(["serve", "projector", "--projection", "accounts"], env, first_log)
+    try:
+        for n in range(3):
+            await wait_until(
+                lambda t=(n + 1) * 2_000: _reached(own_pg.read_db_url, t), timeout=40, what=f"progress {n}"
+            )
+            seen = _assignments(first_log)
+            joiner = processes.start(["serve", "projector", "--projection", "accounts"], env, joiner_log)
+            try:
+                # The first member is assigned again, with fewer partitions, while it writes.
+                await wait_until(
+                    lambda s=seen: _async(_assignments(first_log) > s), timeout=30, what="rebalance"
+                )
+                assert first.poll() is None, first_log.read_text()[-3000:]
+            finally:
+                assert processes.terminate(joiner) == 0, joiner_log.read_text()[-3000:]
+        await _assert_exact(settings, own_pg.read_db_url, topic, total)
+        assert first.poll() is None, first_log.read_text()[-3000:]
+    finally:
+        assert processes.terminate(first) == 0, first_log.read_text()[-3000:]
+
+
 async def _both_assigned(logs: list[Path]) -> bool:
     return all(_last_assignment(log) == 2 for log in logs)
 
