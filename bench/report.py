@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -205,10 +206,10 @@ class Report:
                 continue
             for key, value in sec.items():
                 if key == "partial" or key.endswith("_note"):
-                    console.print(f"[cyan]{section}[/cyan]: {value}")
+                    console.print(f"[cyan]{section}[/cyan]: {escape(str(value))}")
             if sec.get("error"):
                 first = str(sec["error"]).splitlines()[0]
-                console.print(f"[yellow]{section}[/yellow]: not measured or partial: {first[:300]}")
+                console.print(f"[yellow]{section}[/yellow]: not measured or partial: {escape(first[:300])}")
 
 
 def _round(v: float | None) -> float | None:
