@@ -595,16 +595,21 @@ async def query_api(
     if profile:
         from bench.profile import Recording
 
-        t = r.step("py-spy on the query API (unmeasured run)")
-        try:
-            rec = Recording(children["query"].pid, "query-api", 10)
-            await asyncio.sleep(0.5)
-            res = await readside.query_run(port, accounts, duration_s=11, warmup_s=0, seed=99)
-            found = await rec.finish()
-            found["rps_while_profiled"] = round(res.rps, 1)
-            rep.note("query_api", "profile", found)
-        finally:
-            r.done(t)
+        # The bank's GET by id, then the filtered page: each its own flame graph.
+        for name, key, path in (
+            ("query-api", "profile", readside.ACCOUNT_PATH),
+            ("query-api-page", "page_profile", readside.PAGE_PATH),
+        ):
+            t = r.step(f"py-spy on the query API, {path} (unmeasured run)")
+            try:
+                rec = Recording(children["query"].pid, name, 10)
+                await asyncio.sleep(0.5)
+                res = await readside.query_run(port, accounts, duration_s=11, warmup_s=0, seed=99, path=path)
+                found = await rec.finish()
+                found["rps_while_profiled"] = round(res.rps, 1)
+                rep.note("query_api", key, found)
+            finally:
+                r.done(t)
 
 
 async def _reads(
