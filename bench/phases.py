@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bench import command as cmd
@@ -731,66 +732,73 @@ async def scale(
     already share, the figure says what a second process buys here, not on
     a cluster (README, Performance).
     """
-    plan, rep = r.plan, r.report
+    plan = r.plan
     if api is None:
         raise RuntimeError("the scale phase needs the command API phase")
     second = await cmd.start(env, PREFIX_LIVE, urls["write"], urls["read"])
     second.accounts = api.accounts
+
+    async def commands(server: cmd.CommandApi, connections: int, seed: int) -> float:
+        res = await cmd.mix_run(
+            server,
+            api.accounts,
+            duration_s=plan.http_s,
+            warmup_s=plan.warmup_s,
+            seed=seed,
+            concurrency=connections,
+        )
+        return res.ok_rps()
+
     try:
-        for n, servers in ((1, [api]), (2, [api, second])):
-            rates: list[float] = []
-
-            async def one(
-                i: int, advance: Any, servers: list[cmd.CommandApi] = servers, rates: list[float] = rates
-            ) -> None:
-                runs = await asyncio.gather(
-                    *(
-                        cmd.mix_run(
-                            s,
-                            api.accounts,
-                            duration_s=plan.http_s,
-                            warmup_s=plan.warmup_s,
-                            seed=100 * i + k,
-                            concurrency=64 // len(servers),
-                        )
-                        for k, s in enumerate(servers)
-                    )
-                )
-                rates.append(sum(res.ok_rps() for res in runs))
-
-            await r.repeat("scale", f"commands, {n} command API process(es)", None, one)
-            rep.figure("scale", f"commands_per_s_{n}_processes", rates, "2xx/s")
+        await _one_then_two(
+            r, "commands, {n} command API process(es)", "commands_per_s", "2xx/s", commands, [api, second]
+        )
     finally:
         await env.stop_child(second.child)
     if "query_port" not in children:
         return
     query2, port2 = await readside.start_query_api(env, PREFIX_LIVE, urls["write"], urls["read"])
+
+    async def gets(port: int, connections: int, seed: int) -> float:
+        res = await readside.query_run(
+            port,
+            api.accounts,
+            duration_s=plan.http_s,
+            warmup_s=plan.warmup_s,
+            seed=seed,
+            concurrency=connections,
+        )
+        return res.ok_rps(lambda s: s == 200)
+
     try:
-        for n, ports in ((1, [children["query_port"]]), (2, [children["query_port"], port2])):
-            rps: list[float] = []
-
-            async def one_read(
-                i: int, advance: Any, ports: list[int] = ports, rps: list[float] = rps
-            ) -> None:
-                runs = await asyncio.gather(
-                    *(
-                        readside.query_run(
-                            port,
-                            api.accounts,
-                            duration_s=plan.http_s,
-                            warmup_s=plan.warmup_s,
-                            seed=100 * i + k,
-                            concurrency=64 // len(ports),
-                        )
-                        for k, port in enumerate(ports)
-                    )
-                )
-                rps.append(sum(res.ok_rps(lambda s: s == 200) for res in runs))
-
-            await r.repeat("scale", f"GET by id, {n} query API process(es)", None, one_read)
-            rep.figure("scale", f"gets_per_s_{n}_processes", rps, "req/s")
+        ports = [children["query_port"], port2]
+        await _one_then_two(r, "GET by id, {n} query API process(es)", "gets_per_s", "req/s", gets, ports)
     finally:
         await env.stop_child(query2)
+
+
+async def _one_then_two(
+    r: Runner,
+    label: str,
+    figure: str,
+    unit: str,
+    load: Callable[[Any, int, int], Awaitable[float]],
+    targets: list[Any],
+) -> None:
+    """`load(target, connections, seed)` on the first target with 64 connections, then split over both."""
+    for n in (1, len(targets)):
+        rates: list[float] = []
+
+        async def one(
+            i: int, advance: Any, chosen: list[Any] = targets[:n], rates: list[float] = rates
+        ) -> None:
+            got = await asyncio.gather(
+                *(load(t, 64 // len(chosen), 100 * i + k) for k, t in enumerate(chosen))
+            )
+            rates.append(sum(got))
+
+        await r.repeat("scale", label.format(n=n), None, one)
+        r.report.figure("scale", f"{figure}_{n}_processes", rates, unit)
 
 
 # -- 7. peer -----------------------------------------------------------------

@@ -21,7 +21,7 @@ from eventfold.aggregate import Aggregates
 from eventfold.auth import CommandWriter, Reader, require
 from eventfold.direct_route import RequestParams, served_by
 from eventfold.observability import COMMAND_SECONDS, metrics_response
-from eventfold.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem
+from eventfold.problems import PROBLEM_RESPONSES, Problem
 
 router = APIRouter()
 
@@ -206,16 +206,7 @@ async def _send_command(
     )
     outcome, published = await side.service.execute(pending)
     answered = answer(outcome, published, expected, request.url.path)
-    if answered.is_problem:
-        response = Response(
-            jsonutil.dumps(answered.body),
-            status_code=answered.status,
-            media_type=PROBLEM_JSON,
-            headers=answered.headers,
-        )
-    else:
-        response = _json(answered.status, answered.body, answered.headers)
-    return response, answered.label
+    return answered.response(), answered.label
 
 
 @router.get(

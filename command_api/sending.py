@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from command_api.bootstrap import CommandSide
@@ -29,7 +30,7 @@ from command_api.outcomes import (
     VersionConflict,
 )
 from eventfold import jsonutil
-from eventfold.problems import Problem, problem_body
+from eventfold.problems import PROBLEM_JSON, Problem, problem_body
 from schemas.base import UNSTORABLE, unstorable
 from schemas.registry import UnknownCommandType, UnknownStreamType
 
@@ -170,6 +171,12 @@ class Answer:
     @property
     def is_problem(self) -> bool:
         return self.status >= 400
+
+    def response(self) -> Response:
+        media = PROBLEM_JSON if self.is_problem else "application/json"
+        return Response(
+            jsonutil.dumps(self.body), status_code=self.status, media_type=media, headers=self.headers
+        )
 
 
 def problem_answer(problem: Problem, instance: str) -> Answer:

@@ -56,16 +56,16 @@ class SqliteDialect:
         self, conn: AsyncConnection, keys: list[StreamKey], skip: Container[NaturalKey]
     ) -> list[OutboxRecord]:
         o = outbox.c
-        wanted: list[tuple[int, NaturalKey]] = []
+        wanted: list[NaturalKey] = []
         for chunk in _chunks(keys):
             rows = await conn.execute(
-                select(o.id, o.stream_type, o.stream_id, o.version).where(
+                select(o.stream_type, o.stream_id, o.version).where(
                     tuple_(o.stream_type, o.stream_id).in_(chunk)
                 )
             )
-            wanted.extend((row_id, (t, i, v)) for row_id, t, i, v in rows if (t, i, v) not in skip)
+            wanted.extend((t, i, v) for t, i, v in rows if (t, i, v) not in skip)
         out: list[tuple[int, OutboxRecord]] = []
-        for chunk in _chunks([k for _, k in wanted]):
+        for chunk in _chunks(wanted):
             rows = await conn.execute(
                 select(outbox).where(tuple_(o.stream_type, o.stream_id, o.version).in_(chunk))
             )
