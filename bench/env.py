@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncpg
 
 from eventfold.apache_kafka import ApacheKafkaCluster, java_available
-from eventfold.broker import EmbeddedBroker, free_port, tansu_path
+from eventfold.broker import EmbeddedBroker, broker_kafka_settings, free_port, settings_env, tansu_path
 from eventfold.rss import RssSampler
 from eventfold.settings import DatabaseSettings, KafkaSettings, Settings
 
@@ -69,6 +69,7 @@ def broker_info(broker: LocalBroker) -> dict[str, object]:
         "bootstrap": broker.bootstrap,
         "idempotence": broker.idempotence,
         "highwater_from_fetch": broker.highwater_from_fetch,
+        "fetch_max_wait_ms": broker.fetch_max_wait_ms,
     }
 
 
@@ -284,9 +285,7 @@ class BenchEnv:
 
     def kafka(self, prefix: str) -> KafkaSettings:
         return KafkaSettings(
-            kafka_bootstrap=self.broker.bootstrap,
-            kafka_idempotence=self.broker.idempotence,
-            kafka_highwater_from_fetch=self.broker.highwater_from_fetch,
+            **broker_kafka_settings(self.broker),
             topic_prefix=prefix,
             partitions=self.partitions,
         )
@@ -301,9 +300,7 @@ class BenchEnv:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
         env.update(
             {
-                "EVENTFOLD_KAFKA_BOOTSTRAP": self.broker.bootstrap,
-                "EVENTFOLD_KAFKA_IDEMPOTENCE": str(self.broker.idempotence).lower(),
-                "EVENTFOLD_KAFKA_HIGHWATER_FROM_FETCH": str(self.broker.highwater_from_fetch).lower(),
+                **settings_env(broker_kafka_settings(self.broker)),
                 "EVENTFOLD_TOPIC_PREFIX": prefix,
                 "EVENTFOLD_PARTITIONS": str(self.partitions),
                 "EVENTFOLD_WRITE_DB_URL": write_url,

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from chaos.mail import MailServer
 from eventfold.apache_kafka import ApacheKafkaCluster, java_available
-from eventfold.broker import EmbeddedBroker, free_port
+from eventfold.broker import EmbeddedBroker, broker_kafka_settings, free_port
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
@@ -122,9 +122,7 @@ def chaos_settings(broker: LocalBroker, db_url: str, prefix: str) -> Settings:
     """Short timeouts everywhere, so faults are noticed and healed quickly."""
     return Settings(
         kafka=KafkaSettings(
-            kafka_bootstrap=broker.bootstrap,
-            kafka_idempotence=broker.idempotence,
-            kafka_highwater_from_fetch=broker.highwater_from_fetch,
+            **broker_kafka_settings(broker),
             topic_prefix=prefix,
             partitions=4,
             publish_timeout_s=2.0,

@@ -132,6 +132,7 @@ class ApacheKafkaCluster:
     # What this broker can do, for the settings built around it.
     idempotence = True
     highwater_from_fetch = False
+    fetch_max_wait_ms = 50
 
     def __init__(
         self,

@@ -17,10 +17,44 @@ import subprocess
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import Any, Protocol
 
 
 class BrokerUnavailable(RuntimeError):
     pass
+
+
+class LocalBrokerLike(Protocol):
+    """What a broker started on this machine tells the settings built around it."""
+
+    idempotence: bool
+    highwater_from_fetch: bool
+    fetch_max_wait_ms: int
+
+    @property
+    def bootstrap(self) -> str: ...
+
+
+def broker_kafka_settings(broker: LocalBrokerLike) -> dict[str, Any]:
+    """A local broker's address and limits as `KafkaSettings` fields.
+
+    The code never asks which broker it talks to; what differs is these
+    settings (README, "Brokers: what differs is configuration").
+    """
+    return {
+        "kafka_bootstrap": broker.bootstrap,
+        "kafka_idempotence": broker.idempotence,
+        "kafka_highwater_from_fetch": broker.highwater_from_fetch,
+        "kafka_fetch_max_wait_ms": broker.fetch_max_wait_ms,
+    }
+
+
+def settings_env(fields: dict[str, Any]) -> dict[str, str]:
+    """Settings fields as the `EVENTFOLD_*` variables a child process reads."""
+    return {
+        f"EVENTFOLD_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in fields.items()
+    }
 
 
 def tansu_path() -> Path:
@@ -72,6 +106,8 @@ class EmbeddedBroker:
     # multi-record batches.
     idempotence = False
     highwater_from_fetch = True
+    # It holds a fetch for its whole wait even when records arrive meanwhile.
+    fetch_max_wait_ms = 10
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()

@@ -82,6 +82,7 @@ def new_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIO
         "request_timeout_ms": max(settings.request_timeout_ms, 5000),
         "fetch_max_bytes": 16 * 1024 * 1024,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)

@@ -27,6 +27,11 @@ class KafkaSettings(BaseSettings):
     # Read partition ends off a fetch response instead of ListOffsets, for
     # brokers whose ListOffsets "latest" is wrong (the embedded Tansu).
     kafka_highwater_from_fetch: bool = False
+    # How long a fetch waits at the broker for records. Apache Kafka answers as
+    # soon as a record arrives, so this only paces idle fetches; a broker that
+    # holds every fetch for its whole wait (the embedded Tansu) delays each
+    # event by up to this, so it gets a short one.
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL takes PLAIN,
     # SCRAM-SHA-256 or SCRAM-SHA-512 with a user and password. SSL verifies the
     # brokers against the CA file (the system's CAs when unset).
@@ -141,6 +146,10 @@ class ProjectorSettings(BaseSettings):
     projector_poll_ms: int = Field(default=200, ge=1)
     projector_session_timeout_ms: int = Field(default=10_000, ge=1000)
     projector_heartbeat_ms: int = Field(default=1_000, ge=100)
+    # After a stop signal, how long the projector waits for its batches to be
+    # finished and committed before it cancels what is still running (a
+    # group join the broker never answers would otherwise keep it alive).
+    projector_stop_grace_s: float = Field(default=15.0, gt=0)
     # 0: no HTTP port. Otherwise /healthz, /readyz and /metrics on host:port.
     projector_metrics_port: int = Field(default=0, ge=0, le=65535)
     host: str = "127.0.0.1"

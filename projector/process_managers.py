@@ -154,7 +154,6 @@ class ProcessManagerRuntime:
             max_poll_interval_ms=max(60_000, session),
             rebalance_timeout_ms=session,
             request_timeout_ms=max(settings.kafka.request_timeout_ms, session + 5_000),
-            fetch_max_wait_ms=50,
             **EFFECT_FETCH,
         )
         self.lock = asyncio.Lock()

@@ -114,7 +114,7 @@ async def rebuild_projection(
     await prepare(engine, projection, clone, current, lease_s=settings.projector.projector_replay_lease_s)
     topic = projection.topic(settings.kafka)
     reporter = _Reporter(engine, projection.name, g, progress, started)
-    consumer = new_consumer(settings.kafka, group_id=None, fetch_max_wait_ms=50)
+    consumer = new_consumer(settings.kafka, group_id=None)
     await start_consumer(consumer)
     swapped = False
     prior_state: str | None = None

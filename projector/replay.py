@@ -316,7 +316,7 @@ async def decoded_ahead(
 
 
 def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
-    return new_consumer(kafka, group_id=None, fetch_max_wait_ms=50)
+    return new_consumer(kafka, group_id=None)
 
 
 async def _read_to_end(

@@ -33,7 +33,7 @@ from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
 from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BATCH, PROJECTOR_BATCH_SECONDS
 from eventfold.projection import Projection
 from eventfold.settings import Settings
-from eventfold.tasks import cancel_and_wait
+from eventfold.tasks import cancel_and_wait, run_until_stopped
 from projector import store
 from projector.apply import BatchResult, apply_batch, next_offsets
 from projector.batch import Decoded, Failure, contiguous, decode
@@ -150,7 +150,6 @@ class ProjectorRuntime:
             rebalance_timeout_ms=session,
             # A JoinGroup answer may wait a whole rebalance, so give it longer.
             request_timeout_ms=max(settings.kafka.request_timeout_ms, session + 5_000),
-            fetch_max_wait_ms=50,
         )
         self.producer = new_producer(settings.kafka)
         self.committer = GroupCommitter(self.consumer, projection.name)
@@ -509,6 +508,6 @@ async def run_projectors(settings: Settings, projections: Sequence[Projection], 
         consumers = {f"projection:{rt.projection.name}": rt.consumer for rt in runtimes}
         work += health_port(settings, engine, consumers, stop, "projector")
         work.append(asyncio.create_task(prune_change_feed(settings, engine, projections, stop)))
-        await asyncio.gather(*work)
+        await run_until_stopped(work, stop, settings.projector.projector_stop_grace_s)
     finally:
         await engine.dispose()

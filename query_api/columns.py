@@ -31,15 +31,14 @@ from sqlalchemy import (
     Uuid,
 )
 
-from query_api.views import iso
-
 Convert = Callable[[Any], Any]
 
 
 @dataclass(frozen=True, slots=True)
 class ColumnType:
     """`python` is what the column holds (and what a filter value parses to);
-    `to_json` turns a stored value into its JSON form (None: it already is one),
+    `to_json` turns a stored value into what the JSON encoder writes as its JSON
+    form (None: it already is one),
     which the response schema describes as `json`, with `json_format` if set."""
 
     python: Any
@@ -64,6 +63,16 @@ def _isoformat(value: dt.date | dt.time) -> str:
     return value.isoformat()
 
 
+def _utc(value: dt.datetime) -> dt.datetime:
+    """The instant in UTC, left a datetime: orjson writes it as ISO 8601 in C
+    (the same text as `query_api.views.iso`, at a fraction of its cost on a page of rows).
+    PostgreSQL's driver already hands back UTC; SQLite's naive values are UTC
+    by construction."""
+    if value.tzinfo is dt.UTC:
+        return value
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
 def column_type(column: Column[Any]) -> ColumnType:
     """The JSON typing of one column; a type it does not know passes through untouched."""
     t = column.type
@@ -78,7 +87,7 @@ def column_type(column: Column[Any]) -> ColumnType:
         # Text keeps every digit; a JSON number would go through a float.
         return ColumnType(Decimal, str, str, "decimal") if t.asdecimal else ColumnType(float, float)
     if isinstance(t, DateTime):
-        return ColumnType(dt.datetime, iso)
+        return ColumnType(dt.datetime, _utc)
     if isinstance(t, Date):
         return ColumnType(dt.date, _isoformat)
     if isinstance(t, Time):

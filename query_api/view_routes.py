@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import Response
-from pydantic import Field
+from pydantic import Field, create_model
 
 from eventfold.auth import require
 from eventfold.direct_route import RequestParams, served_by
@@ -119,6 +119,7 @@ def _add_views(router: APIRouter, docs: DocumentTable) -> None:
         dependencies=[CanRead, Depends(_only_filters(docs)), waits],
         responses=responses,
         operation_id=f"list_{name}",
+        route_class_override=served_by(_listing_arguments(docs)),
         summary=f"List {name} documents",
         description=(
             f"List documents of projection `{name}` in id order, a page at a time"
@@ -129,19 +130,39 @@ def _add_views(router: APIRouter, docs: DocumentTable) -> None:
         _add_child_view(router, docs, child, deps, responses)
 
 
-class _DocumentParams(RequestParams):
-    """What `GET /views/<p>/{id}` reads, with the constraints of its documented signature."""
+class _WaitParams(RequestParams):
+    """`wait_for` and `wait_timeout`, as `caught_up` declares them."""
 
     LOCATIONS: ClassVar[dict[str, tuple[str, str]]] = {
         "wait_for": ("query", "wait_for"),
         "wait_timeout": ("query", "wait_timeout"),
-        "id": ("path", "id"),
-        "if_none_match": ("header", "if-none-match"),
     }
     wait_for: Annotated[str | None, Field(max_length=512)] = None
     wait_timeout: Annotated[float | None, Field(gt=0)] = None
+
+
+class _DocumentParams(_WaitParams):
+    """What `GET /views/<p>/{id}` reads, with the constraints of its documented signature."""
+
+    LOCATIONS: ClassVar[dict[str, tuple[str, str]]] = {
+        **_WaitParams.LOCATIONS,
+        "id": ("path", "id"),
+        "if_none_match": ("header", "if-none-match"),
+    }
     id: Annotated[str, Field(pattern=STREAM_ID)]
     if_none_match: Annotated[str | None, Field(max_length=256)] = None
+
+
+class _ListingParams(_WaitParams):
+    """What every listing reads besides its filters (`_listing_params` adds those)."""
+
+    LOCATIONS: ClassVar[dict[str, tuple[str, str]]] = {
+        **_WaitParams.LOCATIONS,
+        "limit": ("query", "limit"),
+        "cursor_": ("query", "cursor"),
+    }
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor_: Annotated[str | None, Field(max_length=1024)] = None
 
 
 _READER = require("read")
@@ -163,6 +184,50 @@ def _document_arguments(projection: str) -> Any:
         return {"side": side, "id": params.id, "if_none_match": params.if_none_match}
 
     return read
+
+
+def _listing_arguments(docs: DocumentTable) -> Any:
+    """Reads a listing's arguments as its declared dependencies would, in their order.
+
+    Authenticates, refuses an undeclared parameter (before waiting, so a
+    mistyped filter is a 400 at once), validates every parameter in one pass,
+    then waits for `wait_for`. The listing's signature, built from the
+    declared filters, still describes it in the OpenAPI document.
+    """
+    filters = _filter_fields(docs)
+    params = create_model(  # type: ignore[call-overload]
+        f"_{camel(docs.table.name)}ListingParams",
+        __base__=_ListingParams,
+        **{param: (annotation, None) for param, (_, annotation) in filters.items()},
+    )
+    params.LOCATIONS = {
+        **_ListingParams.LOCATIONS,
+        **{param: ("query", column_name) for param, (column_name, _) in filters.items()},
+    }
+    name = docs.name
+
+    async def read(request: Request) -> dict[str, Any]:
+        await _READER(request)
+        refuse_unknown_filters(docs, set(request.query_params) - _LISTING_PARAMS)
+        given = params.read(request)
+        side: QuerySide = request.app.state.side
+        await wait_for_position(side, name, given.wait_for, given.wait_timeout)
+        args = {"side": side, "limit": given.limit, "cursor_": given.cursor_}
+        args.update((param, getattr(given, param)) for param in filters)
+        return args
+
+    return read
+
+
+def _filter_fields(docs: DocumentTable) -> dict[str, tuple[str, Any]]:
+    """Per declared filter: its parameter name, its column and its optional, constrained type."""
+    fields: dict[str, tuple[str, Any]] = {}
+    for i, column_name in enumerate(docs.filters):
+        column = docs.table.c[column_name]
+        python = column_type(column).python
+        longest = max_length(column) if python is str else None
+        fields[f"filter_{i}"] = (column_name, Annotated[python | None, Field(max_length=longest)])
+    return fields
 
 
 def _add_child_view(
@@ -206,7 +271,7 @@ def _add_child_view(
 def _listing(docs: DocumentTable) -> Any:
     """The listing endpoint, with one typed, optional query parameter per declared filter."""
     name = docs.name
-    by_param = {f"filter_{i}": column for i, column in enumerate(docs.filters)}
+    by_param = {param: column for param, (column, _) in _filter_fields(docs).items()}
 
     async def list_view(side: QuerySide, limit: int, cursor_: str | None, **filters: Any) -> Response:
         kind = f"view:{name}"

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from eventfold.aggregate import Aggregates
 from eventfold.apache_kafka import KAFKA_VERSION, ApacheKafkaCluster, java_available
-from eventfold.broker import EmbeddedBroker
+from eventfold.broker import EmbeddedBroker, broker_kafka_settings
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
 from eventfold.settings import (
@@ -35,7 +35,6 @@ from eventfold.settings import (
     KafkaSettings,
     Settings,
 )
-from tests.helpers import broker_kafka_settings
 
 PG_URL = os.environ.get("EVENTFOLD_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 USE_DOCKER = os.environ.get("EVENTFOLD_TEST_DOCKER") == "1"

@@ -106,12 +106,3 @@ def first_versions(records: list[Record], stream_id: str) -> list[int]:
             if v not in seen:
                 seen.append(v)
     return seen
-
-
-def broker_kafka_settings(broker: Any) -> dict[str, Any]:
-    """What this broker can do, as settings (the code never asks which broker it is)."""
-    return {
-        "kafka_bootstrap": broker.bootstrap,
-        "kafka_idempotence": broker.idempotence,
-        "kafka_highwater_from_fetch": broker.highwater_from_fetch,
-    }

@@ -14,7 +14,7 @@ from rich.console import Console
 from eventfold.apache_kafka import ApacheKafkaCluster
 from eventfold.app import App
 from eventfold.auth import ApiKey, digest, load_keys, new_key
-from eventfold.broker import EmbeddedBroker
+from eventfold.broker import EmbeddedBroker, broker_kafka_settings
 from eventfold.kafka import create_topics
 from eventfold.migrate import upgrade_all
 from eventfold.runner import http_server, install_stop_signals, run_servers
@@ -34,13 +34,9 @@ def dev_settings(data_dir: Path, bootstrap: str, broker: LocalBroker | None) -> 
     kafka = KafkaSettings(kafka_bootstrap=bootstrap)
     if broker is not None:
         # What the broker started here can do (README, "Brokers"): the embedded
-        # Tansu grants no producer ids and needs partition ends from fetches.
-        kafka = kafka.model_copy(
-            update={
-                "kafka_idempotence": broker.idempotence,
-                "kafka_highwater_from_fetch": broker.highwater_from_fetch,
-            }
-        )
+        # Tansu grants no producer ids, needs partition ends from fetches and
+        # holds each fetch for its whole wait.
+        kafka = kafka.model_copy(update=broker_kafka_settings(broker))
     db = DatabaseSettings(
         write_db_url=f"sqlite+aiosqlite:///{data_dir / 'write.db'}",
         read_db_url=f"sqlite+aiosqlite:///{data_dir / 'read.db'}",

@@ -38,7 +38,7 @@ class StreamRecords:
 async def read_stream_records(kafka: KafkaSettings, topic: str, stream_id: str) -> StreamRecords:
     """The records keyed `stream_id` in partition order, each decoded (or its poison reason)."""
     key = stream_id.encode()
-    consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=50)
+    consumer = new_consumer(kafka, group_id=None)
     await asyncio.wait_for(start_consumer(consumer), MAX_SECONDS)
     try:
         tps = await partitions_of(consumer, topic)

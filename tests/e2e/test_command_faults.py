@@ -12,10 +12,11 @@ from typing import Any
 
 import httpx
 
+from eventfold.broker import broker_kafka_settings
 from eventfold.kafka import create_topics
 from eventfold.settings import DatabaseSettings
 from tests.e2e.processes import ServiceProcess, started
-from tests.helpers import broker_kafka_settings, first_versions, read_topic, uid, wait_until
+from tests.helpers import first_versions, read_topic, uid, wait_until
 
 
 async def _post(http: httpx.AsyncClient, url: str, type_: str, data: dict[str, int | str]) -> httpx.Response:

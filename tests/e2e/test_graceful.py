@@ -12,12 +12,13 @@ import httpx
 from sqlalchemy import func, select
 
 from command_api.tables import outbox
+from eventfold.broker import broker_kafka_settings
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
 from projector.tables import projection_status
 from tests.e2e.processes import ServiceProcess, started
-from tests.helpers import broker_kafka_settings, first_versions, read_topic, uid, wait_until
+from tests.helpers import first_versions, read_topic, uid, wait_until
 from tests.support import processes
 from tests.support.projection import (
     account_events,

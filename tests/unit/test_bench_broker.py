@@ -44,6 +44,9 @@ def test_settings_and_child_env_follow_the_broker_flags(
     assert env["EVENTFOLD_KAFKA_BOOTSTRAP"] == bench_env.broker.bootstrap
     assert env["EVENTFOLD_KAFKA_IDEMPOTENCE"] == idempotence
     assert env["EVENTFOLD_KAFKA_HIGHWATER_FROM_FETCH"] == from_fetch
+    # A broker that holds each fetch for its whole wait gets a short one.
+    assert kafka.kafka_fetch_max_wait_ms == bench_env.broker.fetch_max_wait_ms
+    assert env["EVENTFOLD_KAFKA_FETCH_MAX_WAIT_MS"] == str(bench_env.broker.fetch_max_wait_ms)
 
 
 @pytest.mark.parametrize("bench_env", ["apache"], indirect=True)

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 
+import orjson
 import pytest
 from openapi_spec_validator import validate
 from sqlalchemy import (
@@ -28,10 +29,12 @@ from sqlalchemy import (
     Uuid,
 )
 
+from eventfold import jsonutil
 from eventfold.projection import Projection
 from query_api.columns import row_shaper
 from query_api.view_models import row_model
 from query_api.view_routes import view_router
+from query_api.views import iso
 from tests.support.counter import COUNTER, COUNTERS, counter_steps
 
 metadata = MetaData()
@@ -74,7 +77,8 @@ def test_rows_become_json_typed_values() -> None:
         "gold",
         None,
     )
-    assert row_shaper(list(kinds.columns))(row) == {
+    # What a view sends: the shaped row as the JSON encoder writes it.
+    assert sent(row_shaper(list(kinds.columns))(row)) == {
         "id": "k1",
         "version": 3,
         "big": 2**40,
@@ -92,7 +96,14 @@ def test_rows_become_json_typed_values() -> None:
     }
     # SQLite hands back naive timestamps, stored in UTC.
     naive = row_shaper([kinds.c.at])((dt.datetime(2026, 1, 2, 3, 4, 5),))
-    assert naive == {"at": "2026-01-02T03:04:05+00:00"}
+    assert sent(naive) == {"at": "2026-01-02T03:04:05+00:00"}
+    # The text is exactly `iso`'s, microseconds included.
+    for at in (dt.datetime(2026, 1, 2, 3, 4, 5, 60, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, 3, 4, 5, 123000)):
+        assert sent(row_shaper([kinds.c.at])((at,))) == {"at": iso(at)}
+
+
+def sent(shaped: dict[str, object]) -> object:
+    return orjson.loads(jsonutil.dumps(shaped))
 
 
 def test_the_response_schema_types_each_column() -> None:
