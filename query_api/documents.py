@@ -18,7 +18,7 @@ from sqlalchemy import Column, Select, Table, and_, bindparam, select
 from eventfold.problems import Problem
 from eventfold.projection import Projection
 from query_api.columns import row_shaper
-from query_api.views import Reads
+from query_api.views import Reads, utc
 
 Page = tuple[list[dict[str, Any]], bool]  # the rows, and whether more follow
 
@@ -82,9 +82,7 @@ def refuse_unknown_filters(docs: DocumentTable, names: Iterable[str]) -> None:
 
 def _bindable(value: Any) -> Any:
     """A filter value as stored: timestamps are kept in UTC (naive ones already are)."""
-    if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-    return value
+    return utc(value) if isinstance(value, dt.datetime) else value
 
 
 async def get_document(reads: Reads, docs: DocumentTable, doc_id: str) -> dict[str, Any] | None:

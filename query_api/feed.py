@@ -46,7 +46,7 @@ from projector.store import OFFSETS_CHANNEL
 from projector.tables import projection_status, view_change_horizons, view_changes
 from query_api.documents import DocumentTable
 from query_api.listen import listen_forever, wait_event
-from query_api.views import Reads
+from query_api.views import Reads, utc
 
 log = structlog.get_logger("eventfold.query")
 
@@ -166,9 +166,7 @@ def matches(doc: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
 
 
 def _comparable(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-    return value
+    return utc(value) if isinstance(value, dt.datetime) else value
 
 
 class ProjectionFeed:

@@ -68,12 +68,19 @@ class Reads:
         await self.engine.dispose()
 
 
+def utc(value: datetime) -> datetime:
+    """The same instant in UTC; SQLite hands back naive datetimes that are UTC by construction.
+
+    PostgreSQL's driver already hands back UTC, which is returned as it is.
+    """
+    if value.tzinfo is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def iso(value: datetime | None) -> str | None:
-    """UTC ISO 8601; SQLite hands back naive datetimes that are UTC by construction."""
-    if value is None:
-        return None
-    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return aware.isoformat()
+    """UTC ISO 8601."""
+    return None if value is None else utc(value).isoformat()
 
 
 async def projection_rows(engine: AsyncEngine, names: list[str]) -> dict[str, dict[str, Any]]:
