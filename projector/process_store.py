@@ -15,13 +15,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
 from eventfold.process import Dispatch, ProcessManager, Step
+from projector.store import upsert
 from projector.tables import process_instances
 
 ACTIVE, DONE, STUCK = "active", "done", "stuck"
@@ -101,11 +101,17 @@ async def load_instances(
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    c = process_instances.c
-    stmt = select(process_instances).where(c.process == pm.name, c.instance.in_(wanted))
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.order_by(c.instance).with_for_update()
-    return {r.instance: _instance(pm, aggregates, r) for r in await conn.execute(stmt)}
+    stmt = _LOAD_HELD if conn.dialect.name == "postgresql" else _LOAD
+    rows = await conn.execute(stmt, {"p_process": pm.name, "p_ids": wanted})
+    return {r.instance: _instance(pm, aggregates, r) for r in rows}
+
+
+# Run for every batch and every command sent: built once, values bound at execution.
+_LOAD = select(process_instances).where(
+    process_instances.c.process == bindparam("p_process"),
+    process_instances.c.instance.in_(bindparam("p_ids", expanding=True)),
+)
+_LOAD_HELD = _LOAD.order_by(process_instances.c.instance).with_for_update()
 
 
 async def with_pending(conn: AsyncConnection, process: str) -> list[str]:
@@ -142,11 +148,9 @@ async def save_instances(conn: AsyncConnection, process: str, instances: Iterabl
     ]
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    ins = dialect.insert(process_instances)
     keys = ("process", "instance")
-    sets = {k: ins.excluded[k] for k in rows[0] if k not in keys}
-    await conn.execute(ins.on_conflict_do_update(index_elements=list(keys), set_=sets), rows)
+    sets = [k for k in rows[0] if k not in keys]
+    await conn.execute(upsert(conn, process_instances, keys, sets), rows)
 
 
 async def instance_counts(conn: AsyncConnection, processes: Sequence[str]) -> dict[str, dict[str, int]]:

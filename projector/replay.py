@@ -396,7 +396,6 @@ async def replay_write_side(
 
 
 async def _write_heads(engine: AsyncEngine, stream_type: str, states: dict[str, tuple[int, Any]]) -> int:
-    from sqlalchemy.dialects import postgresql, sqlite
 
     now = time.time()
     rows = [
@@ -412,15 +411,8 @@ async def _write_heads(engine: AsyncEngine, stream_type: str, states: dict[str, 
     if not rows:
         return 0
     async with engine.begin() as conn:
-        ins = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(streams)
-        stmt = ins.on_conflict_do_update(
-            index_elements=[streams.c.stream_type, streams.c.stream_id],
-            set_={
-                "version": ins.excluded.version,
-                "state": ins.excluded.state,
-                "updated_at": ins.excluded.updated_at,
-            },
-            where=streams.c.version < ins.excluded.version,
+        stmt = store.upsert(
+            conn, streams, ["stream_type", "stream_id"], ["version", "state", "updated_at"], newer="version"
         )
         for start in range(0, len(rows), 1000):
             await conn.execute(stmt, rows[start : start + 1000])

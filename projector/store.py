@@ -6,12 +6,13 @@ table), with the dialect's own upsert so PostgreSQL and SQLite behave alike.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, text, update
+from sqlalchemy import Float, Table, bindparam, delete, func, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -28,6 +29,7 @@ from projector.tables import (
 )
 
 TopicPartitionKey = tuple[str, int]
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]  # quoting and type names only
 _CHUNK = 1000
 LIVE, REBUILDING, FAILED = "live", "rebuilding", "failed"
 # A blue/green rebuild is handing over (projector/rebuild.py): live batches wait.
@@ -71,6 +73,30 @@ def _insert(conn: AsyncConnection, table: Table) -> Any:
     return dialect.insert(table)
 
 
+def upsert(
+    conn: AsyncConnection, table: Table, keys: Sequence[str], sets: Sequence[str], newer: str = ""
+) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET each of `sets` to the new row's value.
+
+    With `newer`, a stored row is only overwritten by one whose `newer` column
+    is greater (a version, an offset). Built once per table and shape: each
+    build makes an `excluded` alias of the table, a web of reference cycles
+    that only the cyclic garbage collector frees, and built per batch that
+    garbage kept a long-running projector's memory growing.
+    """
+    return _upsert(conn.dialect.name, table, tuple(keys), tuple(sets), newer)
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert(dialect: str, table: Table, keys: tuple[str, ...], sets: tuple[str, ...], newer: str) -> Any:
+    ins = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    return ins.on_conflict_do_update(
+        index_elements=[table.c[k] for k in keys],
+        set_={c: ins.excluded[c] for c in sets},
+        where=table.c[newer] < ins.excluded[newer] if newer else None,
+    )
+
+
 async def lock_state(conn: AsyncConnection, projection: str, *, shared: bool = False) -> str | None:
     """Read the projection's state, holding its status row until commit.
 
@@ -79,10 +105,13 @@ async def lock_state(conn: AsyncConnection, projection: str, *, shared: bool = F
     same from BEGIN IMMEDIATE, which serialises writers. A `shared` hold
     (FOR SHARE) still excludes the switch but not other shared holders.
     """
-    stmt = select(projection_status.c.state).where(projection_status.c.projection == projection)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(read=shared)
-    return (await conn.execute(stmt)).scalar_one_or_none()
+    stmt = _STATE_HELD[shared] if conn.dialect.name == "postgresql" else _STATE
+    return (await conn.execute(stmt, {"p_projection": projection})).scalar_one_or_none()
+
+
+# Statements run on every batch are built once, with their values bound at execution.
+_STATE = select(projection_status.c.state).where(projection_status.c.projection == bindparam("p_projection"))
+_STATE_HELD = {False: _STATE.with_for_update(), True: _STATE.with_for_update(read=True)}
 
 
 async def load_docs(conn: AsyncConnection, table: Table, ids: Sequence[str]) -> dict[str, Doc]:
@@ -110,17 +139,22 @@ def _unnest_insert(conn: AsyncConnection, table: Table, rows: list[dict[str, Any
     batch size, so asyncpg prepares it once, and sends the rows in one go:
     several times faster than an executemany of a VALUES insert.
     """
-    prep = conn.dialect.identifier_preparer
-    names = [c.name for c in table.c if c.name in rows[0]]
+    names = tuple(c.name for c in table.c if c.name in rows[0])
+    params = {f"p{i}": [r.get(n) for r in rows] for i, n in enumerate(names)}
+    return conn.execute(_unnest_sql(table, names, tail), params)
+
+
+@functools.lru_cache(maxsize=256)
+def _unnest_sql(table: Table, names: tuple[str, ...], tail: str) -> Any:
+    """The statement's text, built once per table and column set: it is the same for every batch."""
+    prep = _POSTGRESQL.identifier_preparer
     arrays = ", ".join(
-        f"CAST(:p{i} AS {table.c[n].type.compile(dialect=conn.dialect)}[])" for i, n in enumerate(names)
+        f"CAST(:p{i} AS {table.c[n].type.compile(dialect=_POSTGRESQL)}[])" for i, n in enumerate(names)
     )
-    sql = (
+    return text(
         f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(n) for n in names)}) "
         f"SELECT * FROM unnest({arrays}) {tail}"
     )
-    params = {f"p{i}": [r.get(n) for r in rows] for i, n in enumerate(names)}
-    return conn.execute(text(sql), params)
 
 
 async def upsert_docs(conn: AsyncConnection, table: Table, docs: Iterable[Doc]) -> None:
@@ -129,24 +163,19 @@ async def upsert_docs(conn: AsyncConnection, table: Table, docs: Iterable[Doc]) 
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        prep = conn.dialect.identifier_preparer
-        sets = ", ".join(
-            f"{prep.quote(c.name)} = EXCLUDED.{prep.quote(c.name)}" for c in table.c if c.name != "id"
-        )
-        tail = (
-            f"ON CONFLICT (id) DO UPDATE SET {sets} "
-            f"WHERE {prep.format_table(table)}.version < EXCLUDED.version"
-        )
-        await _unnest_insert(conn, table, rows, tail)
+        await _unnest_insert(conn, table, rows, _newer_docs_win(table))
         return
-    ins = _insert(conn, table)
     cols = [c.name for c in table.c if c.name != "id"]
-    stmt = ins.on_conflict_do_update(
-        index_elements=[table.c.id],
-        set_={c: ins.excluded[c] for c in cols},
-        where=table.c.version < ins.excluded.version,
-    )
-    await conn.execute(stmt, rows)
+    await conn.execute(upsert(conn, table, ["id"], cols, newer="version"), rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _newer_docs_win(table: Table) -> str:
+    prep = _POSTGRESQL.identifier_preparer
+    names = [c.name for c in table.c if c.name != "id"]
+    sets = ", ".join(f"{prep.quote(n)} = EXCLUDED.{prep.quote(n)}" for n in names)
+    newer = f"{prep.format_table(table)}.version < EXCLUDED.version"
+    return f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {newer}"
 
 
 async def append_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -197,12 +226,12 @@ async def save_offsets(
     if not offsets:
         return
     now = time.time()
-    ins = _insert(conn, projection_offsets)
-    c = projection_offsets.c
-    stmt = ins.on_conflict_do_update(
-        index_elements=[c.projection, c.topic, c.partition],
-        set_={"next_offset": ins.excluded.next_offset, "updated_at": ins.excluded.updated_at},
-        where=c.next_offset < ins.excluded.next_offset,
+    stmt = upsert(
+        conn,
+        projection_offsets,
+        ["projection", "topic", "partition"],
+        ["next_offset", "updated_at"],
+        newer="next_offset",
     )
     rows = [
         {"projection": projection, "topic": t, "partition": p, "next_offset": o, "updated_at": now}
@@ -226,22 +255,27 @@ async def stored_offsets_total(engine: AsyncEngine, projection: str, topic: str)
 async def count_applied(
     conn: AsyncConnection, projection: str, applied: int, last_event_at: datetime | None, state: str
 ) -> None:
+    stmt = _count_applied(conn.dialect.name, last_event_at is not None)
+    params = {"p_projection": projection, "p_applied": applied, "p_now": time.time(), "p_state": state}
+    if last_event_at is not None:
+        params["p_last"] = last_event_at.timestamp()
+    await conn.execute(stmt, params)
+
+
+@functools.lru_cache(maxsize=4)
+def _count_applied(dialect: str, with_last: bool) -> Any:
     c = projection_status.c
     values: dict[str, Any] = {
-        "events_applied": c.events_applied + applied,
-        "updated_at": time.time(),
-        "state": state,
+        "events_applied": c.events_applied + bindparam("p_applied"),
+        "updated_at": bindparam("p_now"),
+        "state": bindparam("p_state"),
         "detail": None,
     }
-    if last_event_at is not None:
-        ts = last_event_at.timestamp()
-        values["last_event_at"] = func.coalesce(
-            func.max(c.last_event_at, ts)
-            if conn.dialect.name == "sqlite"
-            else func.greatest(c.last_event_at, ts),
-            ts,
-        )
-    await conn.execute(update(projection_status).where(c.projection == projection).values(**values))
+    if with_last:
+        ts = bindparam("p_last", type_=Float)
+        latest = func.max if dialect == "sqlite" else func.greatest
+        values["last_event_at"] = func.coalesce(latest(c.last_event_at, ts), ts)
+    return update(projection_status).where(c.projection == bindparam("p_projection")).values(**values)
 
 
 async def ensure_status(engine: AsyncEngine, projection: Projection) -> None:
@@ -392,9 +426,8 @@ async def prune_changes(engine: AsyncEngine, projection: str, older_than: float)
         if through is None:
             return 0
         done = await conn.execute(delete(view_changes).where(c.projection == projection, c.seq <= through))
-        ins = _insert(conn, view_change_horizons)
         await conn.execute(
-            ins.on_conflict_do_update(index_elements=["projection"], set_={"seq": ins.excluded.seq}),
+            upsert(conn, view_change_horizons, ["projection"], ["seq"]),
             {"projection": projection, "seq": int(through)},
         )
     return int(done.rowcount or 0)
