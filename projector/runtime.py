@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from eventfold.kafka import create_topics, dlq_topic, new_consumer, new_producer
+from eventfold.kafka import create_topics, dlq_topic, fetch, new_consumer, new_producer
 from eventfold.observability import EVENTS_APPLIED, PARTITION_LAG, PROJECTOR_BATCH, PROJECTOR_BATCH_SECONDS
 from eventfold.projection import Projection
 from eventfold.settings import Settings
@@ -256,6 +256,7 @@ class ProjectorRuntime:
         cfg = self.settings.projector
         sink = DeadLetterSink(self.producer)
         failing = 0
+        what = f"projection={self.projection.name}"
         # A batch fetched and decoded while the previous one was being written:
         # (generation at fetch, the fetch, decoded records by id).
         ahead: tuple[int, dict[TopicPartition, list[Any]], dict[int, Decoded | Failure]] | None = None
@@ -265,9 +266,13 @@ class ProjectorRuntime:
                 continue
             if ahead is None:
                 generation = self.generation
-                batch = await self.consumer.getmany(
-                    timeout_ms=cfg.projector_poll_ms, max_records=cfg.projector_batch_max
-                )
+                poll, limit = cfg.projector_poll_ms, cfg.projector_batch_max
+                fetched = await fetch(self.consumer, timeout_ms=poll, max_records=limit, what=what)
+                if fetched is None:  # the consumer failed on the way to a broker
+                    self.needs_seek = True
+                    await _sleep_unless(stop, 0.5)
+                    continue
+                batch = fetched
                 decoded: dict[int, Decoded | Failure] = {}
             else:
                 generation, batch, decoded = ahead
@@ -289,12 +294,17 @@ class ProjectorRuntime:
             # the same contiguity and generation checks when its turn comes.
             next_generation = self.generation
             try:
-                upcoming = await self.consumer.getmany(timeout_ms=0, max_records=cfg.projector_batch_max)
+                prefetched = await fetch(
+                    self.consumer, timeout_ms=0, max_records=cfg.projector_batch_max, what=what
+                )
             except BaseException:
                 # Never leave a write running unowned; a cancelled transaction
                 # commits nothing, and its records are read again after a seek.
                 writing.cancel()
                 raise
+            if prefetched is None:  # finish this batch, then read on from the stored offsets
+                self.needs_seek = True
+            upcoming = prefetched or {}
             upcoming_decoded = {id(r): decode(self.projection, r) for msgs in upcoming.values() for r in msgs}
             try:
                 result = await writing
