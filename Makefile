@@ -52,9 +52,9 @@ bench: install postgres ## full benchmark (several minutes); figures in bench/re
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
-bench-quick: install postgres ## the short benchmark CI runs (under 2 minutes)
+bench-quick: install postgres ## the short benchmark CI runs: one run per figure, a few minutes
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench --quick --runs 1
 
 chaos: install postgres ## ten minutes of faults under load, then the oracle (0 violations or exit 1)
 	$(BIN)/python -m chaos --duration 600
