@@ -396,7 +396,6 @@ async def replay_write_side(
 
 
 async def _write_heads(engine: AsyncEngine, stream_type: str, states: dict[str, tuple[int, Any]]) -> int:
-
     now = time.time()
     rows = [
         {
