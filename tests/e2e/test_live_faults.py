@@ -33,7 +33,10 @@ async def _next_change(live: Any, timeout: float = 60) -> LiveChange:
 async def test_no_change_is_lost_or_repeated_when_the_projector_or_a_query_api_dies(
     make_settings: Any, own_pg: DatabaseSettings, tmp_path: Path
 ) -> None:
-    settings: Settings = make_settings(own_pg)
+    # The first command goes to topics made moments before, while four service
+    # processes start on the same machine: its acknowledgement can take longer
+    # than the suite's 3 s publish timeout, and this test is about live changes.
+    settings: Settings = make_settings(own_pg, kafka={"publish_timeout_s": 15.0})
     commands = await started(settings, "command-api", log=tmp_path / "command-api.log")
     query_a = await started(settings, "query-api", log=tmp_path / "query-a.log")
     query_b = await started(settings, "query-api", log=tmp_path / "query-b.log")
