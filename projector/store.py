@@ -413,7 +413,10 @@ async def record_changes(conn: AsyncConnection, projection: str, folded: Folded)
         }
         for doc_id, (topic, partition, offset) in sorted(folded.positions.items(), key=lambda kv: kv[1])
     ]
-    await conn.execute(view_changes.insert(), rows)
+    if conn.dialect.name == "postgresql":
+        await _unnest_insert(conn, view_changes, rows, "")
+    else:
+        await conn.execute(view_changes.insert(), rows)
 
 
 async def prune_changes(engine: AsyncEngine, projection: str, older_than: float) -> int:
