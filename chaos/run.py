@@ -211,7 +211,39 @@ async def _transfers_ended(engine: AsyncEngine, driver: Driver, timeout_s: float
             )
             return wanted <= {r[0] for r in rows}
 
-    await _until(ended, timeout_s, f"the {len(wanted)} transfers to end")
+    try:
+        await _until(ended, timeout_s, f"the {len(wanted)} transfers to end")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; {await _saga_state(engine, wanted)}") from None
+
+
+def _instance(transfer: str, row: Any) -> str:
+    if row is None:
+        return f"{transfer}: no instance"
+    due = "no deadline" if row.deadline is None else f"deadline in {row.deadline - time.time():.0f}s"
+    return f"{transfer}: {row.status}, {due}, pending {row.pending[:200]}"
+
+
+async def _saga_state(engine: AsyncEngine, wanted: set[str]) -> str:
+    """Where the transfers that did not end are: their instances, the outbox, the saga's offsets."""
+    c, o = process_instances.c, projection_offsets.c
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(c.instance, c.status, c.pending, c.deadline).where(c.process == "transfers")
+        )
+        instances = {r.instance: r for r in rows}
+        waiting = int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
+        offsets = (
+            await conn.execute(
+                select(o.topic, o.partition, o.next_offset).where(o.projection == "process:transfers")
+            )
+        ).all()
+    open_ = sorted(t for t in wanted if t not in instances or instances[t].status not in ("done", "stuck"))
+    described = [_instance(t, instances.get(t)) for t in open_[:10]]
+    return (
+        f"{len(open_)} not ended ({'; '.join(described)}); outbox rows {waiting}; "
+        f"saga offsets {sorted((t, p, n) for t, p, n in offsets)}"
+    )
 
 
 async def _drain(engine: AsyncEngine, settings: Any, timeout_s: float) -> TopicSnapshot:
