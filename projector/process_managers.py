@@ -123,8 +123,15 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         rt = self.runtime
         async with rt.lock:
             rt.generation += 1
-            positions = await seek_to_stored(rt.consumer, rt.engine, rt.pm.offsets_key, list(assigned))
-            rt.expected.update({tp: (o, True) for tp, o in positions.items()})
+            try:
+                positions = await seek_to_stored(rt.consumer, rt.engine, rt.pm.offsets_key, list(assigned))
+            except Exception as exc:
+                # The consume loop seeks before its next batch instead: records
+                # fetched from wherever the consumer stands are never applied.
+                log.warning("process=%s cannot load stored offsets on assignment: %r", rt.pm.name, exc)
+                rt.needs_seek = True
+            else:
+                rt.expected.update({tp: (o, True) for tp, o in positions.items()})
         log.info("process=%s assigned=%s", rt.pm.name, sorted((tp.topic, tp.partition) for tp in assigned))
 
 
@@ -158,6 +165,7 @@ class ProcessManagerRuntime:
         )
         self.lock = asyncio.Lock()
         self.generation = 0
+        self.needs_seek = False  # an assignment could not seek to the stored offsets
         self.expected: dict[TopicPartition, tuple[int, bool]] = {}
         # The correlation id of the event behind each instance's latest step, for the commands it sends.
         self._correlation: dict[str, str | None] = {}
@@ -203,7 +211,7 @@ class ProcessManagerRuntime:
         seek = False
         while not stop.is_set():
             try:
-                if seek:
+                if seek or self.needs_seek:
                     await self._reseek()
                     seek = False
                 seek = await self._consume_batch()
@@ -238,12 +246,13 @@ class ProcessManagerRuntime:
             positions = await seek_to_stored(self.consumer, self.engine, self.pm.offsets_key, assigned)
             self.expected.update({tp: (o, True) for tp, o in positions.items()})
             self.generation += 1
+            self.needs_seek = False
 
     async def _apply(self, items: Sequence[Decoded | Failure], generation: int) -> list[str] | None:
         """Fold one batch into its instances and store them with the offsets; None if a seek intervened."""
         pm = self.pm
         async with self.lock:
-            if generation != self.generation:
+            if generation != self.generation or self.needs_seek:
                 return None
             events: list[tuple[str, Decoded]] = []
             for item in items:
@@ -266,6 +275,10 @@ class ProcessManagerRuntime:
                 changed: dict[str, ps.Instance] = {}
                 for iid, item in events:
                     current = changed.get(iid) or loaded.get(iid) or ps.Instance(iid, pm.initial)
+                    if current.status == ps.DONE:
+                        # Ended for good: a late or repeated event (publishing is
+                        # at least once) must not bring it back without a deadline.
+                        continue
                     if current.status == ps.STUCK:
                         log.warning(
                             "process=%s instance=%s is stuck; %s not handled",

@@ -14,9 +14,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka import TopicPartition
+from sqlalchemy import select
+
 from command_api.bootstrap import command_side
+from eventfold.broker import free_port
 from eventfold.db import create_engine
-from eventfold.kafka import create_topics
+from eventfold.kafka import create_topics, new_producer
 from eventfold.process import Dispatch
 from eventfold.settings import DatabaseSettings, Settings
 from eventfold.tasks import cancel_and_wait
@@ -24,8 +28,9 @@ from examples.bank import app as bank
 from examples.bank.contracts import CloseAccount, Deposit, OpenAccount
 from examples.bank.transfer import RequestTransfer
 from examples.bank.transfer_process import transfer_process
-from projector.process_managers import ProcessManagerRuntime, Sender, Sent, command_sender
+from projector.process_managers import ProcessManagerRuntime, Sender, Sent, _SeekOnAssign, command_sender
 from projector.process_store import list_instances
+from projector.tables import projection_offsets
 from query_api.status import process_manager_report
 from query_api.watermarks import WatermarkCache
 from schemas.mapper import decode_value
@@ -168,3 +173,96 @@ async def test_a_refusal_the_saga_does_not_handle_leaves_the_instance_stuck_and_
         assert {p["topic"] for p in report["partitions"]} == set(saga.topics(settings.kafka))
 
     await _with_runtime(settings, close_the_source_before_the_refund, body)
+
+
+async def test_an_assignment_that_cannot_read_the_stored_offsets_applies_nothing_until_a_seek(
+    make_settings: Any,
+) -> None:
+    """The database is down while partitions are assigned: the batch fetched next is not applied.
+
+    Records fetched from wherever the consumer stands (not the stored
+    offsets) would be applied out of place; the runtime drops them and seeks.
+    """
+    settings = make_settings()
+    engine = create_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing_listens_here")
+
+    async def never(key: str, dispatch: Dispatch, correlation_id: str | None) -> Sent:
+        raise AssertionError("nothing may be sent")
+
+    runtime = ProcessManagerRuntime(settings, transfer_process(), engine, bank.write_side(), never)
+    try:
+        tp = TopicPartition(settings.kafka.topic("transfer"), 0)
+        await _SeekOnAssign(runtime).on_partitions_assigned([tp])
+        assert runtime.needs_seek
+        assert tp not in runtime.expected
+        assert await runtime._apply([], runtime.generation) is None
+    finally:
+        await runtime.consumer.stop()
+        await engine.dispose()
+
+
+async def test_an_event_delivered_again_after_the_transfer_ended_leaves_it_done(
+    make_settings: Any, own_pg: DatabaseSettings
+) -> None:
+    """A publisher that lost an acknowledgement publishes the event again: the topic holds it twice.
+
+    The repeat of the request that started an ended transfer must not bring
+    its instance back to `active` (with no deadline and nothing to send, it
+    would never end again), nor start the transfer over.
+    """
+    settings = make_settings(own_pg)
+    source, target, tid = uid("acc"), uid("acc"), uid("t")
+    topic = settings.kafka.topic("transfer")
+
+    async def body(real: Sender) -> None:
+        for account in (source, target):
+            await _send(real, "account", account, OpenAccount(owner="o"))
+        await _send(real, "account", source, Deposit(amount=50))
+        await _send(real, "transfer", tid, RequestTransfer(source=source, target=target, amount=20))
+
+        async def done() -> list[dict[str, Any]]:
+            return [i for i in await _instances(settings, "done") if i["instance"] == tid]
+
+        await wait_until(done, timeout=60, what="the transfer to end")
+        [request] = [
+            r
+            for r in await read_topic(settings.kafka, topic)
+            if decode_value(r.value).type == "TransferRequested"
+        ]
+        producer = new_producer(settings.kafka)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(
+                topic,
+                request.value,
+                key=request.key,
+                partition=request.partition,
+                headers=list(request.headers.items()),
+            )
+        finally:
+            await producer.stop()
+
+        async def read_past_the_repeat() -> bool:
+            engine = create_engine(settings.db.read_db_url, writer=False)
+            try:
+                async with engine.connect() as conn:
+                    c = projection_offsets.c
+                    stored = await conn.scalar(
+                        select(c.next_offset).where(
+                            c.projection == "process:transfers",
+                            c.topic == topic,
+                            c.partition == sent.partition,
+                        )
+                    )
+            finally:
+                await engine.dispose()
+            return stored is not None and stored > sent.offset
+
+        await wait_until(read_past_the_repeat, timeout=30, what="the saga to read the repeated request")
+        [instance] = await _instances(settings)
+        assert (instance["instance"], instance["status"]) == (tid, "done")
+        assert instance["state"]["phase"] == "ended" and not instance["pending"]
+        moves = await _moves(settings)
+        assert moves[(source, "Withdrawn", tid)] == 1 and moves[(target, "Deposited", tid)] == 1
+
+    await _with_runtime(settings, lambda real, _: real, body)
