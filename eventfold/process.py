@@ -44,7 +44,9 @@ class Step(Generic[S]):
 
     `deadline` is when `on_deadline` is due, None for no deadline: a step that
     keeps waiting returns the deadline again (keep it in the state). `done`
-    ends the instance: it is kept, listed, and its deadline never fires.
+    ends the instance for good: it is kept and listed, its deadline never
+    fires, and events correlated to it later (a repeat, a late movement) are
+    not handed to `handle`. Its commands not yet sent are still sent.
     """
 
     state: S

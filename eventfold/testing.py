@@ -529,7 +529,8 @@ def process(pm: ProcessManager[P]) -> ProcessRun[P]:
     Each step is taken as the runtime takes it: the state is reloaded from its
     stored JSON first, every event must be one of the contracts' events (its
     stream type is the contract declaring it), and an event that correlates
-    to another instance (or to none) leaves this one as it was (`ignored`).
+    to another instance (or to none), or that comes after the instance is
+    done or stuck, leaves it as it was (`ignored`), as the runtime does.
     """
     return ProcessRun(pm, None, pm.initial, (), None, False, None, False, {})
 
@@ -572,7 +573,7 @@ class ProcessRun(Generic[P]):
         )
         meta = EnvelopeMeta.model_validate(env.model_dump(exclude={"data"}))
         iid = self.pm.correlate(meta, event)
-        if iid is None or (self.instance is not None and iid != self.instance) or self.stuck:
+        if iid is None or (self.instance is not None and iid != self.instance) or self.stuck or self.done:
             return dataclasses.replace(self, commands=(), ignored=True, versions=versions)
         step = self.pm.handle(self._stored_state(), meta, event)
         if self.instance is None and self.pm.untouched(step):

@@ -96,8 +96,8 @@ def transfer_process(deadline_s: float = DEFAULT_DEADLINE_S) -> ProcessManager[T
         tid = correlate(env, event)
         assert tid is not None
         if isinstance(event, TransferRequested):
-            if state.phase is not Phase.NEW:
-                return Step(state, deadline=state.deadline)
+            if state.phase is not Phase.NEW:  # delivered again: the transfer is under way or over
+                return Step(state, deadline=state.deadline, done=state.phase is Phase.ENDED)
             deadline = env.occurred_at + timedelta(seconds=deadline_s)
             new = TransferProcess(
                 phase=Phase.WITHDRAWING,
