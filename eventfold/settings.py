@@ -146,9 +146,10 @@ class ProjectorSettings(BaseSettings):
     projector_poll_ms: int = Field(default=200, ge=1)
     projector_session_timeout_ms: int = Field(default=10_000, ge=1000)
     projector_heartbeat_ms: int = Field(default=1_000, ge=100)
-    # After a stop signal, how long the projector waits for its batches to be
-    # finished and committed before it cancels what is still running (a
-    # group join the broker never answers would otherwise keep it alive).
+    # After a stop signal, how long the projector (and the reactors and
+    # process managers) wait for their batches and handlers to finish and
+    # commit before they cancel what is still running (a group join the
+    # broker never answers would otherwise keep the process alive).
     projector_stop_grace_s: float = Field(default=15.0, gt=0)
     # 0: no HTTP port. Otherwise /healthz, /readyz and /metrics on host:port.
     projector_metrics_port: int = Field(default=0, ge=0, le=65535)

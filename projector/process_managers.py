@@ -43,7 +43,7 @@ from eventfold.aggregate import Aggregates
 from eventfold.kafka import EFFECT_FETCH, create_topics, new_consumer
 from eventfold.process import Dispatch, ProcessManager, Refusal, Step
 from eventfold.settings import Settings
-from eventfold.tasks import cancel_and_wait
+from eventfold.tasks import cancel_and_wait, run_until_stopped
 from projector import process_store as ps
 from projector import store
 from projector.apply import next_offsets
@@ -432,7 +432,8 @@ async def run_process_managers(
             send = command_sender(side.service)
             runtimes = [ProcessManagerRuntime(settings, m, engine, aggregates, send) for m in managers]
             consumers = {f"process:{rt.pm.name}": rt.consumer for rt in runtimes}
-            health = health_port(settings, engine, consumers, stop, "process-managers")
-            await asyncio.gather(*(rt.run(stop) for rt in runtimes), *health)
+            work = [asyncio.create_task(rt.run(stop), name=f"process-{rt.pm.name}") for rt in runtimes]
+            work += health_port(settings, engine, consumers, stop, "process-managers")
+            await run_until_stopped(work, stop, settings.projector.projector_stop_grace_s)
     finally:
         await engine.dispose()

@@ -51,7 +51,7 @@ from eventfold.kafka import (
 )
 from eventfold.reaction import Reactor, backoff_delay
 from eventfold.settings import KafkaSettings, Settings
-from eventfold.tasks import cancel_and_wait
+from eventfold.tasks import cancel_and_wait, run_until_stopped
 from projector import store
 from projector.batch import Decoded, Failure, contiguous, decode_as, failed
 from projector.deadletter import DeadLetterSink
@@ -505,7 +505,8 @@ async def run_reactors(settings: Settings, reactors: Sequence[Reactor], stop: as
 
         runtimes = [ReactorRuntime(settings, r, engine) for r in reactors]
         consumers = {f"reactor:{rt.reactor.name}": rt.consumer for rt in runtimes}
-        health = health_port(settings, engine, consumers, stop, "reactors")
-        await asyncio.gather(*(rt.run(stop) for rt in runtimes), *health)
+        work = [asyncio.create_task(rt.run(stop), name=f"reactor-{rt.reactor.name}") for rt in runtimes]
+        work += health_port(settings, engine, consumers, stop, "reactors")
+        await run_until_stopped(work, stop, settings.projector.projector_stop_grace_s)
     finally:
         await engine.dispose()
