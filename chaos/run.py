@@ -194,9 +194,13 @@ async def _until(check: Any, timeout_s: float, what: str) -> Any:
     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
-async def _outbox_empty(engine: AsyncEngine) -> bool:
+async def _outbox_rows(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one()) == 0
+        return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
+
+
+async def _outbox_empty(engine: AsyncEngine) -> bool:
+    return await _outbox_rows(engine) == 0
 
 
 async def _transfers_ended(engine: AsyncEngine, driver: Driver, timeout_s: float) -> None:
@@ -232,12 +236,12 @@ async def _saga_state(engine: AsyncEngine, wanted: set[str]) -> str:
             select(c.instance, c.status, c.pending, c.deadline).where(c.process == "transfers")
         )
         instances = {r.instance: r for r in rows}
-        waiting = int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
         offsets = (
             await conn.execute(
                 select(o.topic, o.partition, o.next_offset).where(o.projection == "process:transfers")
             )
         ).all()
+    waiting = await _outbox_rows(engine)
     open_ = sorted(t for t in wanted if t not in instances or instances[t].status not in ("done", "stuck"))
     described = [_instance(t, instances.get(t)) for t in open_[:10]]
     return (

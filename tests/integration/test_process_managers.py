@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import TopicPartition
-from sqlalchemy import select
 
 from command_api.bootstrap import command_side
 from eventfold.broker import free_port
@@ -30,11 +29,11 @@ from examples.bank.transfer import RequestTransfer
 from examples.bank.transfer_process import transfer_process
 from projector.process_managers import ProcessManagerRuntime, Sender, Sent, _SeekOnAssign, command_sender
 from projector.process_store import list_instances
-from projector.tables import projection_offsets
 from query_api.status import process_manager_report
 from query_api.watermarks import WatermarkCache
 from schemas.mapper import decode_value
 from tests.helpers import read_topic, uid, wait_until
+from tests.support.projection import stored_offsets
 
 Run = Callable[[Sender], Awaitable[None]]
 
@@ -243,20 +242,8 @@ async def test_an_event_delivered_again_after_the_transfer_ended_leaves_it_done(
             await producer.stop()
 
         async def read_past_the_repeat() -> bool:
-            engine = create_engine(settings.db.read_db_url, writer=False)
-            try:
-                async with engine.connect() as conn:
-                    c = projection_offsets.c
-                    stored = await conn.scalar(
-                        select(c.next_offset).where(
-                            c.projection == "process:transfers",
-                            c.topic == topic,
-                            c.partition == sent.partition,
-                        )
-                    )
-            finally:
-                await engine.dispose()
-            return stored is not None and stored > sent.offset
+            stored = await stored_offsets(settings.db.read_db_url, "process:transfers")
+            return stored.get((topic, sent.partition), 0) > sent.offset
 
         await wait_until(read_past_the_repeat, timeout=30, what="the saga to read the repeated request")
         [instance] = await _instances(settings)
