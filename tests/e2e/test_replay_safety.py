@@ -155,8 +155,8 @@ async def test_interrupted_replay_restores_what_was_served(make_settings, own_db
     await _projected(settings, seed=32, accounts=100, per=30)
     url = own_db.read_db_url
     rows, bookkeeping = await checksum(url), await _bookkeeping(url)
-    # Small replay batches make the replay long enough to interrupt midway.
-    env = processes.settings_env(settings, projector_replay_batch_max=20)
+    # One-record replay batches make the replay long enough to interrupt midway.
+    env = processes.settings_env(settings, projector_replay_batch_max=1)
 
     code, err = await _interrupted_replay(settings, env, signal.SIGINT)
     assert code != 0, err
@@ -181,7 +181,7 @@ async def test_killed_replay_serves_the_old_rows_and_the_live_projector_takes_ov
     await _projected(settings, seed=34, accounts=100, per=30)
     url = own_db.read_db_url
     rows = await checksum(url)
-    env = processes.settings_env(settings, projector_replay_batch_max=20, projector_replay_lease_s=lease)
+    env = processes.settings_env(settings, projector_replay_batch_max=1, projector_replay_lease_s=lease)
 
     async with running_projector(settings, [ACCOUNTS]):
         code, err = await _interrupted_replay(settings, env, signal.SIGKILL)
@@ -196,6 +196,7 @@ async def test_killed_replay_serves_the_old_rows_and_the_live_projector_takes_ov
     assert await read_tables(url) == fold_accounts(records)
 
     # The next replay clears what the killed one left behind.
+    env = processes.settings_env(settings, projector_replay_lease_s=lease)
     done = await asyncio.to_thread(_eventfold, env, "replay", "accounts")
     assert done.returncode == 0, done.stdout + done.stderr
     assert await read_tables(url) == fold_accounts(records)
