@@ -126,7 +126,9 @@ class Child:
         return self.proc.poll() is None
 
     def peak_rss_mb(self) -> float | None:
-        return peak_rss_mb(self.pid)
+        """The largest peak of one process: the child, or one of its own (a service's members)."""
+        peaks = [p for p in map(peak_rss_mb, process_tree(self.pid)) if p is not None]
+        return max(peaks, default=None)
 
     def log_tail(self, lines: int = 25, chars: int = 3000) -> str:
         """The end of the child's log; long lines (SQL parameters) are cut."""

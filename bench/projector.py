@@ -185,23 +185,21 @@ async def catch_up_run(
     progress: Progress | None = None,
     partial_ok: bool = False,
     profile: dict[str, object] | None = None,
-    processes: int = 1,
+    processes: int | None = None,
 ) -> CatchUp:
     """One run: empty read store, start `eventfold serve projector`, wait, stop.
 
-    With `processes` > 1, that many projectors join one consumer group and
-    share the partitions, as more replicas of the service would. With
-    `profile` (a dict to fill), py-spy records the (first) projector for the run.
+    `processes` sets EVENTFOLD_PROJECTOR_PROCESSES, the members it runs in
+    one consumer group; None leaves its default. With `profile` (a dict to
+    fill), py-spy records the projector and its members for the run.
     """
     from bench.profile import Recording
 
     await env.truncate_all(read_url)
     service_env = env.service_env(prefix, write_url, read_url)
-    children = [
-        env.eventfold("projector" if n == 0 else f"projector-{n + 1}", ["serve", "projector"], service_env)
-        for n in range(processes)
-    ]
-    child = children[0]
+    if processes is not None:
+        service_env["EVENTFOLD_PROJECTOR_PROCESSES"] = str(processes)
+    child = env.eventfold("projector", ["serve", "projector"], service_env)
     rec = Recording(child.pid, "projector", int(timeout_s) + 30) if profile is not None else None
     try:
         return await wait_caught_up(
@@ -215,8 +213,7 @@ async def catch_up_run(
             partial_ok=partial_ok,
         )
     finally:
-        for one in children:
-            await env.stop_child(one)
+        await env.stop_child(child)
         if rec is not None and profile is not None:
             profile.update(await rec.finish())
 

@@ -303,7 +303,8 @@ class Cluster:
         self.services.append(Service("publisher", "publisher", env, self.workdir / "publisher.log"))
         for i in range(self.n_projectors):
             # INFO, so the assignments show in the log (and the log shows life).
-            penv = {**env, "EVENTFOLD_LOG_LEVEL": "INFO"}
+            # One process each: the faults kill, pause and stop the process that applies.
+            penv = {**env, "EVENTFOLD_LOG_LEVEL": "INFO", "EVENTFOLD_PROJECTOR_PROCESSES": "1"}
             self.services.append(
                 Service(f"projector-{i}", "projector", penv, self.workdir / f"projector-{i}.log")
             )

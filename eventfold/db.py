@@ -8,6 +8,7 @@ instead of failing at COMMIT.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,17 @@ def async_url(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def writer_processes(url: str, chosen: int) -> int:
+    """How many processes may write to the store at `url` side by side.
+
+    `chosen` (0: one per core, at most 4) on PostgreSQL; SQLite has one
+    writer, so there always one.
+    """
+    if is_sqlite(url):
+        return 1
+    return chosen or max(1, min(4, os.cpu_count() or 1))
 
 
 def create_engine(

@@ -143,6 +143,11 @@ class ProjectorSettings(BaseSettings):
     # of it); a claim older than this was left by a replay that died, and the
     # live projector takes the projection back.
     projector_replay_lease_s: float = Field(default=60.0, gt=0)
+    # Processes of `eventfold serve projector`, members of one consumer group
+    # that share the partitions (one Python process applies on one core).
+    # 0: one per core, at most 4, on PostgreSQL; SQLite has one writer, so
+    # there one. In a container with a CPU limit, set it to that limit.
+    projector_processes: int = Field(default=0, ge=0, le=64)
     projector_poll_ms: int = Field(default=200, ge=1)
     projector_session_timeout_ms: int = Field(default=10_000, ge=1000)
     projector_heartbeat_ms: int = Field(default=1_000, ge=100)

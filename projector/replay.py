@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -203,12 +202,9 @@ async def replay_partitions(
 
 def replay_workers(settings: Settings, wanted: int | None = None) -> int:
     """How many processes a replay uses: `wanted`, else the setting, else one per core (max 4)."""
-    from eventfold.db import is_sqlite
+    from eventfold.db import writer_processes
 
-    if is_sqlite(settings.db.read_db_url):
-        return 1
-    chosen = wanted or settings.projector.projector_replay_workers
-    return chosen or max(1, min(4, os.cpu_count() or 1))
+    return writer_processes(settings.db.read_db_url, wanted or settings.projector.projector_replay_workers)
 
 
 def replay_worker(

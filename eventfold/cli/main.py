@@ -271,6 +271,15 @@ def serve(
     projection: Annotated[
         str | None, typer.Option(help="projector only: run this projection (default: all).")
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="projector only: processes sharing the partitions in one consumer group "
+            "(default EVENTFOLD_PROJECTOR_PROCESSES: one per core, at most 4, on PostgreSQL; one on SQLite).",
+        ),
+    ] = None,
+    parent_fd: Annotated[int | None, typer.Option("--parent-fd", hidden=True)] = None,
 ) -> None:
     """Run one service in the foreground (what the container image runs)."""
     from eventfold.cli.serve import serve_one
@@ -282,9 +291,22 @@ def serve(
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "INFO"))
         from eventfold.runner import run_fast
 
-        run_fast(serve_one(get_settings(), served, service, host=host, port=port, projection=projection))
+        code = run_fast(
+            serve_one(
+                get_settings(),
+                served,
+                service,
+                host=host,
+                port=port,
+                projection=projection,
+                processes=processes,
+                parent_fd=parent_fd,
+            )
+        )
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()

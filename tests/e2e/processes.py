@@ -47,7 +47,9 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1", **self.extra_env}
+        # One projector process unless the test asks for more: signals reach the one that applies.
+        one = {"EVENTFOLD_PROJECTOR_PROCESSES": "1"}
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1", **one, **self.extra_env}
         if self.module:
             argv = [sys.executable, "-m", self.module, str(self.port)]
         else:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from eventfold.db import create_engine
 from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import DatabaseSettings
+from examples.bank.projection import ACCOUNTS
 from projector.tables import projection_status
 from tests.conftest import create_database, drop_database
 from tests.helpers import read_topic, wait_until
@@ -40,6 +41,13 @@ async def own_pg(pg_admin_url: str) -> AsyncIterator[DatabaseSettings]:
         yield DatabaseSettings(write_db_url=url, read_db_url=url)
     finally:
         await drop_database(pg_admin_url, url)
+
+
+async def _account_topic(settings: Any) -> str:
+    """The account topic and its dead-letter topic, created; the topic's name."""
+    topic = settings.kafka.topic("account")
+    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    return topic
 
 
 async def _applied(url: str) -> int:
@@ -87,8 +95,7 @@ async def test_projector_killed_five_times_applies_exactly_once(
     make_settings, own_pg: DatabaseSettings, tmp_path: Path
 ) -> None:
     settings = make_settings(own_pg)
-    topic = settings.kafka.topic("account")
-    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    topic = await _account_topic(settings)
     total = 10_000
     await produce_envelopes(settings.kafka, topic, account_events(500, total // 500, seed=11))
     env = processes.settings_env(
@@ -125,8 +132,7 @@ async def test_survivor_takes_over_when_one_of_two_projectors_dies(
     make_settings, own_pg: DatabaseSettings, tmp_path: Path
 ) -> None:
     settings = make_settings(own_pg)
-    topic = settings.kafka.topic("account")
-    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    topic = await _account_topic(settings)
     events = account_events(300, 10, seed=12)
     env = processes.settings_env(
         settings, projector_session_timeout_ms=4000, projector_batch_max=100, projector_poll_ms=50
@@ -159,8 +165,7 @@ async def test_members_joining_and_leaving_mid_backlog_crash_no_other(
 ) -> None:
     """A rebalance lands while a member writes a batch: it loses partitions mid-write and goes on."""
     settings = make_settings(own_pg)
-    topic = settings.kafka.topic("account")
-    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    topic = await _account_topic(settings)
     # Small batches over a backlog: a member is nearly always writing when a rebalance lands.
     total = 40_000
     await produce_envelopes(settings.kafka, topic, account_events(2_000, total // 2_000, seed=13))
@@ -208,3 +213,109 @@ def _assignments(log: Path) -> int:
 def _last_assignment(log: Path) -> int:
     lines = [x for x in log.read_text().splitlines() if "assigned=" in x] if log.exists() else []
     return lines[-1].count("events'") if lines else 0
+
+
+async def _group_members(settings: Any, group: str) -> tuple[str, int]:
+    """The consumer group's state and how many members it has, as the broker reports them."""
+    from eventfold.kafka import new_admin
+
+    admin = new_admin(settings.kafka)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        _error, _group, state, _protocol_type, _protocol, members, *_ = response.groups[0]
+        return state, len(members)
+    finally:
+        await admin.close()
+
+
+def _members_of(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux: /proc/<pid>/task/<pid>/children)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def _two_members(settings: Any, tmp_path: Path) -> tuple[Any, Path, list[int]]:
+    """`eventfold serve projector --processes 2`, once both members are in the group.
+
+    Returns the service's process, its log and the members' pids.
+    """
+    env = processes.settings_env(settings, projector_batch_max=200, projector_poll_ms=50)
+    log = tmp_path / "projector.log"
+    proc = processes.start(["serve", "projector", "--processes", "2"], env, log)
+    group = ACCOUNTS.group_id(settings.kafka)
+
+    async def ready() -> list[int] | None:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        members = _members_of(proc.pid)
+        state, count = await _group_members(settings, group)
+        return members if len(members) == 2 and state == "Stable" and count == 2 else None
+
+    try:
+        return proc, log, await wait_until(ready, timeout=60, interval=0.2, what="two members in one group")
+    except BaseException:
+        processes.terminate(proc)
+        raise
+
+
+async def _gone(members: list[int]) -> None:
+    await wait_until(lambda: _async(not any(map(_alive, members))), timeout=40, what="the members gone")
+
+
+async def test_serve_projector_runs_members_of_one_group_that_apply_exactly_once(
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+) -> None:
+    """`--processes 2`: two processes join the group, share the work, and stop with the service."""
+    settings = make_settings(own_pg)
+    topic = await _account_topic(settings)
+    proc, log, members = await _two_members(settings, tmp_path)
+    try:
+        await produce_envelopes(settings.kafka, topic, account_events(400, 20, seed=14))
+        await _assert_exact(settings, own_pg.read_db_url, topic, 8_000)
+        assert all(_alive(m) for m in members)
+    finally:
+        assert processes.terminate(proc) == 0, log.read_text()[-3000:]
+    await _gone(members)
+
+
+async def test_a_member_that_dies_stops_the_service_with_an_error(
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+) -> None:
+    """One member SIGKILLed: the other is stopped and the service exits non-zero, to be restarted whole."""
+    settings = make_settings(own_pg)
+    await _account_topic(settings)
+    proc, log, members = await _two_members(settings, tmp_path)
+    try:
+        processes.kill_pid(members[0])
+        code = await asyncio.to_thread(proc.wait, 60)
+        assert code == 128 + 9, log.read_text()[-3000:]
+        assert not _alive(members[1])
+    finally:
+        if proc.poll() is None:
+            processes.kill(proc)
+
+
+async def test_members_stop_when_the_service_is_killed(
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+) -> None:
+    """SIGKILL to the service's process, which cannot pass it on: its members still stop."""
+    settings = make_settings(own_pg)
+    await _account_topic(settings)
+    proc, log, members = await _two_members(settings, tmp_path)
+    try:
+        processes.kill(proc)
+        await _gone(members)
+        assert "the parent process is gone" in log.read_text()
+    finally:
+        for m in members:
+            if _alive(m):
+                processes.kill_pid(m)

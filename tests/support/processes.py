@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,8 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
-    """The settings as EVENTFOLD_* variables, plus `extra` (name=value, prefixed)."""
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    """The settings as EVENTFOLD_* variables, plus `extra` (name=value, prefixed).
+
+    A projector runs as one process unless the test asks for more, so that a
+    signal the test sends reaches the process that applies the events.
+    """
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "EVENTFOLD_PROJECTOR_PROCESSES": "1"}
     env.update({f"EVENTFOLD_{name.upper()}": str(v) for name, v in extra.items()})
     return env
 
@@ -48,3 +53,9 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
         proc.kill()
         proc.wait()
         raise
+
+
+def kill_pid(pid: int) -> None:
+    """SIGKILL a process this test did not start itself (a service's member)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
