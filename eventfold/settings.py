@@ -28,9 +28,10 @@ class KafkaSettings(BaseSettings):
     # brokers whose ListOffsets "latest" is wrong (the embedded Tansu).
     kafka_highwater_from_fetch: bool = False
     # How long a fetch waits at the broker for records. Apache Kafka answers as
-    # soon as a record arrives, so this only paces idle fetches; a broker that
-    # holds every fetch for its whole wait (the embedded Tansu) delays each
-    # event by up to this, so it gets a short one.
+    # soon as a record arrives, so this only paces idle fetches. The embedded
+    # Tansu holds every fetch for its whole wait and needs longer to answer
+    # the more batches a partition holds, so it gets a longer one (see
+    # eventfold/broker.py and the README's broker quirks).
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL takes PLAIN,
     # SCRAM-SHA-256 or SCRAM-SHA-512 with a user and password. SSL verifies the
