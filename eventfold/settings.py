@@ -135,8 +135,11 @@ class ProjectorSettings(BaseSettings):
     model_config = _ENV
 
     projector_batch_max: int = Field(default=5000, ge=1)
-    # Replays and rebuilds own their tables, so bigger transactions only help.
-    projector_replay_batch_max: int = Field(default=10_000, ge=1)
+    # Replays and rebuilds own their tables, so bigger transactions help, up
+    # to memory: a replay holds the batch it writes and the next one decoded.
+    # 1M events: 10,000 gave 23.4 s and 306 MB peak per process, 5,000
+    # 25.7 s and 229 MB (bench/results/2026-12-07-only-raw-projector*.json).
+    projector_replay_batch_max: int = Field(default=5_000, ge=1)
     # Processes of `eventfold replay`, each taking some partitions. 0: one per
     # core, at most 4, on PostgreSQL; SQLite has one writer, so there one.
     projector_replay_workers: int = Field(default=0, ge=0, le=64)
