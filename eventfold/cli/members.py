@@ -63,7 +63,9 @@ async def run_members(
         stopper = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([*exits, stopper], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        first = next((exits[t] for t in done if t in exits), None)
+        # Ctrl-C in a terminal signals the members too: one may be gone first.
+        if not stop.is_set():
+            first = next((exits[t] for t in done if t in exits), None)
         if first is not None:
             log.error("member pid %d exited with %s: stopping the others", first.pid, first.returncode)
         await _stop_all(members, grace_s)

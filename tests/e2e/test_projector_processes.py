@@ -7,7 +7,9 @@ Both tests end with the read tables equal to a fold of the topic and with
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -244,14 +246,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def _two_members(settings: Any, tmp_path: Path) -> tuple[Any, Path, list[int]]:
+async def _two_members(
+    settings: Any, tmp_path: Path, *, new_session: bool = False
+) -> tuple[Any, Path, list[int]]:
     """`eventfold serve projector --processes 2`, once both members are in the group.
 
     Returns the service's process, its log and the members' pids.
     """
     env = processes.settings_env(settings, projector_batch_max=200, projector_poll_ms=50)
     log = tmp_path / "projector.log"
-    proc = processes.start(["serve", "projector", "--processes", "2"], env, log)
+    proc = processes.start(["serve", "projector", "--processes", "2"], env, log, new_session=new_session)
     group = ACCOUNTS.group_id(settings.kafka)
 
     async def ready() -> list[int] | None:
@@ -316,6 +320,25 @@ async def test_members_stop_when_the_service_is_killed(
         await _gone(members)
         assert "the parent process is gone" in log.read_text()
     finally:
+        for m in members:
+            if _alive(m):
+                processes.kill_pid(m)
+
+
+async def test_ctrl_c_to_the_whole_process_group_stops_the_service_with_0(
+    make_settings, own_pg: DatabaseSettings, tmp_path: Path
+) -> None:
+    """A terminal's Ctrl-C reaches the service and its members at once: a clean stop, not a failure."""
+    settings = make_settings(own_pg)
+    await _account_topic(settings)
+    proc, log, members = await _two_members(settings, tmp_path, new_session=True)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()[-3000:]
+        await _gone(members)
+    finally:
+        if proc.poll() is None:
+            processes.kill(proc)
         for m in members:
             if _alive(m):
                 processes.kill_pid(m)

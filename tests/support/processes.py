@@ -26,7 +26,10 @@ def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], env: dict[str, str], log: Path, *, new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """`eventfold <args>`; `new_session`: in a process group of its own, as a shell's job."""
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "eventfold.cli", *args],
@@ -35,6 +38,7 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
         )
 
 
