@@ -16,7 +16,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from eventfold.broker import EmbeddedBroker, broker_kafka_settings
-from eventfold.kafka import create_topics
+from eventfold.kafka import create_topics, new_producer
 from eventfold.settings import KafkaSettings
 
 TOPIC = "probe.events"
@@ -24,23 +24,19 @@ PARTITIONS = 4
 PER_BATCH = 5
 
 
-async def fill(bootstrap: str, batches: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
-    await producer.start()
-    try:
-        pending = []
-        for i in range(batches * PARTITIONS):
-            batch = producer.create_batch()
-            for _ in range(PER_BATCH):
-                batch.append(key=None, value=b"x" * 200, timestamp=None)
-            batch.close()
-            pending.append(await producer.send_batch(batch, TOPIC, partition=i % PARTITIONS))
-            if len(pending) >= 200:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+async def fill(producer: AIOKafkaProducer, topic: str, batches: int, partitions: int) -> None:
+    """`batches` batches of PER_BATCH records in each partition, one produce request each."""
+    pending = []
+    for i in range(batches * partitions):
+        batch = producer.create_batch()
+        for _ in range(PER_BATCH):
+            batch.append(key=None, value=b"x" * 200, timestamp=None)
+        batch.close()
+        pending.append(await producer.send_batch(batch, topic, partition=i % partitions))
+        if len(pending) >= 200:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
 
 
 async def read_all(bootstrap: str, wait_ms: int, total: int, limit_s: float = 15.0) -> tuple[int, float]:
@@ -72,7 +68,12 @@ async def main(sizes: list[int], waits: list[int]) -> None:
         with EmbeddedBroker() as broker:
             kafka = KafkaSettings(**broker_kafka_settings(broker), partitions=PARTITIONS)
             await create_topics(kafka, [TOPIC])
-            await fill(broker.bootstrap, batches)
+            producer = new_producer(kafka, linger_ms=0)
+            await producer.start()
+            try:
+                await fill(producer, TOPIC, batches, PARTITIONS)
+            finally:
+                await producer.stop()
             total = batches * PARTITIONS * PER_BATCH
             for wait in waits:
                 read, seconds = await read_all(broker.bootstrap, wait, total)

@@ -23,6 +23,7 @@ from rich.markup import escape
 from eventfold.app import App
 from eventfold.cli.errors import USER_ERRORS, explain, explain_settings, one_line, redact
 from eventfold.cli.loading import AppLoadError, load_app
+from eventfold.cli.members import PARENT_FD_OPTION
 from eventfold.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -279,7 +280,7 @@ def serve(
             "(default EVENTFOLD_PROJECTOR_PROCESSES: one per core, at most 4, on PostgreSQL; one on SQLite).",
         ),
     ] = None,
-    parent_fd: Annotated[int | None, typer.Option("--parent-fd", hidden=True)] = None,
+    parent_fd: Annotated[int | None, typer.Option(PARENT_FD_OPTION, hidden=True)] = None,
 ) -> None:
     """Run one service in the foreground (what the container image runs)."""
     from eventfold.cli.serve import serve_one

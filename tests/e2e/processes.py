@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import httpx
 from eventfold.broker import free_port
 from eventfold.settings import Settings
 from tests.helpers import wait_until
+from tests.support.processes import settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +47,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        # One projector process unless the test asks for more: signals reach the one that applies.
-        one = {"EVENTFOLD_PROJECTOR_PROCESSES": "1"}
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1", **one, **self.extra_env}
+        env = {**settings_env(self.settings), **self.extra_env}
         if self.module:
             argv = [sys.executable, "-m", self.module, str(self.port)]
         else:

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -246,29 +247,36 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@asynccontextmanager
 async def _two_members(
     settings: Any, tmp_path: Path, *, new_session: bool = False
-) -> tuple[Any, Path, list[int]]:
+) -> AsyncIterator[tuple[Any, Path, list[int]]]:
     """`eventfold serve projector --processes 2`, once both members are in the group.
 
-    Returns the service's process, its log and the members' pids.
+    Gives the service's process, its log and the members' pids; on the way
+    out, kills whatever of them the test left running.
     """
     env = processes.settings_env(settings, projector_batch_max=200, projector_poll_ms=50)
     log = tmp_path / "projector.log"
     proc = processes.start(["serve", "projector", "--processes", "2"], env, log, new_session=new_session)
     group = ACCOUNTS.group_id(settings.kafka)
+    members: list[int] = []
 
-    async def ready() -> list[int] | None:
+    async def ready() -> bool:
         assert proc.poll() is None, log.read_text()[-3000:]
-        members = _members_of(proc.pid)
+        members[:] = _members_of(proc.pid)
         state, count = await _group_members(settings, group)
-        return members if len(members) == 2 and state == "Stable" and count == 2 else None
+        return len(members) == 2 and state == "Stable" and count == 2
 
     try:
-        return proc, log, await wait_until(ready, timeout=60, interval=0.2, what="two members in one group")
-    except BaseException:
-        processes.terminate(proc)
-        raise
+        await wait_until(ready, timeout=60, interval=0.2, what="two members in one group")
+        yield proc, log, members
+    finally:
+        if proc.poll() is None:
+            processes.kill(proc)
+        for m in members:
+            if _alive(m):
+                processes.kill_pid(m)
 
 
 async def _gone(members: list[int]) -> None:
@@ -281,14 +289,14 @@ async def test_serve_projector_runs_members_of_one_group_that_apply_exactly_once
     """`--processes 2`: two processes join the group, share the work, and stop with the service."""
     settings = make_settings(own_pg)
     topic = await _account_topic(settings)
-    proc, log, members = await _two_members(settings, tmp_path)
-    try:
-        await produce_envelopes(settings.kafka, topic, account_events(400, 20, seed=14))
-        await _assert_exact(settings, own_pg.read_db_url, topic, 8_000)
-        assert all(_alive(m) for m in members)
-    finally:
-        assert processes.terminate(proc) == 0, log.read_text()[-3000:]
-    await _gone(members)
+    async with _two_members(settings, tmp_path) as (proc, log, members):
+        try:
+            await produce_envelopes(settings.kafka, topic, account_events(400, 20, seed=14))
+            await _assert_exact(settings, own_pg.read_db_url, topic, 8_000)
+            assert all(_alive(m) for m in members)
+        finally:
+            assert processes.terminate(proc) == 0, log.read_text()[-3000:]
+        await _gone(members)
 
 
 async def test_a_member_that_dies_stops_the_service_with_an_error(
@@ -297,15 +305,11 @@ async def test_a_member_that_dies_stops_the_service_with_an_error(
     """One member SIGKILLed: the other is stopped and the service exits non-zero, to be restarted whole."""
     settings = make_settings(own_pg)
     await _account_topic(settings)
-    proc, log, members = await _two_members(settings, tmp_path)
-    try:
+    async with _two_members(settings, tmp_path) as (proc, log, members):
         processes.kill_pid(members[0])
         code = await asyncio.to_thread(proc.wait, 60)
         assert code == 128 + 9, log.read_text()[-3000:]
         assert not _alive(members[1])
-    finally:
-        if proc.poll() is None:
-            processes.kill(proc)
 
 
 async def test_members_stop_when_the_service_is_killed(
@@ -314,15 +318,10 @@ async def test_members_stop_when_the_service_is_killed(
     """SIGKILL to the service's process, which cannot pass it on: its members still stop."""
     settings = make_settings(own_pg)
     await _account_topic(settings)
-    proc, log, members = await _two_members(settings, tmp_path)
-    try:
+    async with _two_members(settings, tmp_path) as (proc, log, members):
         processes.kill(proc)
         await _gone(members)
         assert "the parent process is gone" in log.read_text()
-    finally:
-        for m in members:
-            if _alive(m):
-                processes.kill_pid(m)
 
 
 async def test_ctrl_c_to_the_whole_process_group_stops_the_service_with_0(
@@ -331,14 +330,7 @@ async def test_ctrl_c_to_the_whole_process_group_stops_the_service_with_0(
     """A terminal's Ctrl-C reaches the service and its members at once: a clean stop, not a failure."""
     settings = make_settings(own_pg)
     await _account_topic(settings)
-    proc, log, members = await _two_members(settings, tmp_path, new_session=True)
-    try:
+    async with _two_members(settings, tmp_path, new_session=True) as (proc, log, members):
         os.killpg(proc.pid, signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()[-3000:]
         await _gone(members)
-    finally:
-        if proc.poll() is None:
-            processes.kill(proc)
-        for m in members:
-            if _alive(m):
-                processes.kill_pid(m)

@@ -10,19 +10,18 @@ settings the embedded broker gets.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from bench.tansu_fetch import PER_BATCH, fill
 from eventfold.broker import EmbeddedBroker, broker_kafka_settings
 from eventfold.kafka import create_topics, new_consumer, new_producer, start_consumer
 from eventfold.settings import KafkaSettings
 from tests.helpers import wait_until
 
 BATCHES = 30_000
-PER_BATCH = 5
 TOPIC = "embedded.long"
 
 
@@ -36,21 +35,6 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroke
         broker.stop()
 
 
-async def _fill(producer: AIOKafkaProducer) -> None:
-    """BATCHES batches of PER_BATCH records each, as separate produce requests."""
-    pending = []
-    for _ in range(BATCHES):
-        batch = producer.create_batch()
-        for _ in range(PER_BATCH):
-            batch.append(key=None, value=b"x" * 200, timestamp=None)
-        batch.close()
-        pending.append(await producer.send_batch(batch, TOPIC, partition=0))
-        if len(pending) >= 200:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-
-
 async def test_a_consumer_reads_a_long_partition_from_its_start_and_at_its_end(
     embedded: EmbeddedBroker,
 ) -> None:
@@ -60,7 +44,7 @@ async def test_a_consumer_reads_a_long_partition_from_its_start_and_at_its_end(
     await producer.start()
     consumer = new_consumer(kafka, group_id=None)
     try:
-        await _fill(producer)
+        await fill(producer, TOPIC, BATCHES, partitions=1)
         await start_consumer(consumer)
         tp = TopicPartition(TOPIC, 0)
         consumer.assign([tp])
