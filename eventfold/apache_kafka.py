@@ -351,7 +351,7 @@ class ApacheKafkaCluster:
         scram = f"SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}]"
         cmd = self._java(
             "kafka.tools.StorageTool", "format", "--ignore-formatted",
-            "--cluster-id", self.cluster_id, "--config", str(props), "--add-scram", scram,
+            f"--cluster-id={self.cluster_id}", "--config", str(props), "--add-scram", scram,
             heap_mb=256,
         )  # fmt: skip
         # The tool is a JVM of its own; one that fails to start (seen once on a

@@ -163,3 +163,17 @@ async def _leader(kafka: KafkaSettings, topic: str, partition: int) -> int:
         return int(led["leader"])
     finally:
         await admin.close()
+
+
+async def test_a_cluster_id_that_starts_with_a_dash_is_formatted() -> None:
+    # A KRaft cluster id is URL-safe base64, so one in 64 starts with "-"; the
+    # storage tool must not read it as an option (it printed its usage and the
+    # bench's setup failed).
+    cluster = ApacheKafkaCluster(nodes=1, heap_mb=256)
+    cluster.cluster_id = "-" + cluster.cluster_id[1:]
+    try:
+        await cluster.astart()
+        meta = (cluster.nodes[0].directory / "data" / "meta.properties").read_text()
+        assert f"cluster.id={cluster.cluster_id}" in meta
+    finally:
+        await asyncio.to_thread(cluster.stop)
