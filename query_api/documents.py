@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, Select, Table, and_, bindparam, select
+from sqlalchemy import Column, Integer, Select, Table, and_, bindparam, select
 
 from eventfold.problems import Problem
 from eventfold.projection import Projection
 from query_api.columns import row_shaper
+from query_api.prepared import PreparedRead
 from query_api.views import Reads, utc
 
 Page = tuple[list[dict[str, Any]], bool]  # the rows, and whether more follow
@@ -52,7 +53,9 @@ class DocumentTable:
     children: Mapping[str, ChildTable]
     shape: Callable[[Any], dict[str, Any]] = field(repr=False)
     # The read by id, built once: the hot GET sends only its value.
-    by_id: Select[Any] = field(repr=False)
+    by_id: PreparedRead = field(repr=False)
+    # Listings and child reads, built once per shape (which filters, whether after a key).
+    shapes: dict[tuple[Any, ...], PreparedRead] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, projection: Projection) -> DocumentTable:
@@ -63,8 +66,15 @@ class DocumentTable:
             tuple(projection.filters),
             {t.name: ChildTable.of(t) for t in projection.child_tables},
             row_shaper(list(table.columns)),
-            select(table).where(table.c.id == bindparam("doc_id")),
+            PreparedRead.of(select(table).where(table.c.id == bindparam("doc_id"))),
         )
+
+    def shaped(self, key: tuple[Any, ...], build: Callable[[], Select[Any]]) -> PreparedRead:
+        """The statement of one shape of read, built the first time it is asked for."""
+        found = self.shapes.get(key)
+        if found is None:
+            found = self.shapes[key] = PreparedRead.of(build())
+        return found
 
 
 def refuse_unknown_filters(docs: DocumentTable, names: Iterable[str]) -> None:
@@ -94,13 +104,18 @@ async def list_documents(
     reads: Reads, docs: DocumentTable, *, where: Mapping[str, Any], after: str | None, limit: int
 ) -> Page:
     """Documents equal to `where` on its columns, a page in id order after `after`."""
-    t = docs.table
-    stmt = select(t).order_by(t.c.id).limit(limit + 1)
-    for name, value in where.items():
-        stmt = stmt.where(t.c[name] == _bindable(value))
-    if after is not None:
-        stmt = stmt.where(t.c.id > after)
-    rows = await reads.rows(stmt)
+    names = tuple(sorted(where))
+
+    def build() -> Select[Any]:
+        t = docs.table
+        stmt = select(t).order_by(t.c.id).limit(bindparam("limit", type_=Integer))
+        for name in names:
+            stmt = stmt.where(t.c[name] == bindparam(f"f_{name}"))
+        return stmt if after is None else stmt.where(t.c.id > bindparam("after"))
+
+    stmt = docs.shaped(("list", names, after is not None), build)
+    params = {f"f_{name}": _bindable(value) for name, value in where.items()}
+    rows = await reads.rows(stmt, {**params, "after": after, "limit": limit + 1})
     return [docs.shape(r) for r in rows[:limit]], len(rows) > limit
 
 
@@ -113,18 +128,22 @@ async def list_children(
     whether it exists and what it appended: a document without (further) rows
     comes back as a single row whose child columns are all NULL.
     """
-    t, c = docs.table, child.table
-    on = child.doc_id == t.c.id
-    if after is not None:
-        on = and_(on, child.version > after)
-    stmt = (
-        select(t.c.id, *c.columns)
-        .select_from(t.outerjoin(c, on))
-        .where(t.c.id == doc_id)
-        .order_by(child.version)
-        .limit(limit + 1)
-    )
-    rows = await reads.rows(stmt)
+
+    def build() -> Select[Any]:
+        t, c = docs.table, child.table
+        on = child.doc_id == t.c.id
+        if after is not None:
+            on = and_(on, child.version > bindparam("after"))
+        return (
+            select(t.c.id, *c.columns)
+            .select_from(t.outerjoin(c, on))
+            .where(t.c.id == bindparam("doc_id"))
+            .order_by(child.version)
+            .limit(bindparam("limit", type_=Integer))
+        )
+
+    stmt = docs.shaped(("children", child.table.name, after is not None), build)
+    rows = await reads.rows(stmt, {"doc_id": doc_id, "after": after, "limit": limit + 1})
     if not rows:
         return None
     found = [r[1:] for r in rows if r[1 + child.version_at] is not None]

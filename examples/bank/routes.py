@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, select
 from eventfold.problems import Problem
 from examples.bank.tables import account_transactions, accounts
 from query_api import cursor
+from query_api.prepared import PreparedRead
 from query_api.routing import (
     STREAM_ID,
     WAIT_RESPONSES,
@@ -65,19 +66,21 @@ class TransactionPage(BaseModel):
 
 
 def _account(row: Any) -> dict[str, Any]:
+    # Rows are positional, in the table's column order (`Reads.rows`).
+    id_, owner, balance, status, version, opened_at, updated_at = row
     return {
-        "id": row.id,
-        "owner": row.owner,
-        "balance": int(row.balance),
-        "status": row.status,
-        "version": int(row.version),
-        "opened_at": iso(row.opened_at),
-        "updated_at": iso(row.updated_at),
+        "id": id_,
+        "owner": owner,
+        "balance": int(balance),
+        "status": status,
+        "version": int(version),
+        "opened_at": iso(opened_at),
+        "updated_at": iso(updated_at),
     }
 
 
-# Built once; each read sends only the id (no statement built or cache key computed per request).
-_ACCOUNT_BY_ID = select(accounts).where(accounts.c.id == bindparam("account_id"))
+# Built once; each read sends only the id. On PostgreSQL it runs on asyncpg directly.
+_ACCOUNT_BY_ID = PreparedRead.of(select(accounts).where(accounts.c.id == bindparam("account_id")))
 
 
 async def get_account(reads: Reads, account_id: str) -> dict[str, Any] | None:
