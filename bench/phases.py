@@ -910,6 +910,17 @@ def ratios(rep: Any) -> None:
         "get_vs_minimal",
         div(rep.get("query_api.views_requests_per_s"), rep.get("raw.minimal_endpoint_rps")),
     )
+    rep.value(
+        "ratios",
+        "hot_vs_minimal",
+        div(rep.get("command_api.hot_commands_per_s"), rep.get("raw.minimal_endpoint_rps")),
+    )
+    # Tail latency against the minimal endpoint's at the same concurrency (lower is better).
+    for name, p99 in (
+        ("command_p99_vs_minimal", "command_api.p99_ms"),
+        ("views_p99_vs_minimal", "query_api.views_p99_ms"),
+    ):
+        rep.value("ratios", name, div(rep.get(p99), rep.get("raw.minimal_endpoint_p99_ms")))
     rep.value("ratios", "projector_vs_raw", div(rep.get("projector.events_per_s"), raw_min))
     # Both build the same read model: accounts and their ledger.
     rep.value(
