@@ -44,6 +44,8 @@ class QuerySide:
     process_managers: Sequence[ProcessManager[Any]] = ()
     # Live subscriptions' source (query_api/feed.py): tails the change feed while anyone subscribes.
     feed: ChangeFeed | None = None
+    # Each projection's tables with their reads compiled once (query_api/documents.py), by name.
+    documents: dict[str, DocumentTable] = field(default_factory=dict)
 
 
 @asynccontextmanager
@@ -65,12 +67,13 @@ async def query_side(
         WatermarkCache(settings.kafka),
         reactors=reactors,
         process_managers=process_managers,
+        documents={p.name: DocumentTable.of(p) for p in projections},
     )
     q = settings.query_api
     side.feed = ChangeFeed(
         engine,
         reads,
-        [DocumentTable.of(p) for p in projections],
+        list(side.documents.values()),
         poll_s=q.live_poll_s,
         fallback_s=q.live_fallback_s,
     )

@@ -70,7 +70,8 @@ class PreparedRead:
         binds = compiled.binds
         direct = (
             all(_passes_through(c.type) for c in statement.selected_columns)
-            and all(_passes_through(b.type) and not b.expanding for b in binds.values())
+            and all(_passes_through(b.type) for b in binds.values())
+            # Rendered per call (an IN list's values, a literal-executed LIMIT): no fixed text.
             and "POSTCOMPILE" not in compiled.string
         )
         names = tuple(compiled.positiontup or ())

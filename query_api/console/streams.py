@@ -21,7 +21,7 @@ from command_api.tables import outbox, streams
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 from query_api.console.deps import ConsoleDep, Viewer
 from query_api.console.stream_records import read_stream_records
-from query_api.documents import DocumentTable, get_document
+from query_api.documents import get_document
 from query_api.routing import STREAM_ID, SideDep, json_response
 
 router = APIRouter(prefix="/console/api", tags=["console"])
@@ -57,7 +57,7 @@ async def read_stream(
     documents: dict[str, Any] = {}
     for p in side.projections:
         if p.stream_type == stream_type:
-            documents[p.name] = await get_document(side.reads, DocumentTable.of(p), stream_id)
+            documents[p.name] = await get_document(side.reads, side.documents[p.name], stream_id)
     return json_response(
         {
             "stream_type": stream_type,
