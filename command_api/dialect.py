@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from command_api.decision import HeadWrite, IdempotencyWrite, StoredAnswer, StreamKey
 from command_api.outcomes import OutboxRecord
@@ -59,6 +59,10 @@ class WriteDialect(Protocol):
 
     async def set_responses(self, conn: AsyncConnection, responses: list[tuple[str, int, bytes]]) -> None:
         """Replace the stored answers of these idempotency keys."""
+        ...
+
+    async def reclaim_outbox(self, engine: AsyncEngine) -> str | None:
+        """Give the space of cleared outbox rows back for reuse; returns why it cannot, else None."""
         ...
 
 

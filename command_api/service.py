@@ -64,6 +64,7 @@ class CommandService:
         # and leave this one to collect every acknowledged key for ever.
         self._forgotten_during_commit: dict[int, set[NaturalKey]] = {}
         self._commit_ids = itertools.count()
+        self._cleared_since_vacuum = 0
 
     async def start(self) -> None:
         self.publisher.on_ack = self._on_ack
@@ -76,6 +77,8 @@ class CommandService:
             asyncio.create_task(self._finalize_loop(), name="finalize-loop"),
             asyncio.create_task(self._relay_loop(), name="relay-loop"),
         ]
+        if self.settings.outbox_vacuum_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._vacuum_loop(), name="outbox-vacuum-loop"))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -241,6 +244,7 @@ class CommandService:
             if not fut.done():
                 fut.set_result(None)
         keys = [r.natural_key for r in acked]
+        self._cleared_since_vacuum += len(keys)
         self.publisher.forget(keys)
         for forgotten in self._forgotten_during_commit.values():
             forgotten.update(keys)
@@ -263,6 +267,28 @@ class CommandService:
                 log.warning("outbox relay failed: %r", exc)
             grace = self.settings.relay_grace_s
             await asyncio.sleep(self.settings.relay_interval_s)
+
+    async def _vacuum_loop(self) -> None:
+        """Vacuum the outbox once enough rows were cleared, so its reads stay short."""
+        every, enough = self.settings.outbox_vacuum_interval_s, self.settings.outbox_vacuum_rows
+        while True:
+            await asyncio.sleep(every)
+            if self._cleared_since_vacuum < enough:
+                continue
+            self._cleared_since_vacuum = 0
+            try:
+                refused = await self.store.reclaim_outbox()
+            except Exception as exc:  # the next round tries again; autovacuum runs anyway
+                log.warning("could not vacuum the outbox: %r", exc)
+                continue
+            if refused is not None:
+                log.warning(
+                    "the outbox is left to autovacuum: PostgreSQL refused this role's VACUUM (%s); "
+                    "run the command API as the tables' owner, or set "
+                    "EVENTFOLD_OUTBOX_VACUUM_INTERVAL_S=0 to silence this",
+                    refused,
+                )
+                return
 
     async def relay_once(self, grace_s: float) -> int:
         """Publish outbox rows this process does not hold; whole stream prefixes only."""

@@ -11,7 +11,7 @@ from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from command_api.decision import HeadWrite, IdempotencyWrite, StoredAnswer, StreamKey
 from command_api.dialect import NaturalKey, headers_json, outbox_record
@@ -25,6 +25,10 @@ class SqliteDialect:
     def commit_concurrency(self, wanted: int) -> int:
         """SQLite has one writer, so one."""
         return 1
+
+    async def reclaim_outbox(self, engine: AsyncEngine) -> str | None:
+        """Nothing to do: SQLite reuses a deleted row's page at once (no old row versions)."""
+        return None
 
     async def load_heads(self, conn: AsyncConnection, keys: list[StreamKey]) -> Sequence[Any]:
         rows: list[Any] = []

@@ -131,6 +131,10 @@ class WriteStore:
             rows = await conn.execute(select(outbox).order_by(outbox.c.id).limit(limit))
             return [(outbox_record(r), r["created_at"]) for r in rows.mappings().all()]
 
+    async def reclaim_outbox(self) -> str | None:
+        """Reclaim the space of cleared outbox rows; returns why the database refused, else None."""
+        return await self._sql.reclaim_outbox(self.engine)
+
     async def outbox_stats(self) -> tuple[int, float | None]:
         """How many rows wait for Kafka, and when the oldest was written."""
         async with self.engine.connect() as conn:

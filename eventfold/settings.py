@@ -106,6 +106,11 @@ class CommandApiSettings(BaseSettings):
     relay_interval_s: float = Field(default=1.0, gt=0)
     relay_grace_s: float = Field(default=10.0, ge=0)
     relay_batch: int = Field(default=2000, ge=1)
+    # The outbox is vacuumed by the service (PostgreSQL) at most this often, once
+    # at least outbox_vacuum_rows rows were cleared since the last time; 0 leaves
+    # it to autovacuum alone. See command_api/pg.py for why.
+    outbox_vacuum_interval_s: float = Field(default=1.0, ge=0)
+    outbox_vacuum_rows: int = Field(default=1000, ge=1)
     # Where `/` of the command API sends a browser: the query API's console
     # (`http://host:8001/console`) when set, else the command API's own /docs.
     console_url: str = ""

@@ -122,3 +122,32 @@ async def _drained(service: Any) -> bool:
 
 async def _held(service: Any, name: str, value: int) -> bool:
     return bool(service.held()[name] == value)
+
+
+async def test_the_service_vacuums_the_outbox_once_it_cleared_enough_rows(
+    make_settings, fresh_pg_url: str
+) -> None:
+    settings = make_settings(
+        DatabaseSettings(write_db_url=fresh_pg_url, read_db_url=fresh_pg_url),
+        command_api={"outbox_vacuum_interval_s": 0.05, "outbox_vacuum_rows": 20},
+    )
+    await create_topics(settings.kafka, [settings.kafka.topic("account")])
+    watcher = await asyncpg.connect(_dsn(fresh_pg_url))
+
+    async def vacuums() -> int:
+        n = await watcher.fetchval("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'")
+        return int(n or 0)
+
+    app = create_app(settings, default_aggregates())
+    try:
+        async with app_client(app) as http:
+            service = app.state.side.service
+            for _ in range(10):
+                assert await _send(http, uid("acct"), "OpenAccount", {"owner": "V"}) == 200
+            await wait_until(lambda: _drained(service), what="the opens to be cleared from the outbox")
+            assert await vacuums() == 0  # 10 rows cleared: fewer than outbox_vacuum_rows
+            for _ in range(10):
+                assert await _send(http, uid("acct"), "OpenAccount", {"owner": "V"}) == 200
+            await wait_until(vacuums, what="the service to vacuum the outbox")
+    finally:
+        await watcher.close()
