@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -85,10 +86,46 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# Linux's range of source ports for outgoing connections.
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST = 20000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
+    """A port nothing listens on, below the kernel's range for outgoing connections.
+
+    A port from `bind(0)` lies in that range, so between this call and the
+    service's own bind an outgoing connection (to Kafka, to PostgreSQL) can take
+    it as its source port, and a service restarted on it finds it taken for as
+    long as that connection lives. Below the range only a listener can hold it.
+    Ports handed out here are not handed out again by this process.
+    """
+    low = _ephemeral_low()
+    if low - _LOWEST >= 1000:
+        for port in random.sample(range(_LOWEST, low), 64):
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # IANA's dynamic range, the default elsewhere
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

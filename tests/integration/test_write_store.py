@@ -8,6 +8,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from command_api.decision import Head
 from command_api.outcomes import Accepted, PendingCommand, VersionConflict
@@ -129,9 +131,6 @@ async def test_the_outbox_reuses_the_space_of_cleared_rows_once_reclaimed(engine
 
 
 async def test_a_role_that_may_not_vacuum_the_outbox_is_told_why(fresh_pg_url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
     role = f"not_owner_{uuid.uuid4().hex[:8]}"
     admin = create_engine(fresh_pg_url)
     async with admin.begin() as conn:
@@ -148,8 +147,6 @@ async def test_a_role_that_may_not_vacuum_the_outbox_is_told_why(fresh_pg_url: s
 
 
 async def _outbox_bytes(engine: Any) -> int:
-    from sqlalchemy import text
-
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             return int((await conn.execute(text("SELECT pg_relation_size('outbox')"))).scalar_one())

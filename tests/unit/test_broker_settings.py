@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,15 @@ def test_settings_env_writes_what_pydantic_settings_reads(monkeypatch: pytest.Mo
     read = KafkaSettings()
     assert read.kafka_idempotence is False
     assert read.kafka_fetch_max_wait_ms == 10
+
+
+def test_free_ports_lie_below_the_range_of_outgoing_source_ports() -> None:
+    """An outgoing connection can never take such a port before its service binds it."""
+    from eventfold.broker import _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < _ephemeral_low() for port in ports), ports
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
