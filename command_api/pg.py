@@ -93,7 +93,7 @@ DELETE_OUTBOX = text(
 
 # SKIP_LOCKED: when another process is vacuuming it already, this one need not wait.
 VACUUM_OUTBOX = f"VACUUM (SKIP_LOCKED) {outbox.name}"
-_BUSY = "lock not available"
+_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of "skipping vacuum ... lock not available"
 
 SET_RESPONSES = text(
     "UPDATE idempotency_keys AS ik SET status = r.st, response = r.body "
@@ -176,8 +176,9 @@ class PostgresDialect:
         refused: list[str] = []
 
         def warned(_conn: object, message: Any) -> None:
-            # A VACUUM the role may not run is skipped with a WARNING, not an error.
-            if message.severity == "WARNING" and _BUSY not in message.message:
+            # A VACUUM the role may not run is skipped with a WARNING, not an error
+            # (its text is in the server's language; its severity and code are not).
+            if message.severity_en == "WARNING" and message.sqlstate != _LOCK_NOT_AVAILABLE:
                 refused.append(message.message)
 
         async with engine.connect() as conn:

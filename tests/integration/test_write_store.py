@@ -123,9 +123,10 @@ async def test_the_outbox_reuses_the_space_of_cleared_rows_once_reclaimed(engine
         await store.commit([pending(sid, OpenAccount(owner="o")) for sid in sids])
         await store.finalize([r for r, _ in await store.unpublished(10_000)], [])
         assert await store.reclaim_outbox() is None
-        sizes.append(await _outbox_bytes(engine))
+        if engine.dialect.name == "postgresql":
+            sizes.append(await _outbox_bytes(engine))
     assert await store.unpublished(10_000) == []
-    if engine.dialect.name == "postgresql":
+    if sizes:
         # Without the VACUUM each round's dead rows stay and the table grows by a round's size.
         assert sizes[-1] <= sizes[0] * 1.5, sizes
 
@@ -148,7 +149,4 @@ async def test_a_role_that_may_not_vacuum_the_outbox_is_told_why(fresh_pg_url: s
 
 async def _outbox_bytes(engine: Any) -> int:
     async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            return int((await conn.execute(text("SELECT pg_relation_size('outbox')"))).scalar_one())
-        pages = (await conn.execute(text("PRAGMA page_count"))).scalar_one()
-        return int(pages)
+        return int((await conn.execute(text("SELECT pg_relation_size('outbox')"))).scalar_one())
