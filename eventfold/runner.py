@@ -82,6 +82,37 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+async def stoppable(work: Coroutine[Any, Any, T], what: str, undone: str) -> T:
+    """Await `work`, cancelled by SIGINT or SIGTERM; a stop becomes a RuntimeError.
+
+    The handlers replace whatever the process inherited, so a replay started
+    in the background (SIGINT ignored) or stopped by a service manager
+    (SIGTERM) is undone as a Ctrl-C undoes it, rather than running on or
+    dying mid-write. `work` must undo itself when cancelled; the error says
+    `what` was stopped by which signal and `undone`, the CLI's one line.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    caught: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if not caught:
+            caught.append(sig)
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        raise RuntimeError(f"{what} stopped by {caught[0].name}; {undone}") from None
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 async def run_servers(servers: list[_Server], stop: asyncio.Event) -> None:
     """Serve until `stop` is set or a server exits, then shut all down."""
     tasks = [asyncio.create_task(s.serve()) for s in servers]

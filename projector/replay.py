@@ -254,8 +254,9 @@ async def _replay_in_processes(
     # Workers die with this process: a killed replay must not leave writers
     # behind in tables the next replay drops and recreates.
     pool = ProcessPoolExecutor(len(groups), mp_context=spawn, initializer=die_with_parent)
+    running: list[asyncio.Future[Share]] = []
     try:
-        running = [
+        running += [
             loop.run_in_executor(pool, replay_worker, settings, projection, generation, g) for g in groups
         ]
         pending: set[asyncio.Future[Share]] = set(running)
@@ -276,6 +277,9 @@ async def _replay_in_processes(
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
+        for f in running:
+            # Their BrokenProcessPool is the termination above, not news.
+            f.add_done_callback(_retrieved)
         raise
     pool.shutdown()
     last = max((s.last_event_at for s in shares if s.last_event_at is not None), default=None)
@@ -283,6 +287,11 @@ async def _replay_in_processes(
     async with engine.begin() as conn:
         await store.count_applied(conn, name, applied, last, store.REBUILDING)
     return sum(s.records for s in shares), applied, sum(s.failures for s in shares)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def decoded_ahead(

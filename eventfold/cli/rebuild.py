@@ -7,6 +7,7 @@ from rich.console import Console
 from eventfold.app import App
 from eventfold.cli.replay import _bar, quiet_kafka_client
 from eventfold.db import create_engine
+from eventfold.runner import stoppable
 from eventfold.settings import Settings
 
 
@@ -29,7 +30,11 @@ async def run_rebuild(settings: Settings, app: App, name: str, *, console: Conso
                     rate=f"{p.rate:,.0f}",
                 )
 
-            result = await rebuild_projection(settings, projection, engine, progress)
+            result = await stoppable(
+                rebuild_projection(settings, projection, engine, progress),
+                f"rebuild of {name}",
+                "its new generation was dropped and the live tables serve as before",
+            )
     finally:
         await engine.dispose()
     console.print(

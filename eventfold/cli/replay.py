@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from eventfold.app import App
 from eventfold.db import create_engine
+from eventfold.runner import stoppable
 from eventfold.settings import Settings
 
 
@@ -78,7 +79,11 @@ async def run_replay(
         if aggregate is not None:
             engine = create_engine(settings.db.write_db_url, pool_size=2)
             try:
-                written = await replay_write_side(settings, aggregate, engine, progress=progress)
+                written = await stoppable(
+                    replay_write_side(settings, aggregate, engine, progress=progress),
+                    f"replay of the {name} stream heads",
+                    "nothing was written",
+                )
             finally:
                 await engine.dispose()
             console.print(f"write side: {written} {name} stream heads refilled")
@@ -86,8 +91,12 @@ async def run_replay(
         assert projection is not None
         engine = create_engine(settings.db.read_db_url, pool_size=2)
         try:
-            result = await replay_projection(
-                settings, projection, engine, progress=progress, workers=replay_workers(settings, workers)
+            result = await stoppable(
+                replay_projection(
+                    settings, projection, engine, progress=progress, workers=replay_workers(settings, workers)
+                ),
+                f"replay of {name}",
+                "it was undone and serves what it served before",
             )
         except ReplayRefused as exc:
             raise RuntimeError(f"replay of {name} did not start, nothing was changed: {exc}") from None

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.broker import free_port
 from eventfold.db import create_engine
@@ -113,13 +115,25 @@ async def test_replay_that_cannot_reach_kafka_changes_nothing(
     assert await _bookkeeping(url) == bookkeeping
 
 
-async def _interrupted_replay(settings: Settings, env: dict[str, str], sig: int) -> tuple[int, str]:
-    """Start a replay, wait until it has written something of its own, then send `sig`.
+async def _replayed_so_far(engine: AsyncEngine, name: str) -> tuple[str | None, int]:
+    """The projection's state and how many records the replay's own generation has stored."""
+    o, s = projection_offsets.c, projection_status.c
+    async with engine.connect() as conn:
+        state = (await conn.execute(select(s.state).where(s.projection == name))).scalar()
+        stored = (
+            await conn.execute(select(func.sum(o.next_offset)).where(o.projection.like(f"{name}@%")))
+        ).scalar()
+    return state, int(stored or 0)
+
+
+async def _interrupted_replay(
+    settings: Settings, env: dict[str, str], sig: int, records: int
+) -> tuple[int, str]:
+    """Start a replay, wait until it has written some but not half of its `records`, then send `sig`.
 
     Returns the replay's exit code and what it printed.
     """
-    url = settings.db.read_db_url
-    before = await _bookkeeping(url)
+    engine = create_engine(settings.db.read_db_url, writer=False)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -135,34 +149,43 @@ async def _interrupted_replay(settings: Settings, env: dict[str, str], sig: int)
     async def midway() -> bool:
         if proc.returncode is not None:
             raise AssertionError("the replay ended before it could be interrupted")
-        offsets, _ = await _bookkeeping(url)
-        return await _state(url) == "rebuilding" and offsets != before[0]
+        state, stored = await _replayed_so_far(engine, "accounts")
+        if stored >= records // 2:
+            raise AssertionError(f"the replay was past half ({stored} of {records}) when first seen")
+        return state == "rebuilding" and stored > 0
 
     try:
-        await wait_until(midway, timeout=60, what="the replay to be under way")
+        await wait_until(midway, timeout=60, interval=0.01, what="the replay to be under way")
     finally:
         if proc.returncode is None:
             proc.send_signal(sig)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        await engine.dispose()
     assert proc.returncode is not None
     return proc.returncode, out.decode()
 
 
-async def test_interrupted_replay_restores_what_was_served(make_settings, own_db: DatabaseSettings) -> None:
-    """Ctrl-C midway: the old rows, offsets and status are back, and live consumption goes on."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_interrupted_replay_restores_what_was_served(
+    make_settings, own_db: DatabaseSettings, sig: signal.Signals
+) -> None:
+    """Ctrl-C or a service manager's SIGTERM midway: the old rows, offsets and status are back,
+    the replay says so in one line, and live consumption goes on."""
     settings = make_settings(own_db, projector=fast_projector())
     topic = settings.kafka.topic("account")
-    await _projected(settings, seed=32, accounts=100, per=30)
+    total = len(await _projected(settings, seed=32, accounts=100, per=30))
     url = own_db.read_db_url
     rows, bookkeeping = await checksum(url), await _bookkeeping(url)
     # One-record replay batches make the replay long enough to interrupt midway.
     env = processes.settings_env(settings, projector_replay_batch_max=1)
 
-    code, err = await _interrupted_replay(settings, env, signal.SIGINT)
-    assert code != 0, err
-    assert "replayed" not in err, err
+    code, out = await _interrupted_replay(settings, env, sig, total)
+    assert code == 1, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: replay of accounts stopped by " + sig.name), out
+    assert "undone" in last, out
     assert await checksum(url) == rows
-    assert await _bookkeeping(url) == bookkeeping, err
+    assert await _bookkeeping(url) == bookkeeping, out
 
     async with running_projector(settings, [ACCOUNTS]):
         await produce_envelopes(settings.kafka, topic, account_events(5, 3, seed=33))
@@ -178,13 +201,13 @@ async def test_killed_replay_serves_the_old_rows_and_the_live_projector_takes_ov
     lease = 3.0
     settings = make_settings(own_db, projector=fast_projector(projector_replay_lease_s=lease))
     topic = settings.kafka.topic("account")
-    await _projected(settings, seed=34, accounts=100, per=30)
+    total = len(await _projected(settings, seed=34, accounts=100, per=30))
     url = own_db.read_db_url
     rows = await checksum(url)
     env = processes.settings_env(settings, projector_replay_batch_max=1, projector_replay_lease_s=lease)
 
     async with running_projector(settings, [ACCOUNTS]):
-        code, err = await _interrupted_replay(settings, env, signal.SIGKILL)
+        code, err = await _interrupted_replay(settings, env, signal.SIGKILL, total)
         assert code == -signal.SIGKILL, err
         assert await checksum(url) == rows
 
