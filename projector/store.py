@@ -21,6 +21,7 @@ from eventfold import jsonutil
 from eventfold.projection import Doc, Projection
 from projector.batch import Failure, Folded
 from projector.tables import (
+    CHANGE_SLOTS,
     projection_failures,
     projection_offsets,
     projection_status,
@@ -393,7 +394,7 @@ async def notify_offsets(conn: AsyncConnection, projection: str) -> None:
 
 
 async def record_changes(conn: AsyncConnection, projection: str, folded: Folded) -> None:
-    """One change-feed row per document the batch changed, inside the batch's transaction.
+    """The batch's change-feed row: the documents it changed, inside the batch's transaction.
 
     The caller holds the projection's status row (lock_state), which is what
     makes the rows' `seq` grow in commit order.
@@ -401,22 +402,22 @@ async def record_changes(conn: AsyncConnection, projection: str, folded: Folded)
     if not folded.positions:
         return
     now = time.time()
+    changed = [
+        (doc_id, int(folded.docs[doc_id]["version"]))
+        for doc_id, _ in sorted(folded.positions.items(), key=lambda kv: kv[1])
+    ]
     rows = [
         {
             "projection": projection,
-            "doc_id": doc_id,
-            "version": int(folded.docs[doc_id]["version"]),
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
+            "changes": jsonutil.dumps(changed[start : start + CHANGE_SLOTS]).decode(),
             "committed_at": now,
         }
-        for doc_id, (topic, partition, offset) in sorted(folded.positions.items(), key=lambda kv: kv[1])
+        for start in range(0, len(changed), CHANGE_SLOTS)
     ]
-    if conn.dialect.name == "postgresql":
-        await _unnest_insert(conn, view_changes, rows, "")
-    else:
-        await conn.execute(view_changes.insert(), rows)
+    await conn.execute(_RECORD_CHANGES, rows)
+
+
+_RECORD_CHANGES = view_changes.insert()
 
 
 async def prune_changes(engine: AsyncEngine, projection: str, older_than: float) -> int:

@@ -86,29 +86,30 @@ process_instances = Table(
 )
 
 # The change feed of the live read models (query_api/feed.py): one row per
-# document a live batch (or a re-drive) changed, with the position of the last
-# event it applied to it, written in the batch's transaction. Every batch of a
-# projection holds its status row until commit (projector/store.py lock_state),
-# so the `seq` values of one projection's rows become visible in increasing
-# order, and a reader that has seen `seq` n has seen every row of that
-# projection below n. Every query API process tails this table, so a change
-# committed is a change every subscriber can be sent, also after a crash right
-# after the commit. Rows past the retention are pruned; the highest `seq`
-# pruned per projection is kept in view_change_horizons, so a subscriber
-# resuming from before it is told to start over (a "reset").
+# live batch (or re-drive) that changed documents, written in the batch's
+# transaction. `changes` lists them as JSON [[doc_id, version], ...] in the
+# order their last events were applied. One row per batch, not per document:
+# the feed's rows and index entries were a quarter of the projector's work.
+# Every batch of a projection holds its status row until commit
+# (projector/store.py lock_state), so the `seq` values of one projection's
+# rows become visible in increasing order. A document's position in the feed
+# is seq * CHANGE_SLOTS + its place in the row, so a reader that has seen
+# position n has seen every change of that projection below n. Every query
+# API process tails this table, so a change committed is a change every
+# subscriber can be sent, also after a crash right after the commit. Rows past
+# the retention are pruned; the highest `seq` pruned per projection is kept in
+# view_change_horizons, so a subscriber resuming from before it is told to
+# start over (a "reset").
+CHANGE_SLOTS = 65_536  # positions per row; a batch changing more takes several rows
 view_changes = Table(
     "view_changes",
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("projection", String(100), nullable=False),
-    Column("doc_id", String(255), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("topic", String(255), nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("offset", BigInteger, nullable=False),
+    Column("changes", Text, nullable=False),
     Column("committed_at", Float, nullable=False),
     Index("ix_view_changes_tail", "projection", "seq"),
-    Index("ix_view_changes_doc", "projection", "doc_id", "seq"),
+    sqlite_autoincrement=True,
 )
 
 view_change_horizons = Table(

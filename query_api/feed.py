@@ -1,18 +1,19 @@
 """The change feed: every read-model change the projector commits, to every subscriber here.
 
-The projector writes one `view_changes` row per document a live batch
-changed, in the batch's own transaction (projector/store.py), so a change
-is in the feed exactly when it is in the read model, also when the
-projector dies right after its commit. Each query API process tails that
+The projector writes one `view_changes` row per live batch, listing the
+documents it changed, in the batch's own transaction (projector/store.py),
+so a change is in the feed exactly when it is in the read model, also when
+the projector dies right after its commit. Each query API process tails that
 table on its own (woken by the projector's NOTIFY on PostgreSQL, polling on
 SQLite): every process sees every change, and no process depends on
-another. The rows of one projection become visible in `seq` order, so "the
-rows after `seq` n" is a complete answer, and `seq` is the position a
-subscriber resumes from.
+another. The rows of one projection become visible in `seq` order, and a
+document's position is its row's `seq` times CHANGE_SLOTS plus its place in
+the row, so "the changes after position n" is a complete answer, and the
+position is what a subscriber resumes from.
 
 For a change the feed reads the document as it is now. A document already
-past the change's version has a later row the next read will find; that
-row sends it, so each document goes out once per state, in order, with the
+past the change's version has a later change the next read will find; that
+one sends it, so each document goes out once per state, in order, with the
 position of the change that made it. A subscriber remembers the last
 position it was sent (its cursor) and is never sent one at or before it:
 catching up after a reconnect and the live tail can overlap without a
@@ -32,28 +33,45 @@ import binascii
 import contextlib
 import datetime as dt
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventfold.problems import Problem
 from projector.store import OFFSETS_CHANNEL
-from projector.tables import projection_status, view_change_horizons, view_changes
+from projector.tables import CHANGE_SLOTS, projection_status, view_change_horizons, view_changes
 from query_api.documents import DocumentTable
 from query_api.listen import listen_forever, wait_event
 from query_api.views import Reads, utc
 
 log = structlog.get_logger("eventfold.query")
 
-# Rows read per projection per round: a backlog is worked off in rounds, in order.
-_ROUND = 2000
+# Feed rows (batches) read per projection per round: a backlog is worked off in rounds, in order.
+_ROUND = 64
 # Documents delivered between chances for the connections' writers to run.
 _YIELD_EVERY = 64
+
+
+def end_of(seq: int) -> int:
+    """The last position of feed row `seq`: a reader there has seen the whole row."""
+    return seq * CHANGE_SLOTS + CHANGE_SLOTS - 1
+
+
+def changes_in(
+    seq: int, changes: str, after: int, doc_id: str | None = None
+) -> Iterator[tuple[int, str, int]]:
+    """(position, document, version) of feed row `seq` past position `after` (of `doc_id` only)."""
+    if doc_id is not None and orjson.dumps(doc_id).decode() not in changes:
+        return  # the row's JSON holds the id exactly so encoded if the document is in it
+    base = seq * CHANGE_SLOTS
+    for place, (doc, version) in enumerate(orjson.loads(changes)):
+        if base + place > after and (doc_id is None or doc == doc_id):
+            yield base + place, doc, version
 
 
 def cursor_token(projection: str, seq: int) -> str:
@@ -176,7 +194,7 @@ class ProjectionFeed:
         self.docs = docs
         self.by_doc: dict[str, set[Subscriber]] = {}
         self.filtered: set[Subscriber] = set()
-        self.tail: int | None = None  # highest seq read; None while nobody subscribes
+        self.tail: int | None = None  # the last position read; None while nobody subscribes
         self.generation: int | None = None
         self.lock = asyncio.Lock()
 
@@ -308,27 +326,37 @@ class ChangeFeed:
             feed.generation = await conn.scalar(
                 select(projection_status.c.generation).where(projection_status.c.projection == feed.name)
             )
-        feed.tail = int(top) if top is not None else await self._horizon(feed)
+        feed.tail = end_of(int(top)) if top is not None else await self._horizon(feed)
 
     async def _horizon(self, feed: ProjectionFeed) -> int:
+        """The end of the last row pruned: a subscriber before it may have missed changes."""
         h = view_change_horizons.c
         async with self.engine.connect() as conn:
             seq = await conn.scalar(select(h.seq).where(h.projection == feed.name))
-        return int(seq or 0)
+        return end_of(int(seq)) if seq is not None else 0
+
+    async def _rows(
+        self, conn: AsyncConnection, feed: ProjectionFeed, after: int, through: int | None
+    ) -> Any:
+        """Up to a round of the feed's rows with `seq` in (after, through], in order."""
+        c = view_changes.c
+        stmt = select(c.seq, c.changes).where(c.projection == feed.name, c.seq > after)
+        if through is not None:
+            stmt = stmt.where(c.seq <= through)
+        return (await conn.execute(stmt.order_by(c.seq).limit(_ROUND))).all()
 
     async def _catch_up(self, feed: ProjectionFeed, sub: Subscriber, since: int) -> None:
         """The changes after `since` up to the feed's tail that `sub` should see, latest state each."""
-        c = view_changes.c
         assert feed.tail is not None
-        stmt = (
-            select(c.doc_id, func.max(c.seq), func.max(c.version))
-            .where(c.projection == feed.name, c.seq > since, c.seq <= feed.tail)
-            .group_by(c.doc_id)
-        )
-        if sub.doc_id is not None:
-            stmt = stmt.where(c.doc_id == sub.doc_id)
+        latest: dict[str, tuple[int, int]] = {}
+        through = feed.tail // CHANGE_SLOTS
+        after = since // CHANGE_SLOTS - 1  # the row holding `since` may have changes past it
         async with self.engine.connect() as conn:
-            latest = {d: (int(s), int(v)) for d, s, v in await conn.execute(stmt)}
+            while rows := await self._rows(conn, feed, after, through):
+                for seq, changes in rows:
+                    for position, doc_id, version in changes_in(seq, changes, since, sub.doc_id):
+                        latest[doc_id] = (position, version)
+                after = int(rows[-1].seq)
         if sub.doc_id is None:
             # Any of them may have matched before the disconnect: one that no
             # longer does is sent as `removed` (a client drops what it lacks).
@@ -390,16 +418,8 @@ class ChangeFeed:
         async with feed.lock:
             if not feed.subscribed or feed.tail is None:
                 return False
-            c = view_changes.c
             async with self.engine.connect() as conn:
-                rows = (
-                    await conn.execute(
-                        select(c.seq, c.doc_id, c.version)
-                        .where(c.projection == feed.name, c.seq > feed.tail)
-                        .order_by(c.seq)
-                        .limit(_ROUND)
-                    )
-                ).all()
+                rows = await self._rows(conn, feed, feed.tail // CHANGE_SLOTS, None)
                 generation = await conn.scalar(
                     select(projection_status.c.generation).where(projection_status.c.projection == feed.name)
                 )
@@ -408,7 +428,7 @@ class ChangeFeed:
             elif generation != feed.generation:
                 feed.generation = generation
                 if rows:
-                    feed.tail = int(rows[-1].seq)
+                    feed.tail = end_of(int(rows[-1].seq))
                 for sub in feed.everyone():
                     sub.cursor = max(sub.cursor, feed.tail)
                     await self._reset_one(feed, sub)
@@ -416,10 +436,11 @@ class ChangeFeed:
             if not rows:
                 return False
             latest: dict[str, tuple[int, int]] = {}
-            for seq, doc_id, version in rows:
-                latest[doc_id] = (int(seq), int(version))
+            for seq, changes in rows:
+                for position, doc_id, version in changes_in(seq, changes, feed.tail):
+                    latest[doc_id] = (position, version)
             await self._deliver(feed, latest, None)
-            feed.tail = int(rows[-1].seq)
+            feed.tail = end_of(int(rows[-1].seq))
             return len(rows) == _ROUND
 
     async def _deliver(

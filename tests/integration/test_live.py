@@ -21,15 +21,18 @@ import httpx
 import orjson
 import pytest
 import websockets
+from sqlalchemy import select
 
 from eventfold.client import EventfoldClient, LiveChange, ProblemError
 from eventfold.db import create_engine
+from eventfold.kafka import create_topics, dlq_topic
 from eventfold.settings import AuthSettings, DatabaseSettings, QueryApiSettings, Settings
 from examples.bank.projection import ACCOUNTS
 from projector.rebuild import rebuild_projection
+from projector.tables import view_changes
 from tests.helpers import uid, wait_until
 from tests.support.live import dechunk, query_server, sse_events
-from tests.support.projection import fast_projector, running_projector
+from tests.support.projection import account_events, fast_projector, produce_envelopes, running_projector
 
 
 class Bank:
@@ -163,6 +166,54 @@ async def test_a_filtered_subscription_gets_only_the_matching_documents(
             await live.aclose()
         assert {e.doc_id for e in got} == set(mine)
         assert all(e.document and e.document["owner"] == owner for e in got)
+
+
+async def _feed_rows(url: str) -> list[list[Any]]:
+    """What each change-feed row lists: [doc_id, version] per document its batch changed."""
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            c = view_changes.c
+            found = await conn.execute(select(c.changes).where(c.projection == "accounts").order_by(c.seq))
+            return [orjson.loads(changes) for (changes,) in found]
+    finally:
+        await engine.dispose()
+
+
+async def test_every_document_of_one_batch_reaches_a_filtered_subscriber_who_can_resume_inside_it(
+    make_settings: Any, own_db: DatabaseSettings
+) -> None:
+    """One feed row lists every document of its batch; each has its own position."""
+    settings = live_settings(make_settings, own_db)
+    topic = settings.kafka.topic("account")
+    await create_topics(settings.kafka, [topic, dlq_topic(topic)])
+    opened = account_events(60, 1, seed=71)
+    ids = {e.stream_id for e in opened}
+    async with query_server(settings) as (url, _), EventfoldClient(url, url) as ef:
+        live = ef.subscribe("accounts", filters={"status": "open"})
+        assert (await asyncio.wait_for(anext(live), 30)).event == "ready"
+        # All in Kafka before the projector starts: its batches hold many documents each.
+        await produce_envelopes(settings.kafka, topic, opened)
+        seen: set[str] = set()
+
+        def all_seen(e: LiveChange) -> bool:
+            seen.add(e.doc_id or "")
+            return seen >= ids
+
+        async with running_projector(settings, [ACCOUNTS]):
+            got = await collect(live, all_seen)
+            await live.aclose()
+            rows = await _feed_rows(own_db.read_db_url)
+            # Resuming from inside a batch sends the rest of it, and nothing twice.
+            resumed = ef.subscribe("accounts", filters={"status": "open"}, since=got[9].id)
+            rest = await collect(resumed, lambda e: e.doc_id == got[-1].doc_id)
+            await resumed.aclose()
+    assert max(len(r) for r in rows) > 1, rows
+    assert sorted(d for r in rows for d, _ in r) == sorted(ids)
+    assert [e.event for e in got] == ["change"] * len(ids)
+    assert sorted(e.doc_id or "" for e in got) == sorted(ids)
+    assert len({e.id for e in got}) == len(ids)
+    assert [e.doc_id for e in rest] == [e.doc_id for e in got[10:]]
 
 
 async def test_two_query_api_processes_each_deliver_every_change(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -26,6 +27,10 @@ from eventfold.migrate import alembic_config, upgrade, upgrade_all
 from eventfold.migrations.environment import include_read_object, read_metadata
 from eventfold.projection import by_name
 from eventfold.settings import DatabaseSettings
+from projector import store
+from projector.batch import Folded
+from projector.tables import CHANGE_SLOTS, view_change_horizons, view_changes
+from query_api.feed import end_of
 from tests.conftest import create_database, drop_database
 from tests.helpers import uid, wait_until
 from tests.support.bank import default_projections as projections
@@ -213,3 +218,40 @@ async def test_an_old_store_keeps_its_read_model_and_the_projector_goes_on_from_
 
         accounts = await wait_until(counted, what="the new event counted on top of the old ones")
         assert (accounts["state"], accounts["generation"]) == ("live", 1)
+
+
+async def test_a_subscriber_at_a_position_of_the_old_change_feed_is_reset_after_the_upgrade(
+    bare_db: DatabaseSettings,
+) -> None:
+    """The feed went from a row per document to a row per batch; old positions must not skip changes."""
+    url = bare_db.read_db_url
+    await upgrade(url, "read", "read_0006")
+    old = {"projection": "accounts", "version": 1, "topic": "t", "partition": 0, "offset": 0}
+    horizons = sa.table("view_change_horizons", sa.column("projection"), sa.column("seq"))
+    columns = ("seq", "projection", "doc_id", "version", "topic", "partition", "offset", "committed_at")
+    legacy_feed = sa.table("view_changes", *(sa.column(c) for c in columns))
+    await _execute(
+        url,
+        sa.insert(horizons).values(projection="accounts", seq=150_000),
+        sa.insert(legacy_feed).values(seq=200_001, doc_id="a", committed_at=time.time(), **old),
+        sa.insert(legacy_feed).values(seq=200_002, doc_id="b", committed_at=time.time(), **old),
+    )
+    await upgrade(url, "read")
+
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            folded = Folded(docs={"c": {"id": "c", "version": 4}}, positions={"c": ("t", 0, 9)})
+            await store.record_changes(conn, "accounts", folded)
+        async with engine.connect() as conn:
+            horizon = (await conn.execute(sa.select(view_change_horizons.c.seq))).scalar_one()
+            [(seq, changes)] = (
+                await conn.execute(sa.select(view_changes.c.seq, view_changes.c.changes))
+            ).all()
+    finally:
+        await engine.dispose()
+    # Every old position lies before the horizon's end (so resuming there is a reset),
+    # and the first new position after it.
+    assert end_of(horizon) > 200_002
+    assert seq * CHANGE_SLOTS > end_of(horizon)
+    assert orjson.loads(changes) == [["c", 4]]

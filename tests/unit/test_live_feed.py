@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from eventfold.problems import Problem
-from query_api.feed import Mailbox, Subscriber, cursor_token, matches, parse_cursor
+from projector.tables import CHANGE_SLOTS
+from query_api.feed import Mailbox, Subscriber, changes_in, cursor_token, end_of, matches, parse_cursor
 
 
 def doc(version: int, **fields: object) -> dict[str, object]:
@@ -21,6 +23,21 @@ def test_a_cursor_names_its_projection_and_position() -> None:
     for bad in ("", "not-a-token", cursor_token("accounts", -1)):
         with pytest.raises(Problem):
             parse_cursor("accounts", bad)
+
+
+def test_each_document_of_a_feed_row_has_its_own_position_between_the_rows_ends() -> None:
+    row = orjson.dumps([["a", 3], ["b", 1], ["c", 7]]).decode()
+    base = 5 * CHANGE_SLOTS
+    assert list(changes_in(5, row, end_of(4))) == [(base, "a", 3), (base + 1, "b", 1), (base + 2, "c", 7)]
+    # Resuming inside the row: only what comes after the position given.
+    assert list(changes_in(5, row, base)) == [(base + 1, "b", 1), (base + 2, "c", 7)]
+    assert list(changes_in(5, row, base, "c")) == [(base + 2, "c", 7)]
+    assert list(changes_in(5, row, base, "x")) == []
+    quoted = orjson.dumps([['say "hi"', 1], ["é/ü", 2]]).decode()
+    assert list(changes_in(5, quoted, end_of(4), "é/ü")) == [(base + 1, "é/ü", 2)]
+    assert list(changes_in(5, quoted, end_of(4), 'say "hi"')) == [(base, 'say "hi"', 1)]
+    assert list(changes_in(5, row, end_of(5))) == []
+    assert end_of(4) < base and base + CHANGE_SLOTS - 1 == end_of(5)
 
 
 def test_a_document_subscriber_gets_each_state_once_in_order() -> None:
