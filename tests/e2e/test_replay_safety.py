@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold.broker import free_port
@@ -127,18 +127,21 @@ async def _replayed_so_far(engine: AsyncEngine, name: str) -> tuple[str | None, 
 
 
 async def _interrupted_replay(
-    settings: Settings, env: dict[str, str], sig: int, records: int
+    settings: Settings, env: dict[str, str], sig: int, records: int, command: str = "replay"
 ) -> tuple[int, str]:
-    """Start a replay, wait until it has written some but not half of its `records`, then send `sig`.
+    """Start a replay (or a rebuild), wait until it has written some but not half of its
+    `records`, then send `sig`.
 
-    Returns the replay's exit code and what it printed.
+    Returns its exit code and what it printed.
     """
     engine = create_engine(settings.db.read_db_url, writer=False)
+    # A replay pauses the live projection; a rebuild builds beside it.
+    pausing = command == "replay"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "eventfold.cli",
-        "replay",
+        command,
         "accounts",
         cwd=processes.ROOT,
         env=env,
@@ -152,10 +155,10 @@ async def _interrupted_replay(
         state, stored = await _replayed_so_far(engine, "accounts")
         if stored >= records // 2:
             raise AssertionError(f"the replay was past half ({stored} of {records}) when first seen")
-        return state == "rebuilding" and stored > 0
+        return (state == "rebuilding" or not pausing) and stored > 0
 
     try:
-        await wait_until(midway, timeout=60, interval=0.01, what="the replay to be under way")
+        await wait_until(midway, timeout=60, interval=0.01, what=f"the {command} to be under way")
     finally:
         if proc.returncode is None:
             proc.send_signal(sig)
@@ -192,6 +195,32 @@ async def test_interrupted_replay_restores_what_was_served(
         records = await read_topic(settings.kafka, topic)
         await wait_until(lambda: caught_up(url, records, topic), timeout=60, what="live consumption")
     assert await read_tables(url) == fold_accounts(records)
+
+
+async def test_a_rebuild_stopped_by_sigterm_drops_its_generation_and_the_old_one_serves(
+    make_settings, own_pg: DatabaseSettings
+) -> None:
+    """A service manager stopping `eventfold rebuild` midway: the live tables never notice."""
+    db = own_pg
+    settings = make_settings(db, projector=fast_projector())
+    total = len(await _projected(settings, seed=37, accounts=100, per=30))
+    url = db.read_db_url
+    rows, bookkeeping = await checksum(url), await _bookkeeping(url)
+    env = processes.settings_env(settings, projector_replay_batch_max=1)
+
+    code, out = await _interrupted_replay(settings, env, signal.SIGTERM, total, command="rebuild")
+    assert code == 1, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: rebuild of accounts stopped by SIGTERM"), out
+    assert await checksum(url) == rows
+    assert await _bookkeeping(url) == bookkeeping, out
+    engine = create_engine(url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+    finally:
+        await engine.dispose()
+    assert not [n for n in names if "__g" in n], names
 
 
 async def test_killed_replay_serves_the_old_rows_and_the_live_projector_takes_over(
