@@ -43,6 +43,10 @@ class WriteDialect(Protocol):
         """
         ...
 
+    async def outbox_records(self, conn: AsyncConnection, keys: list[NaturalKey]) -> list[OutboxRecord]:
+        """The outbox rows of these events that are still there, in append order."""
+        ...
+
     async def insert_heads(self, conn: AsyncConnection, rows: list[HeadWrite], now: float) -> None: ...
 
     async def move_heads(self, conn: AsyncConnection, rows: list[HeadWrite], now: float) -> int:

@@ -121,9 +121,10 @@ class PostgresDialect:
         types, ids = zip(*keys, strict=True)
         rows = await conn.execute(OUTBOX_KEYS, {"t": list(types), "i": list(ids)})
         wanted = [(t, i, v) for t, i, v in rows if (t, i, v) not in skip]
-        if not wanted:
-            return []
-        t, i, v = zip(*wanted, strict=True)
+        return await self.outbox_records(conn, wanted) if wanted else []
+
+    async def outbox_records(self, conn: AsyncConnection, keys: list[NaturalKey]) -> list[OutboxRecord]:
+        t, i, v = zip(*keys, strict=True)
         found = await conn.execute(OUTBOX, {"t": list(t), "i": list(i), "v": list(v)})
         return [outbox_record(r) for r in found.mappings()]
 

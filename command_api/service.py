@@ -133,7 +133,8 @@ class CommandService:
             return outcome, isinstance(outcome, Accepted)
         ticket: Ticket = cmd.ticket
         try:
-            position = await asyncio.wait_for(asyncio.shield(ticket.future), self.publish_timeout_s)
+            async with asyncio.timeout(self.publish_timeout_s):
+                position = await asyncio.shield(ticket.future)
         except TimeoutError:
             position = None
         final = Accepted(
@@ -158,7 +159,8 @@ class CommandService:
             self._finalize_wake.set()
             # A repeat must find this answer, not the provisional one.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(saved), self.publish_timeout_s)
+                async with asyncio.timeout(self.publish_timeout_s):
+                    await asyncio.shield(saved)
         return final, position is not None
 
     async def _commit_loop(self) -> None:
@@ -291,20 +293,30 @@ class CommandService:
                 return
 
     async def relay_once(self, grace_s: float) -> int:
-        """Publish outbox rows this process does not hold; whole stream prefixes only."""
-        rows = await self.store.unpublished(self.settings.relay_batch)
-        by_stream: dict[tuple[str, str], list[tuple[OutboxRecord, float]]] = defaultdict(list)
-        for rec, created in rows:
-            by_stream[(rec.stream_type, rec.stream_id)].append((rec, created))
-        now, sent = time.time(), 0
+        """Publish outbox rows this process does not hold; whole stream prefixes only.
+
+        The oldest rows' keys are read first; only those of streams to relay
+        are read whole (under load the rest are in flight from their writers).
+        """
+        rows = await self.store.waiting(self.settings.relay_batch)
+        by_stream: dict[tuple[str, str], list[tuple[NaturalKey, float]]] = defaultdict(list)
+        for key, created in rows:
+            by_stream[key[:2]].append((key, created))
+        now = time.time()
+        relayed: list[NaturalKey] = []
         for items in by_stream.values():
-            if any(rec.natural_key in self.publisher.known for rec, _ in items):
+            if any(key in self.publisher.known for key, _ in items):
                 continue
             if now - items[0][1] < grace_s:
                 continue  # probably in flight in a live process
-            self.publisher.submit(rec for rec, _ in items)
-            sent += len(items)
-        return sent
+            relayed.extend(key for key, _ in items)
+        records = await self.store.outbox_records(relayed)
+        # A commit here may have taken some of these streams up while they were read.
+        held = {r.natural_key[:2] for r in records if r.natural_key in self.publisher.known}
+        records = [r for r in records if r.natural_key[:2] not in held]
+        if records:
+            self.publisher.submit(records)
+        return len(records)
 
 
 def _follow(first: PendingCommand, repeat: PendingCommand) -> None:

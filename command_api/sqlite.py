@@ -68,8 +68,12 @@ class SqliteDialect:
                 )
             )
             wanted.extend((t, i, v) for t, i, v in rows if (t, i, v) not in skip)
+        return await self.outbox_records(conn, wanted) if wanted else []
+
+    async def outbox_records(self, conn: AsyncConnection, keys: list[NaturalKey]) -> list[OutboxRecord]:
+        o = outbox.c
         out: list[tuple[int, OutboxRecord]] = []
-        for chunk in _chunks(wanted):
+        for chunk in _chunks(keys):
             rows = await conn.execute(
                 select(outbox).where(tuple_(o.stream_type, o.stream_id, o.version).in_(chunk))
             )

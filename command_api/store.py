@@ -125,6 +125,26 @@ class WriteStore:
             if responses:
                 await self._sql.set_responses(conn, responses)
 
+    async def waiting(self, limit: int) -> list[tuple[NaturalKey, float]]:
+        """The keys and creation times of the oldest outbox rows, in append order.
+
+        Their values and headers are not read: under load nearly all of them
+        are on their way to Kafka from the process that wrote them.
+        """
+        o = outbox.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(o.stream_type, o.stream_id, o.version, o.created_at).order_by(o.id).limit(limit)
+            )
+            return [((t, i, int(v)), float(c)) for t, i, v, c in rows]
+
+    async def outbox_records(self, keys: Sequence[NaturalKey]) -> list[OutboxRecord]:
+        """The outbox rows of these events still there, whole, in append order."""
+        if not keys:
+            return []
+        async with self.engine.connect() as conn:
+            return await self._sql.outbox_records(conn, list(keys))
+
     async def unpublished(self, limit: int) -> list[tuple[OutboxRecord, float]]:
         """The oldest outbox rows, in append order, with their creation times."""
         async with self.engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 
@@ -120,9 +121,26 @@ def test_new_ids_are_version_4_uuids() -> None:
 
     ids = {new_id() for _ in range(1000)}
     assert len(ids) == 1000
-    for i in list(ids)[:50]:
+    for i in ids:
         u = uuid.UUID(i)
         assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, i)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    from eventfold.jsonutil import new_id
+
+    new_id()  # ids are drawn ahead in this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert uuid.UUID(child).version == 4
+    assert child != new_id()
 
 
 def _record(**changes: object) -> bytes:
