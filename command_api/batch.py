@@ -34,7 +34,7 @@ from command_api.sending import (
 )
 from eventfold import jsonutil
 from eventfold.auth import CommandWriter
-from eventfold.observability import COMMAND_SECONDS
+from eventfold.observability import command_seconds
 from eventfold.problems import Problem
 
 PATH = "/commands"
@@ -155,7 +155,7 @@ async def _send(
 
 
 def _observed(started: float, stream_type: str, answered: Answer) -> Answer:
-    COMMAND_SECONDS.labels(stream_type, answered.label).observe(time.perf_counter() - started)
+    command_seconds(stream_type, answered.label).observe(time.perf_counter() - started)
     return answered
 
 

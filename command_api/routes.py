@@ -20,7 +20,7 @@ from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
 from eventfold.auth import CommandWriter, Reader, require
 from eventfold.direct_route import RequestParams, served_by
-from eventfold.observability import COMMAND_SECONDS, metrics_response
+from eventfold.observability import command_seconds, metrics_response
 from eventfold.problems import PROBLEM_RESPONSES, Problem
 
 router = APIRouter()
@@ -176,7 +176,7 @@ async def _timed_send(
         )
         return response
     finally:
-        COMMAND_SECONDS.labels(
+        command_seconds(
             stream_type if stream_type in side.aggregates.registry else "unknown", outcome_label
         ).observe(time.perf_counter() - started)
 

@@ -151,7 +151,12 @@ def pending_command(
         command=command,
         expected_version=expected,
         idempotency_key=idempotency_key,
-        request_hash=jsonutil.canonical_hash([stream_type, stream_id, command_type, data, expected]),
+        # What a repeat of the key must match; without a key nothing is compared.
+        request_hash=(
+            jsonutil.canonical_hash([stream_type, stream_id, command_type, data, expected])
+            if idempotency_key is not None
+            else ""
+        ),
         correlation_id=correlation_id or jsonutil.new_id(),
         command_id=jsonutil.new_id(),
         future=asyncio.get_running_loop().create_future(),

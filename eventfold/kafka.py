@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -28,8 +29,13 @@ if TYPE_CHECKING:
     from schemas.asyncapi import Cluster
 
 
+@functools.lru_cache(maxsize=16_384)
 def partition_for(key: bytes, partitions: int) -> int:
-    """The Java client's default partitioner, so every producer agrees."""
+    """The Java client's default partitioner, so every producer agrees.
+
+    aiokafka's murmur2 is pure Python (about 2 µs a key) and a stream's key
+    comes back with each of its events, so recent answers are kept.
+    """
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
