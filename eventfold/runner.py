@@ -76,9 +76,13 @@ def http_server(app: FastAPI, host: str, port: int) -> _Server:
     return _Server(config, app)
 
 
+# Ctrl-C, and a service manager's stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
 
 
@@ -100,7 +104,7 @@ async def stoppable(work: Coroutine[Any, Any, T], what: str, undone: str) -> T:
             caught.append(sig)
             task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop, sig)
     try:
         return await task
@@ -109,7 +113,7 @@ async def stoppable(work: Coroutine[Any, Any, T], what: str, undone: str) -> T:
             raise
         raise RuntimeError(f"{what} stopped by {caught[0].name}; {undone}") from None
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
 
 
