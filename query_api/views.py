@@ -75,7 +75,15 @@ class Reads:
                         return (await conn.execute(stmt, params)).all()
                 except asyncpg.UndefinedTableError:
                     raise _not_ready() from None
-                except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError):
+                # A connection the server dropped fails as one of these; asyncpg
+                # raises InternalClientError ("another operation is in progress")
+                # when the drop cut its previous operation short.
+                except (
+                    asyncpg.ConnectionDoesNotExistError,
+                    asyncpg.InterfaceError,
+                    asyncpg.InternalClientError,
+                    OSError,
+                ):
                     if attempt == 2:
                         raise
                 except DBAPIError as exc:
