@@ -72,20 +72,82 @@ async def raw(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
 
 async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
     import json
+
+    from bench.load import build_request
+
+    def requests(port: int) -> list[bytes]:
+        return [
+            build_request("POST", f"/items/acct-{i:06d}", port, json.dumps({"amount": i % 100 + 1}).encode())
+            for i in range(10_000)
+        ]
+
+    await _reference_endpoint(
+        r,
+        env,
+        "minimal",
+        "bench.minimal_app:create_app",
+        {**env.service_env("benchraw", urls["scratch"], urls["scratch"]), "BENCH_DB_URL": urls["scratch"]},
+        requests,
+        ("raw", "minimal_endpoint_", "rps", "req/s", "cpu_us_per_request"),
+        "minimal endpoint",
+    )
+
+
+PREFIX_BY_HAND = "benchhand"
+
+
+async def _by_hand(r: Runner, env: BenchEnv, urls: dict[str, str], accounts: list[str]) -> None:
+    """The deposit/withdraw mix against `bench/by_hand_app.py`: the same guarantees, written by hand."""
+    from eventfold.kafka import create_topics
+
+    await create_topics(env.kafka(PREFIX_BY_HAND), [env.kafka(PREFIX_BY_HAND).topic(cmd.STREAM_TYPE)])
+    await _reference_endpoint(
+        r,
+        env,
+        "by-hand",
+        "bench.by_hand_app:create_app",
+        {
+            **env.service_env(PREFIX_BY_HAND, urls["scratch"], urls["scratch"]),
+            "BENCH_DB_URL": urls["scratch"],
+            "BENCH_ACCOUNTS": str(len(accounts)),
+        },
+        lambda port: cmd.mix_requests(port, accounts, 60_000, seed=0),
+        ("command_api", "by_hand_", "commands_per_s", "2xx/s", "cpu_us_per_command"),
+        "commands by hand",
+    )
+
+
+async def _reference_endpoint(
+    r: Runner,
+    env: BenchEnv,
+    name: str,
+    factory: str,
+    child_env: dict[str, str],
+    requests: Callable[[int], list[bytes]],
+    names: tuple[str, str, str, str, str],
+    what: str,
+) -> None:
+    """Serve `factory` under uvicorn and load it at concurrency 64, runs repeated.
+
+    `names` is (section, prefix, rate, its unit, CPU): the figures are `<prefix><rate>`,
+    `<prefix>p99_ms` and `<prefix><CPU>`, with each run's summary in
+    `<prefix>runs_detail`.
+    """
     import sys
 
-    from bench.load import build_request, closed_loop
+    from bench.load import closed_loop
 
     plan, rep = r.plan, r.report
+    section, prefix, rate_name, unit, cpu_name = names
     (port,) = free_ports(1)
     child = env.spawn(
-        "minimal",
+        name,
         [
             sys.executable,
             "-m",
             "uvicorn",
             "--factory",
-            "bench.minimal_app:create_app",
+            factory,
             "--host",
             "127.0.0.1",
             "--port",
@@ -94,14 +156,11 @@ async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
             "warning",
             "--no-access-log",
         ],
-        {**env.service_env("benchraw", urls["scratch"], urls["scratch"]), "BENCH_DB_URL": urls["scratch"]},
+        child_env,
     )
     try:
-        await env.wait_http(child, port, "/healthz")
-        requests = [
-            build_request("POST", f"/items/acct-{i:06d}", port, json.dumps({"amount": i % 100 + 1}).encode())
-            for i in range(10_000)
-        ]
+        await env.wait_http(child, port, "/healthz", timeout_s=60)
+        load = requests(port)
         rps: list[float] = []
         p99: list[float] = []
         cpu_us: list[float] = []
@@ -109,7 +168,7 @@ async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
         async def one(i: int, advance: Any) -> None:
             res = await closed_loop(
                 port,
-                requests,
+                load,
                 concurrency=64,
                 duration_s=plan.http_s,
                 warmup_s=plan.warmup_s,
@@ -120,12 +179,12 @@ async def _minimal(r: Runner, env: BenchEnv, urls: dict[str, str]) -> None:
             p99.append(res.percentile(99))
             if (cpu := res.cpu_us_per_request()) is not None:
                 cpu_us.append(cpu)
-            rep.section("raw").setdefault("minimal_endpoint_runs_detail", []).append(res.summary())
+            rep.section(section).setdefault(f"{prefix}runs_detail", []).append(res.summary())
 
-        await r.repeat("raw", "minimal endpoint", None, one)
-        rep.figure("raw", "minimal_endpoint_rps", rps, "req/s")
-        rep.figure("raw", "minimal_endpoint_p99_ms", p99, "ms")
-        rep.figure("raw", "minimal_endpoint_cpu_us_per_request", cpu_us, "µs")
+        await r.repeat(section, what, None, one)
+        rep.figure(section, f"{prefix}{rate_name}", rps, unit)
+        rep.figure(section, f"{prefix}p99_ms", p99, "ms")
+        rep.figure(section, f"{prefix}{cpu_name}", cpu_us, "µs")
     finally:
         await env.stop_child(child)
 
@@ -151,6 +210,7 @@ async def command_api(r: Runner, env: BenchEnv, urls: dict[str, str], profile: b
     rep.note("command_api", "accounts", plan.accounts)
     rep.note("command_api", "setup_statuses", opened)
 
+    await _soft(rep, "command_api", "commands by hand", _by_hand(r, env, urls, api.accounts))
     await _mix(r, api, "uniform", "", api.accounts)
     await _mix(r, api, "hot", "hot_", api.accounts[: plan.hot_accounts])
     await _batches(r, api)
@@ -875,6 +935,18 @@ def ratios(rep: Any) -> None:
         "ratios",
         "command_vs_minimal",
         div(rep.get("command_api.commands_per_s"), rep.get("raw.minimal_endpoint_rps")),
+    )
+    # The same guarantees written by hand, one transaction and one publish per
+    # request: how far the one-INSERT reference is from any endpoint that keeps them.
+    rep.value(
+        "ratios",
+        "by_hand_vs_minimal",
+        div(rep.get("command_api.by_hand_commands_per_s"), rep.get("raw.minimal_endpoint_rps")),
+    )
+    rep.value(
+        "ratios",
+        "command_vs_by_hand",
+        div(rep.get("command_api.commands_per_s"), rep.get("command_api.by_hand_commands_per_s")),
     )
     rep.value(
         "ratios",
