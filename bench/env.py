@@ -173,6 +173,50 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores; idle and I/O wait excluded)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    # guest time is counted in user already
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_program() -> dict[int, tuple[str, float]]:
+    """Program name (`postgres`, `java`...) and CPU seconds so far of every live process, by pid.
+
+    A process's own time plus that of the children it reaped, so a worker or a
+    backend that exited between two samples still counts, in its parent's.
+    """
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+        except OSError:
+            continue
+        fields = rest.split()
+        if len(fields) > 14:
+            # Kernel workers rename themselves by the queue they serve: one name for all.
+            name = head.partition("(")[2].split("/")[0]
+            out[int(entry)] = (name, sum(int(v) for v in fields[11:15]) / tick)
+    return out
+
+
+def cpu_delta_us(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], events: int
+) -> dict[str, float]:
+    """µs per event by program between two `cpu_by_program` samples, the busiest first (over 0.5 µs)."""
+    per: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        was = before.get(pid)
+        per[name] = per.get(name, 0.0) + (seconds - (was[1] if was else 0.0)) * 1e6 / events
+    return {k: round(v, 1) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (a parallel replay's worker processes)."""
     parents: dict[int, list[int]] = {}

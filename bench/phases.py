@@ -15,7 +15,7 @@ from bench import command as cmd
 from bench import projector as proj
 from bench import raw as rawm
 from bench import readside
-from bench.env import BenchEnv, cpu_seconds, free_ports
+from bench.env import BenchEnv, cpu_by_program, cpu_delta_us, cpu_seconds, free_ports, machine_busy_seconds
 from eventfold.db import writer_processes
 
 if TYPE_CHECKING:
@@ -380,6 +380,8 @@ async def _catch_ups(
     rates: list[float] = []
     walls: list[float] = []
     rss: list[float] = []
+    cpu: list[float] = []
+    machine_cpu: list[float] = []
 
     async def one(i: int, advance: Any) -> None:
         res = await proj.catch_up_run(
@@ -397,6 +399,13 @@ async def _catch_ups(
         walls.append(res.wall_s)
         if res.peak_rss_mb is not None:
             rss.append(res.peak_rss_mb)
+        if res.cpu_us_per_event is not None:
+            cpu.append(res.cpu_us_per_event)
+        if res.machine_cpu_us_per_event is not None:
+            machine_cpu.append(res.machine_cpu_us_per_event)
+        if res.by_program is not None:
+            by_program = rep.section("projector").setdefault(f"{key}cpu_by_program_us_per_event", [])
+            by_program.append(res.by_program)
         rep.note("projector", "projections", res.projections)
         if res.partial:
             rep.note("projector", f"{key}partial", res.partial)
@@ -408,6 +417,10 @@ async def _catch_ups(
         rep.figure("projector", f"{key}events_per_s", rates, "ev/s")
         rep.figure("projector", f"{key}wall_s", walls, "s")
         rep.figure("projector", f"{key}peak_rss_mb", rss, "MB")
+        rep.figure("projector", f"{key}cpu_us_per_event", cpu, "µs")
+        # Everything busy on the machine per event (PostgreSQL, the broker, this
+        # harness): its cores over this is the rate the machine could give at best.
+        rep.figure("projector", f"{key}machine_cpu_us_per_event", machine_cpu, "µs")
 
 
 async def replay(
@@ -418,6 +431,8 @@ async def replay(
     rates: list[float] = []
     secs: list[float] = []
     rss: list[float] = []
+    cpu: list[float] = []
+    machine_cpu: list[float] = []
 
     async def one(i: int, advance: Any) -> None:
         res = await proj.replay_run(
@@ -435,6 +450,12 @@ async def replay(
         secs.append(res.seconds)
         if res.peak_rss_mb is not None:
             rss.append(res.peak_rss_mb)
+        if res.cpu_us_per_event is not None:
+            cpu.append(res.cpu_us_per_event)
+        if res.machine_cpu_us_per_event is not None:
+            machine_cpu.append(res.machine_cpu_us_per_event)
+        if res.by_program is not None:
+            rep.section("replay").setdefault("cpu_by_program_us_per_event", []).append(res.by_program)
         if res.partial:
             rep.note("replay", "partial", res.partial)
         if i == 0 and res.rss_timeline:
@@ -450,6 +471,8 @@ async def replay(
     rate = rep.get("replay.events_per_s")
     rep.value("replay", "seconds_per_1m_events", 1_000_000 / rate if rate else None, "s")
     rep.figure("replay", "peak_rss_mb", rss, "MB")
+    rep.figure("replay", "cpu_us_per_event", cpu, "µs")
+    rep.figure("replay", "machine_cpu_us_per_event", machine_cpu, "µs")
     if profile:
         t = r.step("py-spy on the replay (unmeasured)")
         found: dict[str, object] = {}
@@ -899,14 +922,22 @@ async def peer(r: Runner, env: BenchEnv) -> None:
         await r.repeat("peer", "eventsourcing saves", None, one)
         rep.figure("peer", "eventsourcing_saves_per_s", saves, "saves/s")
         proj_rates: list[float] = []
+        proj_cpu: list[float] = []
 
         async def one_proj(i: int, advance: Any) -> None:
+            busy, programs = machine_busy_seconds(), cpu_by_program()
             rate, n = await asyncio.to_thread(p.projection)
             proj_rates.append(rate)
+            if n:  # everything busy meanwhile: this process, PostgreSQL, the idle broker
+                proj_cpu.append((machine_busy_seconds() - busy) * 1e6 / n)
+                rep.section("peer").setdefault("projection_cpu_by_program_us_per_event", []).append(
+                    cpu_delta_us(programs, cpu_by_program(), n)
+                )
             rep.note("peer", "projection_events", n)
 
         await r.repeat("peer", "eventsourcing projection", None, one_proj)
         rep.figure("peer", "eventsourcing_projection_events_per_s", proj_rates, "ev/s")
+        rep.figure("peer", "eventsourcing_projection_machine_cpu_us_per_event", proj_cpu, "µs")
     finally:
         await asyncio.to_thread(p.close)
 

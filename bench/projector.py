@@ -17,7 +17,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bench.env import BenchEnv, Child, peak_rss_mb, process_tree
+from bench.env import (
+    BenchEnv,
+    Child,
+    cpu_by_program,
+    cpu_delta_us,
+    cpu_seconds,
+    machine_busy_seconds,
+    peak_rss_mb,
+    process_tree,
+)
 from bench.raw import send_partitioned
 from eventfold.kafka import create_topics, new_producer, partition_for
 from eventfold.settings import KafkaSettings
@@ -124,6 +133,12 @@ class CatchUp:
     peak_rss_mb: float | None
     projections: list[str]
     partial: str | None = None  # set when a quick run stopped at its time limit
+    # CPU over the same window as the rate, per event: the projector's processes,
+    # and the whole machine's (PostgreSQL and the broker included).
+    cpu_us_per_event: float | None = None
+    machine_cpu_us_per_event: float | None = None
+    # The machine's CPU per event by program (`postgres`, `java`, `python`...).
+    by_program: dict[str, float] | None = None
 
 
 async def wait_caught_up(
@@ -141,6 +156,7 @@ async def wait_caught_up(
     total = sum(ends.values())
     t_start = child.started if child is not None else time.perf_counter()
     first: tuple[float, int] | None = None
+    cpu_at_first: tuple[float | None, float, dict[int, tuple[str, float]]] = (None, 0.0, {})
     peak = None
     deadline = time.perf_counter() + timeout_s
     while True:
@@ -154,13 +170,24 @@ async def wait_caught_up(
             progress(p.applied)
         if first is None and p.applied > 0:
             first = (now, p.applied)
+            cpu_at_first = (_tree_cpu(child), machine_busy_seconds(), cpu_by_program())
         if p.done:
             end = time.perf_counter()
             if first is None or end - first[0] < 0.2:
-                rate = total / (end - t_start)
-            else:
-                rate = (total - first[1]) / (end - first[0])
-            return CatchUp(rate, end - t_start, peak, p.projections)
+                return CatchUp(total / (end - t_start), end - t_start, peak, p.projections)
+            events = total - first[1]
+            own, machine = _tree_cpu(child), machine_busy_seconds()
+            return CatchUp(
+                events / (end - first[0]),
+                end - t_start,
+                peak,
+                p.projections,
+                cpu_us_per_event=(own - cpu_at_first[0]) * 1e6 / events
+                if own is not None and cpu_at_first[0] is not None
+                else None,
+                machine_cpu_us_per_event=(machine - cpu_at_first[1]) * 1e6 / events,
+                by_program=cpu_delta_us(cpu_at_first[2], cpu_by_program(), events),
+            )
         if now > deadline:
             got = f"{p.applied} of {total} events"
             if partial_ok and first is not None and p.applied > first[1]:
@@ -172,6 +199,14 @@ async def wait_caught_up(
                 f"projection not caught up in {timeout_s:.0f}s ({got}, projections {p.projections})"
             )
         await asyncio.sleep(poll_s)
+
+
+def _tree_cpu(child: Child | None) -> float | None:
+    """CPU seconds of `child` and its members so far."""
+    if child is None:
+        return None
+    times = [cpu_seconds(pid) for pid in process_tree(child.pid)]
+    return sum(t for t in times if t is not None)
 
 
 async def catch_up_run(
@@ -227,6 +262,11 @@ class Replay:
     partial: str | None = None
     # (seconds since start, resident MB), every half second: growth or a plateau?
     rss_timeline: list[tuple[float, float]] | None = None
+    # CPU per event, the replay's (its workers included) and the whole machine's.
+    cpu_us_per_event: float | None = None
+    machine_cpu_us_per_event: float | None = None
+    # The machine's CPU per event by program (`postgres`, `java`, `python`...).
+    by_program: dict[str, float] | None = None
 
 
 async def replay_run(
@@ -256,14 +296,18 @@ async def replay_run(
     timeline: list[tuple[float, float]] = []
     total = sum(ends.values())
     topic = env.kafka(prefix).topic("account")
+    machine_at_start = machine_busy_seconds()
+    programs = programs_at_start = cpu_by_program()
     try:
         deadline = time.perf_counter() + timeout_s
         while True:
             # Reap without blocking. Its rusage is no use for the peak: Linux counts
             # in ru_maxrss the parent's resident set copied at fork, before exec.
-            pid, status, _ = os.wait4(child.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
             if pid:
                 seconds = time.perf_counter() - child.started
+                # The rusage of a reaped process includes the workers it joined.
+                cpu_s = usage.ru_utime + usage.ru_stime
                 child.proc.returncode = os.waitstatus_to_exitcode(status)
                 break
             # The largest peak of one process: the replay, or one of its workers.
@@ -271,6 +315,7 @@ async def replay_run(
             peak = max([p for p in map(peak_rss_mb, tree) if p is not None] + [peak or 0.0]) or None
             elapsed = time.perf_counter() - child.started
             if elapsed - (timeline[-1][0] if timeline else -1.0) >= 0.5:
+                programs = cpu_by_program()  # the last sample before the replay is reaped counts
                 sizes = [r for r in (peak_rss_mb(p, "VmRSS") for p in tree) if r is not None]
                 if sizes:  # all processes together
                     timeline.append((round(elapsed, 1), round(sum(sizes), 1)))
@@ -288,7 +333,17 @@ async def replay_run(
         code = child.proc.returncode
         if code != 0:
             raise RuntimeError(f"replay exited with {code}:\n{child.log_tail()}")
-        return Replay(total, seconds, peak, code, None, timeline)
+        return Replay(
+            total,
+            seconds,
+            peak,
+            code,
+            None,
+            timeline,
+            cpu_us_per_event=cpu_s * 1e6 / total,
+            machine_cpu_us_per_event=(machine_busy_seconds() - machine_at_start) * 1e6 / total,
+            by_program=cpu_delta_us(programs_at_start, programs, total),
+        )
     finally:
         await env.stop_child(child)
         if rec is not None and profile is not None:
