@@ -209,7 +209,7 @@ def cpu_by_program() -> dict[int, tuple[str, float]]:
 def cpu_delta_us(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], events: int
 ) -> dict[str, float]:
-    """µs per event by program between two `cpu_by_program` samples, the busiest first (over 0.5 µs)."""
+    """µs per event or request, by program, between two `cpu_by_program` samples (over 0.5 µs)."""
     per: dict[str, float] = {}
     for pid, (name, seconds) in after.items():
         was = before.get(pid)

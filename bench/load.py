@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from bench.env import cpu_seconds
+from bench.env import cpu_by_program, cpu_delta_us, cpu_seconds
 
 
 class HttpError(ConnectionError):
@@ -162,6 +162,9 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     # CPU (user + system) the server process used while the numbers counted, when its pid was given.
     server_cpu_s: float | None = None
+    # The whole machine's CPU over the same window, µs per request by program
+    # (`python`, `postgres`, `java`), when the server's pid was given.
+    machine_us_by_program: dict[str, float] | None = None
 
     @property
     def count(self) -> int:
@@ -197,6 +200,7 @@ class LoadResult:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": dict(self.errors),
             "server_cpu_us_per_request": _round(self.cpu_us_per_request()),
+            "machine_cpu_us_per_request_by_program": self.machine_us_by_program,
         }
 
 
@@ -248,6 +252,7 @@ async def closed_loop(
     perf = time.perf_counter
     measuring = warmup_s <= 0
     cpu_from = _cpu(server_pid) if measuring else None
+    programs_from = cpu_by_program() if measuring and server_pid is not None else None
     start = perf()
     stop_at = float("inf")
     if duration_s is not None:
@@ -283,11 +288,12 @@ async def closed_loop(
                     on_response(status, body)
 
     async def warmup_switch() -> None:
-        nonlocal measuring, start, cpu_from
+        nonlocal measuring, start, cpu_from, programs_from
         await asyncio.sleep(warmup_s)
         # The numbers count from here; requests in flight now are counted too.
         start = perf()
         cpu_from = _cpu(server_pid)
+        programs_from = cpu_by_program() if server_pid is not None else None
         measuring = True
 
     async def progress() -> None:
@@ -304,6 +310,7 @@ async def closed_loop(
     finally:
         end = perf()
         cpu_to = _cpu(server_pid)
+        programs_to = cpu_by_program() if programs_from is not None else None
         for t in side:
             t.cancel()
         for c in conns:
@@ -311,6 +318,8 @@ async def closed_loop(
     result.duration_s = end - start
     if cpu_from is not None and cpu_to is not None:
         result.server_cpu_s = cpu_to - cpu_from
+    if programs_from is not None and programs_to is not None and result.count:
+        result.machine_us_by_program = cpu_delta_us(programs_from, programs_to, result.count)
     if on_progress is not None:
         on_progress(len(lat))
     return result
