@@ -65,6 +65,10 @@ class Plan:
     live_subscribers: tuple[int, ...]
     live_rate: float
     live_s: float
+    # The broker is loaded until its CPU per send is steady: at least, at most, windows.
+    broker_warmup_min_s: float = 150
+    broker_warmup_s: float = 300
+    broker_window_s: float = 15
 
 
 FULL = Plan(
@@ -128,6 +132,9 @@ QUICK = Plan(
     live_subscribers=(200,),
     live_rate=200,
     live_s=3,
+    broker_warmup_min_s=0,
+    broker_warmup_s=20,
+    broker_window_s=4,
 )
 
 PHASES = ("raw", "command_api", "projector", "e2e", "query_api", "scale", "live", "peer")
@@ -210,6 +217,30 @@ class Runner:
         self.progress.update(task, visible=False)
 
 
+async def _warm_broker(r: Runner, env: BenchEnv) -> None:
+    from bench.warm import warm_broker
+
+    what = "warming the broker until its CPU per send is steady"
+    task = r.progress.add_task(what, total=r.plan.broker_warmup_s)
+    try:
+        windows = await warm_broker(
+            env.kafka("benchwarm"),
+            env.broker_pids(),
+            max_s=r.plan.broker_warmup_s,
+            min_s=r.plan.broker_warmup_min_s,
+            window_s=r.plan.broker_window_s,
+            progress=lambda s: r.progress.update(task, completed=s),
+        )
+    except Exception as exc:  # measured anyway, and said so
+        r.report.error("broker", f"warm-up: {type(exc).__name__}: {exc}")
+        return
+    finally:
+        r.done(task)
+    r.report.section("broker")["warmup"] = windows
+    last = windows[-1]
+    r.log(f"broker warm after {last['at_s']:.0f} s: {last['us_per_send']:,.0f} µs of its CPU per send")
+
+
 async def main(plan: Plan, profile: bool, console: Console, only: set[str], broker: str) -> Report:
     report = Report(plan.name)
     # Thousands of live subscribers need as many sockets here and in the query API.
@@ -250,6 +281,7 @@ async def main(plan: Plan, profile: bool, console: Console, only: set[str], brok
             return report
         finally:
             r.done(t)
+        await _warm_broker(r, env)
         try:
             from bench import phases
 

@@ -262,8 +262,15 @@ class BenchEnv:
         if isinstance(self.broker, ApacheKafkaCluster):
             for node_id, pid in self.broker.pids().items():
                 self.rss.watch(f"kafka-node-{node_id}", pid)
-        elif self.broker.process is not None:
-            self.rss.watch("tansu", self.broker.process.pid)
+        else:
+            for pid in self.broker_pids():
+                self.rss.watch("tansu", pid)
+
+    def broker_pids(self) -> list[int]:
+        """The broker's processes: the Apache Kafka nodes, or the embedded broker."""
+        if isinstance(self.broker, ApacheKafkaCluster):
+            return list(self.broker.pids().values())
+        return [self.broker.process.pid] if self.broker.process is not None else []
 
     async def broker_info(self) -> dict[str, object]:
         return await asyncio.to_thread(broker_info, self.broker)
