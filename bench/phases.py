@@ -100,7 +100,8 @@ async def _by_hand(r: Runner, env: BenchEnv, urls: dict[str, str], accounts: lis
     """The deposit/withdraw mix against `bench/by_hand_app.py`: the same guarantees, written by hand."""
     from eventfold.kafka import create_topics
 
-    await create_topics(env.kafka(PREFIX_BY_HAND), [env.kafka(PREFIX_BY_HAND).topic(cmd.STREAM_TYPE)])
+    kafka = env.kafka(PREFIX_BY_HAND)
+    await create_topics(kafka, [kafka.topic(cmd.STREAM_TYPE)])
     await _reference_endpoint(
         r,
         env,
