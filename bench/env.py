@@ -217,6 +217,23 @@ def cpu_delta_us(
     return {k: round(v, 1) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5}
 
 
+async def machine_quiet(max_s: float = 120.0, window_s: float = 3.0, quiet_cores: float = 0.5) -> list[float]:
+    """Wait until the machine's busy cores over a window fall to `quiet_cores` (or `max_s` passes).
+
+    Returns the busy cores of each window: what was still running in the
+    background when a latency measurement began.
+    """
+    windows: list[float] = []
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        busy, t0 = machine_busy_seconds(), time.monotonic()
+        await asyncio.sleep(window_s)
+        windows.append(round((machine_busy_seconds() - busy) / (time.monotonic() - t0), 2))
+        if windows[-1] <= quiet_cores:
+            break
+    return windows
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (a parallel replay's worker processes)."""
     parents: dict[int, list[int]] = {}
@@ -316,6 +333,23 @@ class BenchEnv:
         for target in migrate:
             await upgrade(url, target)  # type: ignore[arg-type]
         return url
+
+    async def settle_database(self) -> float:
+        """Vacuum and analyse every bench database, then checkpoint; returns the seconds it took.
+
+        An earlier phase's bulk writes (a million-event replay) leave dead rows
+        and dirty pages that autovacuum and the checkpointer would otherwise
+        work off in the middle of a later latency measurement.
+        """
+        t0 = time.monotonic()
+        for name in list(self.databases):
+            conn = await asyncpg.connect(_dsn(PG_ADMIN, name), timeout=10)
+            try:
+                await conn.execute("VACUUM (ANALYZE)")
+            finally:
+                await conn.close()
+        await self._admin("CHECKPOINT")
+        return time.monotonic() - t0
 
     async def connect(self, url: str) -> asyncpg.Connection:
         return await asyncpg.connect(_dsn(url), timeout=10)

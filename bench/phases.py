@@ -15,7 +15,15 @@ from bench import command as cmd
 from bench import projector as proj
 from bench import raw as rawm
 from bench import readside
-from bench.env import BenchEnv, cpu_by_program, cpu_delta_us, cpu_seconds, free_ports, machine_busy_seconds
+from bench.env import (
+    BenchEnv,
+    cpu_by_program,
+    cpu_delta_us,
+    cpu_seconds,
+    free_ports,
+    machine_busy_seconds,
+    machine_quiet,
+)
 from eventfold.db import writer_processes
 
 if TYPE_CHECKING:
@@ -576,6 +584,10 @@ async def e2e(
     }
     # A light load first: the latency of the path itself, with the CPU each
     # service spends per command (what caps the rate on a small machine).
+    # Latency, unlike throughput, suffers from whatever else still runs: an earlier
+    # phase's bulk writes leave autovacuum and checkpoint work behind them.
+    rep.note("e2e", "settle_database_s", round(await env.settle_database(), 1))
+    rep.note("e2e", "machine_busy_cores_before", await machine_quiet())
     await _e2e_at(r, api, qport, LIGHT_RATE, "light_", settle, pids)
     measured = rep.get("command_api.commands_per_s")
     if measured:
@@ -628,6 +640,7 @@ async def _e2e_at(
             rep.note("e2e", f"{key}settle_note", repr(exc)[:300])
         r.log(f"settled in {time.perf_counter() - t0:.1f}s")
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        programs = cpu_by_program()
         res = await readside.e2e_run(
             api.port,
             qport,
@@ -644,6 +657,9 @@ async def _e2e_at(
             for name, pid in pids.items()
             if (now := cpu_seconds(pid)) is not None and cpu0[name] is not None
         }
+        # The whole machine's CPU per command by program: background work shows here.
+        by_program = cpu_delta_us(programs, cpu_by_program(), max(1, res.sent))
+        s["machine_cpu_us_per_command_by_program"] = by_program
         details.append(s)
         if s["visible"] or s["unanswered_counted_as_lower_bound"]:
             p50.append(s["p50_ms"])

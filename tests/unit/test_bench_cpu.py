@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bench.env import cpu_by_program, cpu_delta_us
+from bench.env import cpu_by_program, cpu_delta_us, machine_quiet
 from bench.warm import _steady
 
 
@@ -32,3 +32,14 @@ def test_the_broker_is_warm_once_three_windows_cost_the_same() -> None:
     assert _steady([400.0, 420.0, 390.0])
     assert not _steady([897.0, 530.0, 421.0])  # still compiling
     assert not _steady([420.0, 419.0])  # too few windows
+
+
+async def test_a_quiet_machine_ends_the_wait_after_one_window() -> None:
+    windows = await machine_quiet(max_s=5.0, window_s=0.05, quiet_cores=1000.0)
+    assert len(windows) == 1 and windows[0] >= 0
+
+
+async def test_a_machine_that_never_quiets_is_waited_for_until_the_deadline() -> None:
+    windows = await machine_quiet(max_s=0.3, window_s=0.05, quiet_cores=-1.0)
+    assert 2 <= len(windows) <= 7  # every window until the deadline, none after it
+    assert all(w >= 0 for w in windows)
