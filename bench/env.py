@@ -343,7 +343,7 @@ class BenchEnv:
         """
         t0 = time.monotonic()
         for name in list(self.databases):
-            conn = await asyncpg.connect(_dsn(PG_ADMIN, name), timeout=10)
+            conn = await self.connect(_dsn(PG_ADMIN, name))
             try:
                 await conn.execute("VACUUM (ANALYZE)")
             finally:

@@ -582,12 +582,12 @@ async def e2e(
         "projector": children["projector"].pid,
         "query_api": children["query"].pid,
     }
-    # A light load first: the latency of the path itself, with the CPU each
-    # service spends per command (what caps the rate on a small machine).
     # Latency, unlike throughput, suffers from whatever else still runs: an earlier
     # phase's bulk writes leave autovacuum and checkpoint work behind them.
     rep.note("e2e", "settle_database_s", round(await env.settle_database(), 1))
     rep.note("e2e", "machine_busy_cores_before", await machine_quiet())
+    # A light load first: the latency of the path itself, with the CPU each
+    # service spends per command (what caps the rate on a small machine).
     await _e2e_at(r, api, qport, LIGHT_RATE, "light_", settle, pids)
     measured = rep.get("command_api.commands_per_s")
     if measured:
