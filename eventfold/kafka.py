@@ -21,6 +21,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
+from eventfold import kafka_closed_transport
 from eventfold.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,13 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def new_admin(settings: KafkaSettings, **overrides: Any) -> AIOKafkaAdminClient:
+    kafka_closed_transport.guard()
     options = {**connection_options(settings), "request_timeout_ms": 10_000, **overrides}
     return AIOKafkaAdminClient(**options)
 
 
 def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    kafka_closed_transport.guard()
     options: dict[str, Any] = {
         **connection_options(settings),
         "acks": "all",
@@ -80,6 +83,7 @@ def new_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
 
 
 def new_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    kafka_closed_transport.guard()
     options: dict[str, Any] = {
         **connection_options(settings),
         "enable_auto_commit": False,
@@ -278,13 +282,41 @@ async def commit_group_offsets(
         await consumer.stop()
 
 
+class ConsumerBroken(RuntimeError):
+    """A consumer's background fetch or group routine ended while the consumer is open.
+
+    aiokafka does not start them again and its `getmany` then returns nothing
+    (or the same error) forever, so fetching on would hang in silence. The
+    service exits instead, and whatever runs it starts it again.
+    """
+
+
+def raise_if_broken(consumer: AIOKafkaConsumer, what: str) -> None:
+    """`ConsumerBroken` if one of the consumer's background routines ended while it is open.
+
+    aiokafka keeps them private; tests/integration/test_kafka_routines.py
+    checks these names against the installed version.
+    """
+    if getattr(consumer, "_closed", True):
+        return
+    routines = (
+        ("fetch", getattr(getattr(consumer, "_fetcher", None), "_fetch_task", None)),
+        ("group coordination", getattr(getattr(consumer, "_coordinator", None), "_coordination_task", None)),
+    )
+    for name, task in routines:
+        if task is not None and task.done():
+            raise ConsumerBroken(f"{what}: the Kafka consumer's {name} routine ended; restart the service")
+
+
 async def fetch(consumer: AIOKafkaConsumer, *, timeout_ms: int, max_records: int, what: str) -> Any:
     """One `getmany`, or None when the consumer failed on the way to a broker.
 
-    While a broker dies, aiokafka can raise from a fetch (a closed transport's
-    RuntimeError, a connection error) instead of retrying it. The caller then
-    seeks back to its stored offsets and fetches again; it must not exit.
+    While a broker dies, aiokafka can raise from a fetch (a connection error)
+    instead of retrying it. The caller then seeks back to its stored offsets
+    and fetches again; it must not exit. If a background routine of the
+    consumer has ended, no fetch can succeed again: `ConsumerBroken`.
     """
+    raise_if_broken(consumer, what)
     try:
         return await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
     except (KafkaError, OSError, RuntimeError) as exc:

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI
 
+from eventfold import heap
+
 T = TypeVar("T")
 
 
@@ -53,14 +55,29 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run_fast(main: Coroutine[Any, Any, T]) -> T:
-    """Run a service's main coroutine on uvloop when it is installed (uvicorn[standard])."""
+def run_fast(main: Coroutine[Any, Any, T], *, heap_trim_interval_s: float = 0.0) -> T:
+    """Run a service's main coroutine on uvloop when it is installed (uvicorn[standard]).
+
+    With `heap_trim_interval_s`, the C heap's free memory is given back to
+    the system that often while it runs (`eventfold.heap`).
+    """
     tune_gc()
+    wrapped = _trimming_heap(main, heap_trim_interval_s) if heap_trim_interval_s > 0 else main
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-        return asyncio.run(main)
-    return uvloop.run(main)
+        return asyncio.run(wrapped)
+    return uvloop.run(wrapped)
+
+
+async def _trimming_heap(main: Coroutine[Any, Any, T], interval_s: float) -> T:
+    trimming = asyncio.create_task(heap.trim_every(interval_s), name="heap-trim")
+    try:
+        return await main
+    finally:
+        trimming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await trimming
 
 
 def http_server(app: FastAPI, host: str, port: int) -> _Server:

@@ -204,10 +204,17 @@ class Settings(BaseSettings):
     query_api: QueryApiSettings = Field(default_factory=QueryApiSettings)
     projector: ProjectorSettings = Field(default_factory=ProjectorSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    # How often a long-running process gives its C heap's free memory back to
+    # the system (eventfold/heap.py); 0 never.
+    heap_trim_interval_s: float = Field(default=30.0, ge=0.0, le=86_400.0)
 
     def to_env(self) -> dict[str, str]:
         """These settings as `EVENTFOLD_*` variables, for a child process."""
-        env = {"EVENTFOLD_APP": self.app, "EVENTFOLD_DATA_DIR": str(self.data_dir)}
+        env = {
+            "EVENTFOLD_APP": self.app,
+            "EVENTFOLD_DATA_DIR": str(self.data_dir),
+            "EVENTFOLD_HEAP_TRIM_INTERVAL_S": str(self.heap_trim_interval_s),
+        }
         for part in (self.kafka, self.db, self.command_api, self.query_api, self.projector, self.auth):
             for name, value in part.model_dump().items():
                 if value is None:

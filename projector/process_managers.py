@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregates
-from eventfold.kafka import EFFECT_FETCH, create_topics, new_consumer
+from eventfold.kafka import EFFECT_FETCH, ConsumerBroken, create_topics, fetch, new_consumer
 from eventfold.process import Dispatch, ProcessManager, Refusal, Step
 from eventfold.settings import Settings
 from eventfold.tasks import cancel_and_wait, run_until_stopped
@@ -214,18 +214,23 @@ class ProcessManagerRuntime:
                 if seek or self.needs_seek:
                     await self._reseek()
                     seek = False
-                seek = await self._consume_batch()
+                seek = await self._consume_batch(stop)
                 failing = 0
+            except ConsumerBroken:
+                raise
             except Exception:
                 failing += 1
                 seek = True
                 log.exception("process=%s batch failed (%d in a row)", self.pm.name, failing)
                 await _sleep_unless(stop, min(0.2 * failing, 5.0))
 
-    async def _consume_batch(self) -> bool:
+    async def _consume_batch(self, stop: asyncio.Event) -> bool:
         """One batch read, applied and its commands sent; True if the stored offsets must be sought."""
         generation = self.generation
-        batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
+        batch = await fetch(self.consumer, timeout_ms=200, max_records=500, what=f"process={self.pm.name}")
+        if batch is None:  # the consumer failed on the way to a broker
+            await _sleep_unless(stop, 0.5)
+            return True
         records = contiguous(batch, self.expected)
         if records is None:
             return True

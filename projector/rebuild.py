@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Table, delete, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from eventfold.kafka import commit_group_offsets, new_consumer, partitions_of, start_consumer
+from eventfold.kafka import commit_group_offsets, new_consumer, partitions_of, raise_if_broken, start_consumer
 from eventfold.observability import REBUILD_PROGRESS
 from eventfold.projection import Change, Doc, Handler, Projection
 from eventfold.settings import Settings
@@ -317,6 +317,7 @@ async def _read_range(
         consumer.seek(tp, position[tp])
     try:
         while True:
+            raise_if_broken(consumer, "rebuild")  # else a dead fetch routine reads nothing, forever
             batch = await consumer.getmany(timeout_ms=200, max_records=batch_max)
             if stop is None:
                 capture_ends(consumer, tps, ends)

@@ -34,7 +34,7 @@ from command_api.tables import streams
 from eventfold import jsonutil
 from eventfold.aggregate import Aggregate
 from eventfold.broker import die_with_parent
-from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of, start_consumer
+from eventfold.kafka import fetch_highwaters, new_consumer, partitions_of, raise_if_broken, start_consumer
 from eventfold.projection import Projection
 from eventfold.settings import KafkaSettings, Settings
 from projector import rebuild, store
@@ -344,6 +344,7 @@ async def _read_to_end(
     ends: dict[TopicPartition, int] = {}
     position = {tp: 0 for tp in tps}
     while True:
+        raise_if_broken(consumer, "replay")  # else a dead fetch routine reads nothing, forever
         batch = await consumer.getmany(timeout_ms=200, max_records=batch_max)
         got = sum(map(len, batch.values()))
         while 0 < got < batch_max:

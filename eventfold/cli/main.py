@@ -113,7 +113,7 @@ def _run(
         if fast:
             from eventfold.runner import run_fast
 
-            return run_fast(main)
+            return run_fast(main, heap_trim_interval_s=settings.heap_trim_interval_s)
         return asyncio.run(main)
     except Exception as exc:
         failure = exc
@@ -292,9 +292,10 @@ def serve(
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "INFO"))
         from eventfold.runner import run_fast
 
+        settings = get_settings()
         code = run_fast(
             serve_one(
-                get_settings(),
+                settings,
                 served,
                 service,
                 host=host,
@@ -302,7 +303,8 @@ def serve(
                 projection=projection,
                 processes=processes,
                 parent_fd=parent_fd,
-            )
+            ),
+            heap_trim_interval_s=settings.heap_trim_interval_s,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -425,7 +427,10 @@ def dev(
         configure_logging(os.environ.get("EVENTFOLD_LOG_LEVEL", "WARNING"), json=False)
         from eventfold.runner import run_fast
 
-        run_fast(run_dev(served, data_dir, command_port, query_port, kafka_port, external, broker))
+        run_fast(
+            run_dev(served, data_dir, command_port, query_port, kafka_port, external, broker),
+            heap_trim_interval_s=get_settings().heap_trim_interval_s,
+        )
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:
