@@ -67,7 +67,16 @@ def welcome_reactor(mail: Callable[[], MailSettings] = MailSettings) -> Reactor:
             timeout=cfg.timeout_s,
         )
 
-    return Reactor(name="welcome_email", contract=ACCOUNT, handlers={"AccountOpened": send_welcome})
+    # Ten attempts, 0.5 s doubling up to 30 s between them (with jitter): a mail
+    # server down for a minute or more, restarting say, delays the mail; only
+    # longer than that is it dead-lettered for `eventfold dlq retry`.
+    return Reactor(
+        name="welcome_email",
+        contract=ACCOUNT,
+        handlers={"AccountOpened": send_welcome},
+        max_attempts=10,
+        max_backoff_s=30.0,
+    )
 
 
 WELCOME_EMAIL = welcome_reactor()
