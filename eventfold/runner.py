@@ -62,7 +62,7 @@ def run_fast(main: Coroutine[Any, Any, T], *, heap_trim_interval_s: float = 0.0)
     the system that often while it runs (`eventfold.heap`).
     """
     tune_gc()
-    wrapped = _trimming_heap(main, heap_trim_interval_s) if heap_trim_interval_s > 0 else main
+    wrapped = _trimming_heap(main, heap_trim_interval_s)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
