@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from bench.env import BROKERS, BenchEnv, default_broker
 from bench.live import raise_open_files_limit
+from bench.profile import py_spy
 from bench.report import Report
 from eventfold.apache_kafka import java_available
 
@@ -359,6 +360,9 @@ def cli(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if broker == "apache" and not java_available():
         parser.error("the apache broker needs java on PATH (or use --broker tansu)")
+    if args.profile and py_spy() is None:
+        # Said before anything starts: a run without its profiles would cost its full time for nothing.
+        parser.error("--profile needs py-spy: pip install 'eventfold[bench]'")
     plan = QUICK if args.quick else FULL
     if args.runs is not None:
         from dataclasses import replace

@@ -100,3 +100,15 @@ def test_results_name_a_run_on_tansu_and_keep_the_reference(
 def test_summary_title_names_the_broker() -> None:
     assert str(_report("apache").table().title).endswith("on Apache Kafka 4.1.2, 3 nodes")
     assert str(_report("tansu", "full").table().title).endswith("on Tansu (embedded) 0.6.0, 1 node")
+
+
+def test_profile_without_py_spy_is_a_usage_error_before_anything_starts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.__main__ as bench_main
+
+    monkeypatch.setattr(bench_main, "py_spy", lambda: None)
+    with pytest.raises(SystemExit) as exc:
+        cli(["--quick", "--broker", "tansu", "--profile"])
+    assert exc.value.code == 2
+    assert "--profile needs py-spy" in capsys.readouterr().err
